@@ -1,0 +1,1 @@
+"""Read-only analyses of a model: traversal, statistics, shapes."""

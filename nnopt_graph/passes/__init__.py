@@ -1,0 +1,3 @@
+"""Built-in passes; importing this package registers them all."""
+
+from nnopt_graph.passes import cleanup  # noqa: F401

@@ -1,0 +1,327 @@
+"""Lossless cleanup passes that the other passes rely on."""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT_PIPELINE",
+    "EliminateDeadCodePass",
+    "EliminateNoOpsPass",
+    "FoldBatchNormPass",
+    "FoldConstantsPass",
+    "InferShapesPass",
+    "LiftConstantsPass",
+    "SortTopologicallyPass",
+]
+
+import dataclasses
+import logging
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as ir_passes
+import onnxscript.optimizer
+from onnxscript.rewriter import RewriteRuleSet
+from onnxscript.rewriter.rules.common import (
+    fuse_batchnorm_into_conv_rule,
+    fuse_batchnorm_into_conv_transpose_rule,
+    fuse_batchnorm_into_gemm_rule,
+)
+
+from nnopt_graph.analysis.walk import (
+    STANDARD_DOMAINS,
+    all_graphs,
+    all_nodes,
+    count_nodes,
+    custom_domain_nodes,
+)
+from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
+from nnopt_graph.pipeline.registry import PRESETS, register_pass
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PIPELINE = (
+    "lift-constants,eliminate-no-ops,fold-constants,fold-batchnorm,"
+    "eliminate-dead-code,sort-topologically,infer-shapes"
+)
+
+
+def _initializer_count(model: ir.Model) -> int:
+    return sum(len(g.initializers) for g in model.graphs())
+
+
+def _initializer_bytes(model: ir.Model) -> int:
+    return sum(
+        v.const_value.nbytes
+        for g in model.graphs()
+        for v in g.initializers.values()
+        if v.const_value is not None
+    )
+
+
+def _count_op(model: ir.Model, op_type: str) -> int:
+    return sum(1 for n in all_nodes(model) if n.op_type == op_type and n.domain in STANDARD_DOMAINS)
+
+
+class _LiftConstants(ir_passes.LiftConstantsToInitializersPass):
+    """onnx-ir's lifting, but a Constant it cannot convert (sparse_value) is skipped, not fatal."""
+
+    def _constant_node_attribute_to_tensor(self, node, attr_name, attr_value, initializer_name):  # type: ignore[no-untyped-def]
+        try:
+            return super()._constant_node_attribute_to_tensor(
+                node, attr_name, attr_value, initializer_name
+            )
+        except ValueError:
+            logger.debug("Constant %s: attribute %s cannot be lifted", node.name, attr_name)
+            return None
+
+
+@register_pass
+class LiftConstantsPass(Pass):
+    """Turn Constant nodes into initializers so every weight is seen as a weight."""
+
+    name = "lift-constants"
+
+    def run(self, model: ir.Model, context: PassContext) -> PassResult:
+        """Lift Constant nodes of the main graph and subgraphs (functions cannot hold weights)."""
+        before = _count_op(model, "Constant")
+        in_functions = sum(
+            1
+            for f in model.functions.values()
+            for n in ir.traversal.RecursiveGraphIterator(f)
+            if n.op_type == "Constant"
+        )
+        _LiftConstants(lift_all_constants=True, size_limit=0)(model)
+        after = _count_op(model, "Constant")
+        return PassResult(
+            {
+                "constants-lifted": before - after,
+                "skipped-constants-in-functions": in_functions,
+                "skipped-constants-kept": after - in_functions,
+            }
+        )
+
+
+def _is_graph_output_anywhere(value: ir.Value) -> bool:
+    return value.is_graph_output()
+
+
+def _bypass(node: ir.Node, source: ir.Value, result: ir.Value) -> bool:
+    """Make users of ``result`` read ``source`` instead and drop ``node``; False if unsafe.
+
+    Written here rather than using onnx-ir's IdentityEliminationPass, which renames an
+    outer-scope or graph-output value when the Identity feeds a subgraph output.
+    """
+    graph = node.graph
+    assert graph is not None
+    if not result.is_graph_output():
+        result.replace_all_uses_with(source)
+        graph.remove(node, safe=True)
+        return True
+    producer = source.producer()
+    if (
+        producer is None
+        or producer.graph is not graph
+        or source.is_graph_output()
+        or source.is_graph_input()
+        or source.is_initializer()
+    ):
+        return False
+    ir.convenience.replace_all_uses_with(result, source, replace_graph_outputs=True)
+    name = result.name
+    result.name = None
+    source.name = name
+    if source.type is None:
+        source.type = result.type
+    if source.shape is None:
+        source.shape = result.shape
+    graph.remove(node, safe=True)
+    return True
+
+
+def _constant_bool(value: ir.Value | None) -> bool | None:
+    if value is None:
+        return False
+    if value.const_value is None:
+        return None
+    return bool(np.asarray(value.const_value.numpy()).item())
+
+
+def _no_op_source(node: ir.Node) -> ir.Value | None:
+    """The input a node passes through unchanged, or None when it computes something."""
+    if node.domain not in STANDARD_DOMAINS or not node.inputs or node.inputs[0] is None:
+        return None
+    x = node.inputs[0]
+    op = node.op_type
+    if op == "Identity":
+        return x
+    if op == "Dropout":
+        training = _constant_bool(node.inputs[2] if len(node.inputs) > 2 else None)
+        mask_used = len(node.outputs) > 1 and (
+            node.outputs[1].uses() or node.outputs[1].is_graph_output()
+        )
+        return x if training is False and not mask_used else None
+    if op == "Cast":
+        to = node.attributes.get("to")
+        if to is not None and x.dtype is not None and x.dtype == ir.DataType(to.as_int()):
+            return x
+        return None
+    if op == "Transpose":
+        perm = node.attributes.get("perm")
+        if perm is not None and list(perm.as_ints()) == list(range(len(perm.as_ints()))):
+            return x
+        return None
+    return None
+
+
+@register_pass
+class EliminateNoOpsPass(Pass):
+    """Remove Identity, inference Dropout, same-type Cast and identity Transpose nodes."""
+
+    name = "eliminate-no-ops"
+
+    def run(self, model: ir.Model, context: PassContext) -> PassResult:
+        """Bypass every no-op node, in all graphs and functions."""
+        removed = kept = 0
+        for graph in list(all_graphs(model)):
+            for node in list(graph):
+                source = _no_op_source(node)
+                if source is None:
+                    continue
+                if _bypass(node, source, node.outputs[0]):
+                    removed += 1
+                    logger.info("removed no-op %s '%s'", node.op_type, node.name)
+                else:
+                    kept += 1
+                    logger.debug("kept %s '%s': it links a graph input/output", node.op_type, node.name)
+        return PassResult({"nodes-removed": removed, "skipped-output-links": kept})
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldConstantsOptions:
+    """Options of fold-constants."""
+
+    max_input_elements: int = 1 << 24
+    small_output_elements: int = 64
+
+
+@register_pass
+class FoldConstantsPass(Pass):
+    """Fold nodes whose inputs are all constant, never growing the model."""
+
+    name = "fold-constants"
+    Options = FoldConstantsOptions
+
+    def run(self, model: ir.Model, context: PassContext) -> PassResult:
+        """Fold with onnxscript's folder; big outputs only when they replace their inputs.
+
+        An output above ``small-output-elements`` is stored only if it is no larger than
+        the constant inputs it makes dead (onnxscript's size compensation), so folding
+        never grows the weights by more than a few shape-sized constants.
+        """
+        custom = {id(n) for n in custom_domain_nodes(model)}
+        before_nodes = count_nodes(model) - _count_op(model, "Constant")
+        before_bytes = _initializer_bytes(model)
+        onnxscript.optimizer.fold_constants(
+            model,
+            input_size_limit=self.options.max_input_elements,
+            output_size_limit=self.options.small_output_elements,
+            should_fold=lambda node: False if id(node) in custom else None,
+        )
+        after_nodes = count_nodes(model) - _count_op(model, "Constant")
+        after_bytes = _initializer_bytes(model)
+        return PassResult(
+            {
+                "nodes-folded": max(before_nodes - after_nodes, 0),
+                "bytes-saved": max(before_bytes - after_bytes, 0),
+                "skipped-custom-domain-nodes": len(custom),
+            }
+        )
+
+
+@register_pass
+class FoldBatchNormPass(Pass):
+    """Fold inference BatchNormalization into the Conv, ConvTranspose or Gemm before it."""
+
+    name = "fold-batchnorm"
+
+    def run(self, model: ir.Model, context: PassContext) -> PassResult:
+        """Apply onnxscript's BatchNormalization fusion rules everywhere."""
+        before = _count_op(model, "BatchNormalization")
+        rules = RewriteRuleSet(
+            [
+                fuse_batchnorm_into_conv_rule,
+                fuse_batchnorm_into_conv_transpose_rule,
+                fuse_batchnorm_into_gemm_rule,
+            ]
+        )
+        rules.apply_to_model(model)
+        after = _count_op(model, "BatchNormalization")
+        return PassResult({"batchnorms-folded": before - after, "skipped-batchnorms-kept": after})
+
+
+@register_pass
+class EliminateDeadCodePass(Pass):
+    """Remove nodes, initializers, functions and opsets that no output depends on."""
+
+    name = "eliminate-dead-code"
+
+    def run(self, model: ir.Model, context: PassContext) -> PassResult:
+        """Run onnx-ir's unused-node, -function and -opset removal."""
+        nodes, inits, funcs = count_nodes(model), _initializer_count(model), len(model.functions)
+        ir_passes.RemoveUnusedNodesPass()(model)
+        ir_passes.RemoveUnusedFunctionsPass()(model)
+        ir_passes.RemoveUnusedOpsetsPass()(model)
+        return PassResult(
+            {
+                "nodes-removed": nodes - count_nodes(model),
+                "initializers-removed": inits - _initializer_count(model),
+                "functions-removed": funcs - len(model.functions),
+            }
+        )
+
+
+def _node_order(model: ir.Model) -> list[list[int]]:
+    return [[id(n) for n in g] for g in all_graphs(model)]
+
+
+@register_pass
+class SortTopologicallyPass(Pass):
+    """Order nodes so each comes after the producers of its inputs."""
+
+    name = "sort-topologically"
+
+    def run(self, model: ir.Model, context: PassContext) -> PassResult:
+        """Run onnx-ir's stable topological sort."""
+        before = _node_order(model)
+        ir_passes.TopologicalSortPass()(model)
+        after = _node_order(model)
+        moved = sum(sum(1 for a, b in zip(x, y) if a != b) for x, y in zip(before, after))
+        return PassResult({"nodes-moved": moved})
+
+
+def _shape_signature(model: ir.Model) -> dict[int, tuple[object, object]]:
+    signature = {}
+    for graph in model.graphs():
+        for node in graph:
+            for value in node.outputs:
+                shape = tuple(value.shape) if value.shape is not None else None
+                signature[id(value)] = (value.dtype, shape)
+    return signature
+
+
+@register_pass
+class InferShapesPass(Pass):
+    """Annotate values with the types and shapes ONNX shape inference derives."""
+
+    name = "infer-shapes"
+
+    def run(self, model: ir.Model, context: PassContext) -> PassResult:
+        """Run ONNX shape inference (non-strict: custom ops stay unannotated)."""
+        before = _shape_signature(model)
+        ir_passes.ShapeInferencePass(strict_mode=False)(model)
+        after = _shape_signature(model)
+        changed = sum(1 for key, sig in after.items() if before.get(key) != sig)
+        return PassResult({"values-annotated": changed})
+
+
+PRESETS["default"] = DEFAULT_PIPELINE

@@ -1,0 +1,1 @@
+"""Pass infrastructure: contract, registry, pipeline text, pass manager, instruments."""

@@ -1,0 +1,85 @@
+"""The pass contract: options, context, result, and the Pass base class."""
+
+from __future__ import annotations
+
+__all__ = ["NoOptions", "Pass", "PassContext", "PassResult", "is_skip_stat"]
+
+import abc
+import dataclasses
+from typing import Any, ClassVar
+
+import onnx_ir as ir
+
+
+def is_skip_stat(key: str) -> bool:
+    """Whether a statistic counts things a pass left alone rather than changes."""
+    return key.startswith("skipped-")
+
+
+@dataclasses.dataclass
+class PassResult:
+    """What a pass did: named integer statistics; ``modified`` follows from them.
+
+    Statistics whose name starts with ``skipped-`` count what the pass left alone
+    (custom-domain ops, shared weights, ...) and do not make the result modified.
+    """
+
+    stats: dict[str, int] = dataclasses.field(default_factory=dict)
+    decisions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def modified(self) -> bool:
+        """True when any change statistic is non-zero."""
+        return any(v for k, v in self.stats.items() if not is_skip_stat(k))
+
+
+@dataclasses.dataclass
+class PassContext:
+    """What a pass may know about the job beyond the model itself."""
+
+    target: str | None = None
+    input_shapes: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    calibration: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    """Options of a pass that takes none."""
+
+
+class Pass(abc.ABC):
+    """One transformation of the model, registered under a kebab-case name.
+
+    Subclasses set ``name``, a one-line docstring, and ``Options`` (a frozen dataclass
+    whose fields are the pass's typed options, snake_case here and kebab-case in
+    pipeline text; a field's ``metadata["choices"]`` restricts string options).
+    """
+
+    name: ClassVar[str]
+    lossy: ClassVar[bool] = False
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, options: Any = None, **kwargs: Any) -> None:
+        if options is None:
+            options = self.Options(**kwargs)
+        elif kwargs:
+            options = dataclasses.replace(options, **kwargs)
+        self.options = options
+
+    @classmethod
+    def summary(cls) -> str:
+        """The docstring's first line, shown by ``list-passes``."""
+        return (cls.__doc__ or "").strip().splitlines()[0]
+
+    def requires(self, model: ir.Model) -> None:  # noqa: B027  (optional hook)
+        """Raise if the model does not meet the pass's preconditions."""
+
+    def ensures(self, model: ir.Model) -> None:  # noqa: B027  (optional hook)
+        """Raise if the model does not meet the pass's postconditions."""
+
+    @abc.abstractmethod
+    def run(self, model: ir.Model, context: PassContext) -> PassResult:
+        """Transform the model in place and report what changed."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.options})"

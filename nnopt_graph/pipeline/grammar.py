@@ -1,0 +1,217 @@
+"""Pipeline text in MLIR style: ``dedup,prune-channels{ratio=0.3 round-to=8}``.
+
+The printed form names every option with its value and parses back to an equal pipeline.
+"""
+
+from __future__ import annotations
+
+__all__ = ["PassSpec", "Pipeline", "option_fields"]
+
+import dataclasses
+import re
+import typing
+from typing import Any
+
+from nnopt_graph.errors import BadInputError
+from nnopt_graph.pipeline.base import Pass
+from nnopt_graph.pipeline.registry import PRESETS, get_pass, registered_passes
+
+_NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
+_BARE_VALUE = re.compile(r"[A-Za-z0-9_.+\-:/]+")
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def option_fields(pass_cls: type[Pass]) -> list[tuple[str, dataclasses.Field[Any], type]]:
+    """(kebab-case name, field, python type) of each option of a pass."""
+    hints = typing.get_type_hints(pass_cls.Options)
+    return [(_kebab(f.name), f, hints[f.name]) for f in dataclasses.fields(pass_cls.Options)]
+
+
+def _convert(pass_name: str, key: str, text: str, field: dataclasses.Field[Any], kind: type) -> Any:
+    where = f"option '{key}' of pass '{pass_name}'"
+    try:
+        if kind is bool:
+            if text.lower() not in {"true", "false", "1", "0"}:
+                raise ValueError(text)
+            value: Any = text.lower() in {"true", "1"}
+        elif kind is int:
+            value = int(text)
+        elif kind is float:
+            value = float(text)
+        else:
+            value = text
+    except ValueError:
+        raise BadInputError(f"{where}: '{text}' is not a valid {kind.__name__}") from None
+    choices = field.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise BadInputError(f"{where}: '{text}' is not one of {', '.join(map(str, choices))}")
+    return value
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    text = str(value)
+    if _BARE_VALUE.fullmatch(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclasses.dataclass(frozen=True)
+class PassSpec:
+    """One pipeline element: a registered pass name and its full, typed options."""
+
+    name: str
+    options: Any
+
+    @classmethod
+    def create(cls, name: str, raw: dict[str, str] | None = None, **typed: Any) -> PassSpec:
+        """Build a spec from text options (``raw``) and/or typed keyword options."""
+        pass_cls = get_pass(name)
+        fields = {key: (f, kind) for key, f, kind in option_fields(pass_cls)}
+        values: dict[str, Any] = {}
+        for key, text in (raw or {}).items():
+            if key not in fields:
+                known = ", ".join(fields) or "none"
+                raise BadInputError(f"pass '{name}' has no option '{key}' (options: {known})")
+            f, kind = fields[key]
+            values[f.name] = _convert(name, key, text, f, kind)
+        values.update(typed)
+        try:
+            options = pass_cls.Options(**values)
+        except (TypeError, ValueError) as exc:
+            raise BadInputError(f"pass '{name}': {exc}") from None
+        return cls(name, options)
+
+    def instantiate(self) -> Pass:
+        """A fresh pass object with these options."""
+        return get_pass(self.name)(self.options)
+
+    def __str__(self) -> str:
+        pass_cls = get_pass(self.name)
+        parts = [
+            f"{key}={_format_value(getattr(self.options, f.name))}"
+            for key, f, _ in option_fields(pass_cls)
+        ]
+        return f"{self.name}{{{' '.join(parts)}}}" if parts else self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+    """An ordered list of pass specs."""
+
+    passes: tuple[PassSpec, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Pipeline:
+        """Parse pipeline text; preset names expand in place.
+
+        Raises:
+            BadInputError: syntax error (with its position), unknown pass or option,
+                or an option value of the wrong type.
+        """
+        return cls(tuple(_Parser(text).parse()))
+
+    @classmethod
+    def of(cls, *specs: PassSpec | str) -> Pipeline:
+        """A pipeline from specs or pass names (default options)."""
+        return cls(tuple(s if isinstance(s, PassSpec) else PassSpec.create(s) for s in specs))
+
+    def names(self) -> list[str]:
+        """The pass names in order."""
+        return [p.name for p in self.passes]
+
+    def __str__(self) -> str:
+        return ",".join(str(p) for p in self.passes)
+
+    def __add__(self, other: Pipeline) -> Pipeline:
+        return Pipeline(self.passes + other.passes)
+
+
+class _Parser:
+    """Recursive-descent parser: pipeline := element (',' element)*."""
+
+    def __init__(self, text: str) -> None:
+        registered_passes()  # presets are registered with the passes
+        self.text = text
+        self.pos = 0
+
+    def error(self, message: str) -> BadInputError:
+        return BadInputError(
+            f"bad pipeline text at column {self.pos + 1}: {message} in '{self.text}'"
+        )
+
+    def skip_space(self) -> None:
+        while self.pos < len(self.text) and self.text[self.pos].isspace():
+            self.pos += 1
+
+    def parse(self) -> list[PassSpec]:
+        specs: list[PassSpec] = []
+        self.skip_space()
+        if self.pos == len(self.text):
+            raise self.error("empty pipeline")
+        while True:
+            specs.extend(self.element())
+            self.skip_space()
+            if self.pos == len(self.text):
+                return specs
+            if self.text[self.pos] != ",":
+                raise self.error(f"expected ',' but found '{self.text[self.pos]}'")
+            self.pos += 1
+
+    def name(self) -> str:
+        self.skip_space()
+        match = _NAME.match(self.text, self.pos)
+        if not match:
+            raise self.error("expected a pass name")
+        self.pos = match.end()
+        return match.group()
+
+    def value(self) -> str:
+        if self.pos < len(self.text) and self.text[self.pos] == '"':
+            self.pos += 1
+            out = []
+            while self.pos < len(self.text) and self.text[self.pos] != '"':
+                if self.text[self.pos] == "\\" and self.pos + 1 < len(self.text):
+                    self.pos += 1
+                out.append(self.text[self.pos])
+                self.pos += 1
+            if self.pos == len(self.text):
+                raise self.error("unterminated string")
+            self.pos += 1
+            return "".join(out)
+        match = _BARE_VALUE.match(self.text, self.pos)
+        if not match:
+            raise self.error("expected an option value")
+        self.pos = match.end()
+        return match.group()
+
+    def element(self) -> list[PassSpec]:
+        name = self.name()
+        self.skip_space()
+        raw: dict[str, str] = {}
+        has_options = self.pos < len(self.text) and self.text[self.pos] == "{"
+        if has_options:
+            self.pos += 1
+            while True:
+                self.skip_space()
+                if self.pos < len(self.text) and self.text[self.pos] == "}":
+                    self.pos += 1
+                    break
+                if self.pos == len(self.text):
+                    raise self.error("missing '}'")
+                key = self.name()
+                if self.pos >= len(self.text) or self.text[self.pos] != "=":
+                    raise self.error(f"expected '=' after option '{key}'")
+                self.pos += 1
+                if key in raw:
+                    raise self.error(f"option '{key}' given twice")
+                raw[key] = self.value()
+        if name in PRESETS and not has_options:
+            return list(Pipeline.parse(PRESETS[name]).passes)
+        return [PassSpec.create(name, raw)]

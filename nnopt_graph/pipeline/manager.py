@@ -1,0 +1,119 @@
+"""The pass manager: runs passes in order, with instruments around each."""
+
+from __future__ import annotations
+
+__all__ = ["Instrument", "PassManager", "PassRecord"]
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import onnx_ir as ir
+
+from nnopt_graph.errors import NnoptError, PassFailedError
+from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
+from nnopt_graph.pipeline.grammar import Pipeline, option_fields
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class PassRecord:
+    """What one pass of a run did, as the report shows it."""
+
+    name: str
+    options: dict[str, Any]
+    modified: bool
+    stats: dict[str, int]
+    seconds: float
+    fidelity: dict[str, Any] | None = None
+    decisions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The report's per-pass entry."""
+        return dataclasses.asdict(self)
+
+
+class Instrument:
+    """Hooks around each pass; instruments may print (passes may not)."""
+
+    def before_pass(self, pass_: Pass, model: ir.Model) -> None:  # noqa: B027  (optional hook)
+        """Called before a pass runs."""
+
+    def after_pass(self, pass_: Pass, model: ir.Model, record: PassRecord) -> None:  # noqa: B027
+        """Called after a pass ran and its postconditions held."""
+
+    def after_pipeline(self, model: ir.Model, records: list[PassRecord]) -> None:  # noqa: B027
+        """Called once all passes ran."""
+
+
+def _options_dict(pass_: Pass) -> dict[str, Any]:
+    return {key: getattr(pass_.options, f.name) for key, f, _ in option_fields(type(pass_))}
+
+
+class PassManager:
+    """Runs a pipeline's passes on a model, in place, recording each one."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline | Sequence[Pass],
+        *,
+        context: PassContext | None = None,
+        instruments: Sequence[Instrument] = (),
+    ) -> None:
+        if isinstance(pipeline, Pipeline):
+            self.passes = [spec.instantiate() for spec in pipeline.passes]
+        else:
+            self.passes = list(pipeline)
+        self.context = context or PassContext()
+        self.instruments = list(instruments)
+
+    def run(self, model: ir.Model) -> list[PassRecord]:
+        """Run every pass in order.
+
+        Raises:
+            PassFailedError: a pass raised or its pre/postconditions failed; the error
+                names it and the passes that ran before it.
+        """
+        records: list[PassRecord] = []
+        done: list[str] = []
+        for pass_ in self.passes:
+            for instrument in self.instruments:
+                instrument.before_pass(pass_, model)
+            start = time.perf_counter()
+            try:
+                pass_.requires(model)
+                result = pass_.run(model, self.context)
+                if not isinstance(result, PassResult):
+                    raise TypeError(f"run() returned {type(result).__name__}, not PassResult")
+                pass_.ensures(model)
+            except PassFailedError:
+                raise
+            except NnoptError:
+                raise
+            except Exception as exc:
+                logger.debug("pass %s raised", pass_.name, exc_info=True)
+                raise PassFailedError(pass_.name, done, f"{type(exc).__name__}: {exc}") from exc
+            record = PassRecord(
+                name=pass_.name,
+                options=_options_dict(pass_),
+                modified=result.modified,
+                stats=dict(result.stats),
+                seconds=time.perf_counter() - start,
+                decisions=list(result.decisions),
+            )
+            logger.info("pass %s: %s", pass_.name, record.stats)
+            try:
+                for instrument in self.instruments:
+                    instrument.after_pass(pass_, model, record)
+            except PassFailedError:
+                raise
+            except NnoptError as exc:
+                raise PassFailedError(pass_.name, done, str(exc)) from exc
+            records.append(record)
+            done.append(pass_.name)
+        for instrument in self.instruments:
+            instrument.after_pipeline(model, records)
+        return records

@@ -1,0 +1,1 @@
+"""ONNX Runtime side: sessions per execution provider, input data, fidelity metrics."""

@@ -1,0 +1,292 @@
+"""Model inputs: specs, concrete shapes, generated data, and calibration datasets."""
+
+from __future__ import annotations
+
+__all__ = [
+    "Dataset",
+    "InputSpec",
+    "input_specs",
+    "load_dataset",
+    "parse_input_shape",
+    "random_dataset",
+    "resolve_shapes",
+]
+
+import dataclasses
+import logging
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx import numpy_helper
+
+from nnopt_graph.errors import BadInputError
+
+logger = logging.getLogger(__name__)
+
+_SHAPE_ARG = re.compile(r"^([^:]+):(\d+(?:,\d+)*)?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """A graph input: name, numpy dtype, and dims (int, or str/None when dynamic)."""
+
+    name: str
+    dtype: np.dtype
+    dims: tuple[int | str | None, ...] | None
+
+
+def input_specs(model: ir.Model) -> list[InputSpec]:
+    """The model's real inputs (initializers that are also inputs excluded)."""
+    specs = []
+    for value in model.graph.inputs:
+        if value.is_initializer():
+            continue
+        dtype = value.dtype.numpy() if value.dtype is not None else np.dtype(np.float32)
+        dims = None
+        if value.shape is not None:
+            dims = tuple(d if isinstance(d, int) else d.value for d in value.shape)
+        specs.append(InputSpec(value.name or "", np.dtype(dtype), dims))
+    return specs
+
+
+def parse_input_shape(text: str) -> tuple[str, list[int]]:
+    """Parse ``NAME:D0,D1,...`` (an empty list after the colon means a scalar).
+
+    Raises:
+        BadInputError: malformed text.
+    """
+    match = _SHAPE_ARG.match(text)
+    if not match:
+        raise BadInputError(
+            f"bad --input-shape '{text}': expected NAME:D0,D1,... with positive integers"
+        )
+    dims = [int(d) for d in match.group(2).split(",")] if match.group(2) else []
+    if any(d <= 0 for d in dims):
+        raise BadInputError(f"bad --input-shape '{text}': dimensions must be positive")
+    return match.group(1), dims
+
+
+def _default_dim(spec: InputSpec, axis: int) -> int:
+    rank = len(spec.dims or ())
+    if axis == 0:
+        return 1
+    if rank == 4 and axis >= 2:
+        return 224  # image height/width: divisible by 32 for strided backbones
+    return 16
+
+
+def resolve_shapes(
+    specs: Sequence[InputSpec],
+    overrides: Mapping[str, Sequence[int]] | None = None,
+    *,
+    warn: bool = True,
+) -> dict[str, tuple[int, ...]]:
+    """Concrete shapes for every input: user overrides, then static dims, then defaults.
+
+    A named dynamic dim takes one value everywhere it appears (so ``batch`` matches
+    across inputs).
+
+    Raises:
+        BadInputError: an override names no input or has the wrong rank.
+    """
+    overrides = dict(overrides or {})
+    names = {s.name for s in specs}
+    for name in overrides:
+        if name not in names:
+            raise BadInputError(
+                f"--input-shape names '{name}', but the model's inputs are: "
+                + ", ".join(sorted(names))
+            )
+    shapes: dict[str, tuple[int, ...]] = {}
+    symbols: dict[str, int] = {}
+    for spec in specs:
+        if spec.name in overrides:
+            dims = list(overrides[spec.name])
+            if spec.dims is not None and len(dims) != len(spec.dims):
+                raise BadInputError(
+                    f"--input-shape for '{spec.name}' has rank {len(dims)}, "
+                    f"the model's input has rank {len(spec.dims)}"
+                )
+            for dim, value in zip(spec.dims or (), dims):
+                if isinstance(dim, str):
+                    symbols.setdefault(dim, value)
+            shapes[spec.name] = tuple(dims)
+    chosen = []
+    for spec in specs:
+        if spec.name in shapes:
+            continue
+        if spec.dims is None:
+            raise BadInputError(
+                f"input '{spec.name}' has no shape in the model; give --input-shape {spec.name}:..."
+            )
+        dims = []
+        for axis, dim in enumerate(spec.dims):
+            if isinstance(dim, int) and dim > 0:
+                dims.append(dim)
+            elif isinstance(dim, str) and dim in symbols:
+                dims.append(symbols[dim])
+            else:
+                value = _default_dim(spec, axis)
+                if isinstance(dim, str):
+                    symbols[dim] = value
+                dims.append(value)
+                if axis > 0:
+                    chosen.append(f"{spec.name}[{axis}]={value}")
+        shapes[spec.name] = tuple(dims)
+    if chosen and warn:
+        logger.warning(
+            "dynamic dimensions set to defaults (%s); use --input-shape to choose",
+            ", ".join(chosen),
+        )
+    return shapes
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Samples for each input along axis 0; arrays may be memory-mapped.
+
+    An input listed in ``stacked`` has one more axis than the model's input: each
+    sample is a whole feed (for inputs without a batch axis, like recurrent state).
+    Other inputs are sliced along their own batch axis.
+    """
+
+    arrays: dict[str, np.ndarray]
+    source: str
+    stacked: frozenset[str] = frozenset()
+
+    @property
+    def num_samples(self) -> int:
+        """Number of samples (the shortest input's axis 0)."""
+        return min((len(a) for a in self.arrays.values()), default=0)
+
+    def _with(self, arrays: dict[str, np.ndarray], source: str) -> Dataset:
+        return Dataset(arrays, source, self.stacked)
+
+    def split(self, eval_fraction: float = 0.2) -> tuple[Dataset, Dataset]:
+        """(calibration, held-out): the last ``eval_fraction`` is held out."""
+        n = self.num_samples
+        cut = max(1, int(round(n * (1 - eval_fraction)))) if n > 1 else n
+        head = {k: v[:cut] for k, v in self.arrays.items()}
+        tail = {k: v[cut:] for k, v in self.arrays.items()}
+        return self._with(head, self.source + "[calib]"), self._with(tail, self.source + "[eval]")
+
+    def take(self, count: int) -> Dataset:
+        """The first ``count`` samples."""
+        return self._with({k: v[:count] for k, v in self.arrays.items()}, self.source)
+
+    def batches(self, batch_size: int = 1) -> Iterator[dict[str, np.ndarray]]:
+        """Feeds of ``batch_size`` samples (one when any input is stacked), read lazily."""
+        step = 1 if self.stacked else batch_size
+        for start in range(0, self.num_samples, step):
+            yield {
+                k: np.ascontiguousarray(v[start] if k in self.stacked else v[start : start + step])
+                for k, v in self.arrays.items()
+            }
+
+
+def random_dataset(
+    specs: Sequence[InputSpec],
+    shapes: Mapping[str, Sequence[int]],
+    num_samples: int = 4,
+    seed: int = 0,
+    fixed: Mapping[str, np.ndarray] | None = None,
+) -> Dataset:
+    """Seeded random samples: floats ~ N(0, 1), integers in [0, 2), bools random.
+
+    Integer inputs are kept in {0, 1} so indices and masks stay valid for any model.
+    Every input is stacked: each sample is a whole feed of the resolved shape.
+    """
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, np.ndarray] = {}
+    for spec in specs:
+        shape = (num_samples, *shapes[spec.name])
+        if fixed and spec.name in fixed:
+            arrays[spec.name] = np.broadcast_to(
+                np.asarray(fixed[spec.name], dtype=spec.dtype), shape
+            ).copy()
+        elif np.issubdtype(spec.dtype, np.floating):
+            arrays[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        elif spec.dtype == np.bool_:
+            arrays[spec.name] = rng.integers(0, 2, shape).astype(np.bool_)
+        elif np.issubdtype(spec.dtype, np.integer):
+            arrays[spec.name] = rng.integers(0, 2, shape).astype(spec.dtype)
+        else:
+            raise BadInputError(
+                f"cannot generate data for input '{spec.name}' of type {spec.dtype}; "
+                "pass --calib DATA"
+            )
+    return Dataset(arrays, "random", frozenset(arrays))
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"{path}: not a readable .npz file ({exc})") from exc
+
+
+def _load_test_data_sets(path: Path, specs: Sequence[InputSpec]) -> dict[str, np.ndarray]:
+    sets = sorted(p for p in path.iterdir() if p.is_dir() and p.name.startswith("test_data_set_"))
+    if not sets:
+        sets = [path] if any(path.glob("input_*.pb")) else []
+    if not sets:
+        raise BadInputError(f"{path}: no test_data_set_* folders or input_*.pb files")
+    per_input: dict[str, list[np.ndarray]] = {}
+    for folder in sets:
+        files = sorted(folder.glob("input_*.pb"), key=lambda p: int(p.stem.split("_")[-1]))
+        for index, file in enumerate(files):
+            tensor = onnx.TensorProto()
+            try:
+                tensor.ParseFromString(file.read_bytes())
+            except Exception as exc:
+                raise BadInputError(f"{file}: not a TensorProto ({exc})") from exc
+            name = tensor.name or (specs[index].name if index < len(specs) else f"input_{index}")
+            per_input.setdefault(name, []).append(numpy_helper.to_array(tensor))
+    # Each test_data_set is one whole feed: stack them as samples on a new axis 0.
+    try:
+        return {k: np.stack(v) for k, v in per_input.items()}
+    except ValueError as exc:
+        raise BadInputError(f"{path}: test data sets differ in shape ({exc})") from exc
+
+
+def load_dataset(path: str | Path, specs: Sequence[InputSpec]) -> Dataset:
+    """Read an ``.npz`` (one array per input, axis 0 = samples) or test_data_set folder.
+
+    Raises:
+        BadInputError: missing file, unreadable data, or inputs that do not match.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BadInputError(f"{path}: no such file or folder")
+    arrays = _load_test_data_sets(path, specs) if path.is_dir() else _load_npz(path)
+    names = {s.name for s in specs}
+    missing = names - set(arrays)
+    if missing:
+        raise BadInputError(f"{path}: no data for input(s) {', '.join(sorted(missing))}")
+    extra = set(arrays) - names
+    if extra:
+        logger.warning("%s: ignoring arrays that name no input: %s", path, ", ".join(sorted(extra)))
+    selected = {}
+    stacked = set()
+    for spec in specs:
+        array = arrays[spec.name]
+        if array.dtype != spec.dtype:
+            array = array.astype(spec.dtype)
+        rank = len(spec.dims) if spec.dims is not None else array.ndim
+        if array.ndim == rank + 1:
+            stacked.add(spec.name)
+        elif array.ndim != rank or rank == 0:
+            raise BadInputError(
+                f"{path}: array '{spec.name}' has rank {array.ndim}; the input has rank "
+                f"{rank} (give rank {rank + 1} to stack whole samples on axis 0)"
+            )
+        selected[spec.name] = array
+    lengths = {len(a) for a in selected.values()}
+    if len(lengths) > 1:
+        raise BadInputError(f"{path}: inputs have different sample counts {sorted(lengths)}")
+    return Dataset(selected, str(path), frozenset(stacked))

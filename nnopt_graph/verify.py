@@ -1,0 +1,138 @@
+"""Verify a written model against the original: checker, ONNX Runtime load, outputs."""
+
+from __future__ import annotations
+
+__all__ = ["LOSSLESS_MIN_COSINE", "VerifyResult", "compare_models", "verify_written"]
+
+import dataclasses
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from nnopt_graph.errors import CheckFailedError
+from nnopt_graph.runtime.data import Dataset
+from nnopt_graph.runtime.fidelity import FidelityAccumulator, OutputFidelity
+from nnopt_graph.runtime.session import create_session
+
+logger = logging.getLogger(__name__)
+
+# Lossless passes only re-associate float arithmetic; this is what "equal" means for them.
+LOSSLESS_MIN_COSINE = 0.99999
+
+
+@dataclasses.dataclass
+class VerifyResult:
+    """Per-output fidelity of a candidate model against its reference."""
+
+    outputs: list[OutputFidelity]
+    samples: int
+
+    @property
+    def cosine_min(self) -> float:
+        """The worst output's cosine (1.0 for a model without outputs)."""
+        return min((o.cosine for o in self.outputs), default=1.0)
+
+    @property
+    def shapes_match(self) -> bool:
+        """Whether every output kept its shape."""
+        return all(o.shape_match for o in self.outputs)
+
+    def metric(self, name: str) -> float:
+        """The worst value of a metric over outputs (max for errors, min for agreement)."""
+        values = [getattr(o, name) for o in self.outputs if getattr(o, name) is not None]
+        if not values:
+            return math.nan
+        return max(values) if name in {"max_abs", "rel_l2"} else min(values)
+
+    def to_json(self) -> dict[str, Any]:
+        """The report's fidelity entry."""
+        return {
+            "per_output": {o.name: o.to_json() for o in self.outputs},
+            "cosine_min": self.cosine_min,
+            "samples": self.samples,
+        }
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def compare_models(
+    reference: str | os.PathLike[str] | bytes,
+    candidate: str | os.PathLike[str] | bytes,
+    dataset: Dataset,
+    *,
+    batch_size: int = 1,
+    threads: int | None = None,
+) -> VerifyResult:
+    """Run both models on the same feeds (CPU EP) and measure their agreement.
+
+    Raises:
+        CheckFailedError: either model cannot be loaded or run, or their outputs differ
+            in names or count.
+    """
+    sessions = []
+    for label, source in (("input", reference), ("output", candidate)):
+        try:
+            sessions.append(create_session(source, "cpu", threads=threads))
+        except Exception as exc:
+            raise CheckFailedError(f"ONNX Runtime cannot load the {label} model: {_first_line(exc)}") from exc
+    ref_sess, cand_sess = sessions
+    ref_names = [o.name for o in ref_sess.get_outputs()]
+    cand_names = [o.name for o in cand_sess.get_outputs()]
+    if ref_names != cand_names:
+        raise CheckFailedError(f"output names differ: {ref_names} vs {cand_names}")
+    acc = FidelityAccumulator(ref_names)
+    samples = 0
+    for feed in dataset.batches(batch_size):
+        try:
+            ref_out = ref_sess.run(ref_names, feed)
+        except Exception as exc:
+            raise CheckFailedError(
+                f"ONNX Runtime cannot run the input model on the "
+                f"{'generated' if dataset.source == 'random' else 'given'} inputs: "
+                f"{_first_line(exc)}; pass --calib DATA or --input-shape"
+            ) from exc
+        try:
+            cand_out = cand_sess.run(cand_names, feed)
+        except Exception as exc:
+            raise CheckFailedError(f"ONNX Runtime cannot run the output model: {_first_line(exc)}") from exc
+        acc.add(ref_out, cand_out)
+        samples += 1
+    return VerifyResult(acc.result(), samples)
+
+
+def verify_written(
+    reference: str | os.PathLike[str] | bytes,
+    candidate: Path,
+    dataset: Dataset,
+    *,
+    min_cosine: float | None = LOSSLESS_MIN_COSINE,
+) -> VerifyResult:
+    """Full ONNX check of the written file, then numeric comparison with the reference.
+
+    Raises:
+        CheckFailedError: the checker rejects the file, ONNX Runtime cannot run it, an
+            output changed shape, or (when ``min_cosine`` is set) an output's cosine is
+            below it.
+    """
+    try:
+        onnx.checker.check_model(str(candidate), full_check=True)
+    except Exception as exc:
+        raise CheckFailedError(f"ONNX checker rejects the output: {_first_line(exc)}") from exc
+    result = compare_models(reference, candidate, dataset)
+    for out in result.outputs:
+        if not out.shape_match:
+            raise CheckFailedError(f"output '{out.name}' changed shape")
+        if min_cosine is not None and out.cosine < min_cosine:
+            raise CheckFailedError(
+                f"output '{out.name}' differs from the input model's: cosine {out.cosine:.6f} "
+                f"< {min_cosine} (max_abs {out.max_abs:.3g})"
+            )
+    logger.info("verified %s: cosine_min %.7f over %d feeds", candidate, result.cosine_min, result.samples)
+    return result
