@@ -151,14 +151,21 @@ class _Parser:
             self.pos += 1
 
     def parse(self) -> list[PassSpec]:
-        specs: list[PassSpec] = []
+        """Check the whole text's syntax first, then resolve names and options."""
+        elements: list[tuple[str, dict[str, str], bool]] = []
         self.skip_space()
         if self.pos == len(self.text):
             raise self.error("empty pipeline")
         while True:
-            specs.extend(self.element())
+            elements.append(self.element())
             self.skip_space()
             if self.pos == len(self.text):
+                specs: list[PassSpec] = []
+                for name, raw, has_options in elements:
+                    if name in PRESETS and not has_options:
+                        specs.extend(Pipeline.parse(PRESETS[name]).passes)
+                    else:
+                        specs.append(PassSpec.create(name, raw))
                 return specs
             if self.text[self.pos] != ",":
                 raise self.error(f"expected ',' but found '{self.text[self.pos]}'")
@@ -191,7 +198,7 @@ class _Parser:
         self.pos = match.end()
         return match.group()
 
-    def element(self) -> list[PassSpec]:
+    def element(self) -> tuple[str, dict[str, str], bool]:
         name = self.name()
         self.skip_space()
         raw: dict[str, str] = {}
@@ -212,6 +219,4 @@ class _Parser:
                 if key in raw:
                     raise self.error(f"option '{key}' given twice")
                 raw[key] = self.value()
-        if name in PRESETS and not has_options:
-            return list(Pipeline.parse(PRESETS[name]).passes)
-        return [PassSpec.create(name, raw)]
+        return name, raw, has_options

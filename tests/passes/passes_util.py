@@ -1,0 +1,74 @@
+"""Helpers for pass tests: build from ONNX text, run a pass, compare under ORT."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.parser
+import onnx_ir as ir
+import onnxruntime as ort
+
+from nnopt_graph.pipeline.base import PassContext, PassResult
+from nnopt_graph.pipeline.grammar import PassSpec
+
+
+def model_from_text(text: str) -> onnx.ModelProto:
+    model = onnx.parser.parse_model(text)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def run_pass(proto: onnx.ModelProto, name: str, **options) -> tuple[ir.Model, PassResult]:
+    model = ir.serde.deserialize_model(proto)
+    result = PassSpec.create(name, **options).instantiate().run(model, PassContext())
+    return model, result
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    proto = ir.serde.serialize_model(model)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def random_feeds(proto: onnx.ModelProto, seed: int = 0, **dims: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    inits = {i.name for i in proto.graph.initializer}
+    feeds = {}
+    for value in proto.graph.input:
+        if value.name in inits:
+            continue
+        tensor_type = value.type.tensor_type
+        shape = [d.dim_value if d.dim_value else dims.get(d.dim_param, 2) for d in tensor_type.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+        if np.issubdtype(dtype, np.floating):
+            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[value.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            feeds[value.name] = rng.integers(0, 3, shape).astype(dtype)
+    return feeds
+
+
+def ort_run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def assert_same_outputs(before: onnx.ModelProto, after: onnx.ModelProto, seed: int = 0, rtol=1e-5, atol=1e-5, **dims):
+    feeds = random_feeds(before, seed, **dims)
+    for a, b in zip(ort_run(before, feeds), ort_run(after, feeds), strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
+
+
+def op_types(model: ir.Model | onnx.ModelProto) -> list[str]:
+    if isinstance(model, onnx.ModelProto):
+        model = ir.serde.deserialize_model(model)
+    return [n.op_type for n in ir.traversal.RecursiveGraphIterator(model.graph)]
+
+
+def check_idempotent(model: ir.Model, name: str, **options) -> None:
+    second = PassSpec.create(name, **options).instantiate().run(model, PassContext())
+    assert not second.modified, f"second run of {name} changed the model: {second.stats}"
