@@ -62,6 +62,35 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _session(source: str | os.PathLike[str] | bytes, label: str, threads: int | None) -> Any:
+    try:
+        return create_session(source, "cpu", threads=threads)
+    except Exception as exc:
+        raise CheckFailedError(f"ONNX Runtime cannot load the {label} model: {_first_line(exc)}") from exc
+
+
+def _run(session: Any, names: list[str], feed: dict[str, Any], label: str, source: str) -> list[Any]:
+    try:
+        return session.run(names, feed)
+    except Exception as exc:
+        hint = "; pass --calib DATA or --input-shape" if label == "input" else ""
+        raise CheckFailedError(
+            f"ONNX Runtime cannot run the {label} model on the {source} inputs: "
+            f"{_first_line(exc)}{hint}"
+        ) from exc
+
+
+def _weights_size(source: str | os.PathLike[str] | bytes) -> int:
+    if isinstance(source, bytes):
+        return len(source)
+    path = Path(source)
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
+
+
+# Above this, only one model is held in memory at a time (reference outputs are kept).
+_ONE_SESSION_AT_A_TIME_BYTES = 512 * 2**20
+
+
 def compare_models(
     reference: str | os.PathLike[str] | bytes,
     candidate: str | os.PathLike[str] | bytes,
@@ -72,39 +101,40 @@ def compare_models(
 ) -> VerifyResult:
     """Run both models on the same feeds (CPU EP) and measure their agreement.
 
+    Small models run side by side; large ones one after the other, so peak memory is
+    one model plus the reference outputs rather than two models.
+
     Raises:
         CheckFailedError: either model cannot be loaded or run, or their outputs differ
             in names or count.
     """
-    sessions = []
-    for label, source in (("input", reference), ("output", candidate)):
-        try:
-            sessions.append(create_session(source, "cpu", threads=threads))
-        except Exception as exc:
-            raise CheckFailedError(f"ONNX Runtime cannot load the {label} model: {_first_line(exc)}") from exc
-    ref_sess, cand_sess = sessions
+    source = "generated" if dataset.source == "random" else "given"
+    ref_sess = _session(reference, "input", threads)
     ref_names = [o.name for o in ref_sess.get_outputs()]
+    acc = FidelityAccumulator(ref_names)
+    samples = 0
+    if _weights_size(reference) > _ONE_SESSION_AT_A_TIME_BYTES:
+        ref_outputs = [_run(ref_sess, ref_names, f, "input", source) for f in dataset.batches(batch_size)]
+        del ref_sess
+        cand_sess = _session(candidate, "output", threads)
+        _check_names(ref_names, cand_sess)
+        for feed, ref_out in zip(dataset.batches(batch_size), ref_outputs):
+            acc.add(ref_out, _run(cand_sess, ref_names, feed, "output", source))
+            samples += 1
+    else:
+        cand_sess = _session(candidate, "output", threads)
+        _check_names(ref_names, cand_sess)
+        for feed in dataset.batches(batch_size):
+            ref_out = _run(ref_sess, ref_names, feed, "input", source)
+            acc.add(ref_out, _run(cand_sess, ref_names, feed, "output", source))
+            samples += 1
+    return VerifyResult(acc.result(), samples)
+
+
+def _check_names(ref_names: list[str], cand_sess: Any) -> None:
     cand_names = [o.name for o in cand_sess.get_outputs()]
     if ref_names != cand_names:
         raise CheckFailedError(f"output names differ: {ref_names} vs {cand_names}")
-    acc = FidelityAccumulator(ref_names)
-    samples = 0
-    for feed in dataset.batches(batch_size):
-        try:
-            ref_out = ref_sess.run(ref_names, feed)
-        except Exception as exc:
-            raise CheckFailedError(
-                f"ONNX Runtime cannot run the input model on the "
-                f"{'generated' if dataset.source == 'random' else 'given'} inputs: "
-                f"{_first_line(exc)}; pass --calib DATA or --input-shape"
-            ) from exc
-        try:
-            cand_out = cand_sess.run(cand_names, feed)
-        except Exception as exc:
-            raise CheckFailedError(f"ONNX Runtime cannot run the output model: {_first_line(exc)}") from exc
-        acc.add(ref_out, cand_out)
-        samples += 1
-    return VerifyResult(acc.result(), samples)
 
 
 def verify_written(
