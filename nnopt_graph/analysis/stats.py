@@ -44,6 +44,7 @@ class ModelSummary:
     macs: int | None
     flops: int | None
     flops_shapes: dict[str, list[int]]
+    flops_unknown_nodes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -140,6 +141,14 @@ def summarize(
             if value.const_value is not None:
                 params += value.const_value.size
                 weight_bytes += value.const_value.nbytes
+    for node in all_nodes(model):
+        # Weights held in Constant nodes (PaddlePaddle, spox exports) count as weights.
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            attr = node.attributes.get("value")
+            if attr is not None and attr.type == ir.AttributeType.TENSOR:
+                tensor = attr.as_tensor()
+                params += tensor.size
+                weight_bytes += tensor.nbytes
     summary = ModelSummary(
         path=str(path) if path else None,
         size_bytes=size,
@@ -167,7 +176,8 @@ def summarize(
         ir_passes.ShapeInferencePass(strict_mode=False)(model)
         macs, unknown = estimate_macs(model)
         if unknown:
-            logger.warning("FLOPs: %d matmul/conv nodes have unknown shapes and are not counted", unknown)
+            logger.info("FLOPs: %d matmul/conv nodes have unknown shapes and are not counted", unknown)
+        summary.flops_unknown_nodes = unknown
         summary.macs = macs
         summary.flops = 2 * macs
         summary.flops_shapes = {k: list(v) for k, v in shapes.items()}

@@ -202,6 +202,7 @@ class FoldConstantsOptions:
 
     max_input_elements: int = 1 << 24
     small_output_elements: int = 64
+    max_rounds: int = 4
 
 
 @register_pass
@@ -221,12 +222,19 @@ class FoldConstantsPass(Pass):
         custom = {id(n) for n in custom_domain_nodes(model)}
         before_nodes = count_nodes(model) - _count_op(model, "Constant")
         before_bytes = _initializer_bytes(model)
-        onnxscript.optimizer.fold_constants(
-            model,
-            input_size_limit=self.options.max_input_elements,
-            output_size_limit=self.options.small_output_elements,
-            should_fold=lambda node: False if id(node) in custom else None,
-        )
+        # Shapes that full inference derives let more Shape/Gather chains fold; repeat
+        # until nothing folds so that a second run of the pass finds nothing to do.
+        for _ in range(self.options.max_rounds):
+            ir_passes.ShapeInferencePass(strict_mode=False)(model)
+            folded = onnxscript.optimizer.fold_constants(
+                model,
+                input_size_limit=self.options.max_input_elements,
+                output_size_limit=self.options.small_output_elements,
+                should_fold=lambda node: False if id(node) in custom else None,
+            )
+            if not folded.modified:
+                break
+            ir_passes.RemoveUnusedNodesPass()(model)
         after_nodes = count_nodes(model) - _count_op(model, "Constant")
         after_bytes = _initializer_bytes(model)
         return PassResult(
@@ -259,6 +267,29 @@ class FoldBatchNormPass(Pass):
         return PassResult({"batchnorms-folded": before - after, "skipped-batchnorms-kept": after})
 
 
+def _drop_stale_uses(model: ir.Model) -> None:
+    """Disconnect uses by nodes that are no longer part of the model.
+
+    Rewrites (onnxscript's folder of a constant-condition If among them) can leave a
+    removed node, or a whole dropped branch, still registered as a user of live values;
+    onnx-ir's unused-node pass would then keep those values and their producers alive.
+    """
+    live = {id(g) for g in all_graphs(model)}
+
+    def stale(node: ir.Node) -> bool:
+        return node.graph is None or id(node.graph) not in live
+
+    for graph in all_graphs(model):
+        values: list[ir.Value] = list(graph.inputs)
+        if isinstance(graph, ir.Graph):
+            values.extend(graph.initializers.values())
+        values.extend(out for node in graph for out in node.outputs)
+        for value in values:
+            for use in list(value.uses()):
+                if stale(use.node):
+                    use.node.replace_input_with(use.idx, None)
+
+
 @register_pass
 class EliminateDeadCodePass(Pass):
     """Remove nodes, initializers, functions and opsets that no output depends on."""
@@ -268,6 +299,7 @@ class EliminateDeadCodePass(Pass):
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
         """Run onnx-ir's unused-node, -function and -opset removal."""
         nodes, inits, funcs = count_nodes(model), _initializer_count(model), len(model.functions)
+        _drop_stale_uses(model)
         ir_passes.RemoveUnusedNodesPass()(model)
         ir_passes.RemoveUnusedFunctionsPass()(model)
         ir_passes.RemoveUnusedOpsetsPass()(model)
