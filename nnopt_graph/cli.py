@@ -52,10 +52,6 @@ def _cmd_opt(args: argparse.Namespace) -> int:
     )
     from nnopt_graph.report import print_summary
 
-    if args.guard:
-        raise BadInputError("--guard needs a lossy pass; the measurement guard is not available yet")
-    if args.eval:
-        raise BadInputError("--eval is not available yet (held-out evaluation comes with the guard)")
     _existing_file(args.input)
     instruments = []
     if args.print_ir_after:
@@ -77,7 +73,9 @@ def _cmd_opt(args: argparse.Namespace) -> int:
         args.pipeline,
         target=args.target,
         calib=args.calib,
+        eval_data=args.eval,
         input_shapes=_input_shapes(args.input_shape),
+        guard=args.guard,
         check=not args.no_check,
         verify_each=args.verify_each,
         instruments=instruments,

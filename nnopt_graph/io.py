@@ -62,6 +62,18 @@ def _check_external_data(model: ir.Model, path: Path) -> None:
         if not isinstance(tensor, ir.ExternalTensor):
             continue
         data_path = Path(tensor.base_dir, tensor.location)
+        # onnx-ir refuses, when it reads the data, files outside the model's folder
+        # (after symlinks) and files with several hard links: report them here instead.
+        if not data_path.resolve().is_relative_to(path.parent.resolve()):
+            raise BadInputError(
+                f"{path}: external-data file '{tensor.location}' of tensor "
+                f"'{tensor.name}' is outside the model's folder"
+            )
+        if data_path.is_file() and data_path.stat().st_nlink > 1:
+            raise BadInputError(
+                f"{path}: external-data file '{tensor.location}' has several hard links, "
+                "which onnx-ir refuses to read; copy it to a file of its own"
+            )
         if not data_path.is_file():
             raise BadInputError(
                 f"{path}: external-data file '{tensor.location}' of tensor "

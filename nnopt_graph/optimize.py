@@ -18,8 +18,10 @@ import onnx
 import onnx_ir as ir
 
 from nnopt_graph import io
+from nnopt_graph.analysis.structure import structural_problems
 from nnopt_graph.analysis.stats import ModelSummary, summarize
-from nnopt_graph.errors import BadInputError
+from nnopt_graph.errors import BadInputError, CheckFailedError
+from nnopt_graph.guard import Guard, MetricFn
 from nnopt_graph.pipeline.base import PassContext
 from nnopt_graph.pipeline.grammar import Pipeline
 from nnopt_graph.pipeline.manager import Instrument, PassManager, PassRecord
@@ -31,6 +33,9 @@ from nnopt_graph.verify import LOSSLESS_MIN_COSINE, VerifyResult, verify_written
 logger = logging.getLogger(__name__)
 
 TARGETS = ("cpu", "cuda", "tensorrt")
+
+# What a pipeline with lossy passes must keep when the user gives no --guard.
+DEFAULT_GUARD = "cosine>=0.99"
 
 
 @dataclasses.dataclass
@@ -83,19 +88,54 @@ def _model_on_disk(model: str | os.PathLike[str] | ir.Model | onnx.ModelProto) -
         yield path
 
 
-def _dataset(
+def _datasets(
     model: ir.Model,
-    data: str | os.PathLike[str] | Dataset | None,
+    calib: str | os.PathLike[str] | Dataset | None,
+    eval_data: str | os.PathLike[str] | Dataset | None,
     input_shapes: Mapping[str, Sequence[int]] | None,
     samples: int,
-) -> Dataset:
+    lossy: bool,
+) -> tuple[Dataset | None, Dataset]:
+    """(calibration data for passes, held-out data for the guard and verification).
+
+    Without --eval, the last 20% of --calib is held out and never calibrated on.
+    Without any data, generated inputs serve verification only.
+    """
     specs = input_specs(model)
-    if isinstance(data, Dataset):
-        return data
-    if data is not None:
-        return load_dataset(data, specs)
-    shapes = resolve_shapes(specs, input_shapes)
-    return random_dataset(specs, shapes, num_samples=samples)
+
+    def read(data: str | os.PathLike[str] | Dataset) -> Dataset:
+        return data if isinstance(data, Dataset) else load_dataset(data, specs)
+
+    if calib is None:
+        if lossy:
+            logger.warning(
+                "no --calib data: lossy passes calibrate on random inputs and the guard "
+                "measures on random inputs; results on real data may be worse"
+            )
+        generated = random_dataset(specs, resolve_shapes(specs, input_shapes), num_samples=samples)
+        return (generated if lossy else None), (read(eval_data) if eval_data else generated)
+    calibration = read(calib)
+    if eval_data is not None:
+        return calibration, read(eval_data)
+    if calibration.num_samples < 2:
+        return calibration, calibration
+    return calibration.split(0.2)
+
+
+def _check_input(model: ir.Model, path: Path) -> None:
+    """Refuse an input the ONNX checker rejects: optimizing it would blame the output.
+
+    Raises:
+        BadInputError: the input model is structurally broken or invalid ONNX.
+    """
+    problems = structural_problems(model)
+    if problems:
+        raise BadInputError(f"{path}: invalid model: {problems[0]}")
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        raise BadInputError(f"{path}: invalid model: {text[:300]}") from exc
 
 
 def optimize(
@@ -105,7 +145,10 @@ def optimize(
     *,
     target: str | None = None,
     calib: str | os.PathLike[str] | Dataset | None = None,
+    eval_data: str | os.PathLike[str] | Dataset | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    guard: str | None = None,
+    metric: MetricFn | None = None,
     check: bool = True,
     verify_each: bool = False,
     instruments: Sequence[Instrument] = (),
@@ -120,8 +163,14 @@ def optimize(
         pipeline: pipeline text or object; None means the lossless default (or the
             target's preset when ``target`` is given).
         target: the execution provider the result is for: cpu, cuda or tensorrt.
-        calib: calibration/verification data (.npz or test_data_set folder).
+        calib: calibration data (.npz or test_data_set folder); its last 20% is held
+            out for the guard and verification unless ``eval_data`` is given.
+        eval_data: held-out data for the guard and verification.
         input_shapes: concrete shapes for dynamic inputs, by input name.
+        guard: budget for lossy passes, e.g. ``cosine>=0.99,top1>=0.98``; pipelines with
+            lossy passes default to ``cosine>=0.99``.
+        metric: the user's own metric, called with a candidate model's path, for
+            ``metric`` terms in the guard (e.g. accuracy on a labelled set).
         check: verify the written file (checker, ORT, outputs); a failure writes nothing.
         verify_each: run structural checks and the ONNX checker after every pass.
         instruments: extra instruments (timing, stats, IR printing, dumps).
@@ -142,31 +191,58 @@ def optimize(
     input_path = Path(model) if isinstance(model, (str, os.PathLike)) else None
     if isinstance(model, (str, os.PathLike)):
         ir_model = io.load(model)
+        _check_input(ir_model, Path(model))
     elif isinstance(model, onnx.ModelProto):
         ir_model = ir.serde.deserialize_model(model)
     else:
         ir_model = model
+    lossy = any(spec.instantiate().lossy for spec in resolved.passes)
+    guard_expr = guard if guard is not None else (DEFAULT_GUARD if lossy else None)
+    if guard is not None and not lossy:
+        logger.warning("--guard has no effect: the pipeline has no lossy pass")
     with contextlib.ExitStack() as stack:
-        original = None
-        if output is not None:
-            original = stack.enter_context(_model_on_disk(input_path or model))
-        dataset = (
-            _dataset(ir_model, calib, input_shapes, verify_samples)
-            if output is not None and check
-            else None
+        original = stack.enter_context(_model_on_disk(input_path or model))
+        calibration, held_out = _datasets(
+            ir_model, calib, eval_data, input_shapes, verify_samples, lossy
         )
-        input_summary = summarize(original, input_shapes) if original is not None else None
+        the_guard = Guard(guard_expr, original, held_out, metric) if guard_expr else None
+        input_summary = summarize(original, input_shapes) if output is not None else None
         all_instruments = [VerifyEachInstrument()] if verify_each else []
         all_instruments.extend(instruments)
-        context = PassContext(target=target, input_shapes=dict(input_shapes or {}), calibration=calib)
-        records = PassManager(resolved, context=context, instruments=all_instruments).run(ir_model)
+        context = PassContext(
+            target=target, input_shapes=dict(input_shapes or {}), calibration=calibration
+        )
+        manager = PassManager(
+            resolved, context=context, instruments=all_instruments, guard=the_guard if lossy else None
+        )
+        records = manager.run(ir_model)
+        assert manager.model is not None
+        ir_model = manager.model
+        lossy_records = [r for r in records if r.guard_action is not None]
+        if lossy_records and all(r.guard_action == "rolled back" for r in lossy_records):
+            raise CheckFailedError(
+                f"no lossy pass kept the guard '{guard_expr}' "
+                f"({'; '.join(str(d.get('failed')) for r in lossy_records for d in r.decisions if 'failed' in d)}); "
+                "nothing written"
+            )
         fidelity = None
+        guard_passed = None
         output_summary: ModelSummary | None = None
         written = None
         if output is not None:
             with io.staged_save(ir_model, output) as staged:
-                if check and dataset is not None and original is not None:
-                    fidelity = verify_written(original, staged, dataset, min_cosine=LOSSLESS_MIN_COSINE)
+                if check:
+                    fidelity = verify_written(
+                        original, staged, held_out, min_cosine=None if lossy else LOSSLESS_MIN_COSINE
+                    )
+                    if the_guard is not None and lossy:
+                        outcome = the_guard.measure_path(staged)
+                        guard_passed = outcome.passed
+                        if not outcome.passed:
+                            raise CheckFailedError(
+                                f"the output breaks the guard '{guard_expr}': "
+                                f"{'; '.join(outcome.failed)}; nothing written"
+                            )
                 output_summary = summarize(staged, input_shapes)
                 output_summary.path = str(output)
             written = Path(output)
@@ -176,8 +252,8 @@ def optimize(
         pipeline=str(resolved),
         records=records,
         fidelity=fidelity,
-        guard_expr=None,
-        guard_passed=None,
+        guard_expr=guard_expr,
+        guard_passed=guard_passed,
         seconds=time.perf_counter() - start,
     )
     if report is not None:

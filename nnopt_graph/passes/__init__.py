@@ -1,3 +1,4 @@
 """Built-in passes; importing this package registers them all."""
 
 from nnopt_graph.passes import cleanup  # noqa: F401
+from nnopt_graph.passes import dedup  # noqa: F401

@@ -39,6 +39,7 @@ class PassContext:
 
     target: str | None = None
     input_shapes: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    # A runtime.data.Dataset for calibration (never the guard's held-out part), or None.
     calibration: Any = None
 
 
@@ -76,6 +77,10 @@ class Pass(abc.ABC):
 
     def ensures(self, model: ir.Model) -> None:  # noqa: B027  (optional hook)
         """Raise if the model does not meet the pass's postconditions."""
+
+    def back_off(self) -> Pass | None:
+        """A weaker version of this lossy pass to try when the guard fails, or None."""
+        return None
 
     @abc.abstractmethod
     def run(self, model: ir.Model, context: PassContext) -> PassResult:

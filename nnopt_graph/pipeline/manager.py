@@ -30,6 +30,7 @@ class PassRecord:
     seconds: float
     fidelity: dict[str, Any] | None = None
     decisions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    guard_action: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The report's per-pass entry."""
@@ -54,7 +55,13 @@ def _options_dict(pass_: Pass) -> dict[str, Any]:
 
 
 class PassManager:
-    """Runs a pipeline's passes on a model, in place, recording each one."""
+    """Runs a pipeline's passes on a model, recording each one.
+
+    Passes change the model in place. A lossy pass run under a guard works on the model
+    too, but when the guard rejects it the manager restores a snapshot taken before the
+    pass (or tries the pass's weaker ``back_off()`` version): after ``run`` the final
+    model is ``self.model``, which is a different object after a rollback.
+    """
 
     def __init__(
         self,
@@ -62,6 +69,7 @@ class PassManager:
         *,
         context: PassContext | None = None,
         instruments: Sequence[Instrument] = (),
+        guard: Any = None,
     ) -> None:
         if isinstance(pipeline, Pipeline):
             self.passes = [spec.instantiate() for spec in pipeline.passes]
@@ -69,9 +77,49 @@ class PassManager:
             self.passes = list(pipeline)
         self.context = context or PassContext()
         self.instruments = list(instruments)
+        self.guard = guard
+        self.model: ir.Model | None = None
+
+    def _run_one(self, pass_: Pass, model: ir.Model, done: list[str]) -> PassResult:
+        try:
+            pass_.requires(model)
+            result = pass_.run(model, self.context)
+            if not isinstance(result, PassResult):
+                raise TypeError(f"run() returned {type(result).__name__}, not PassResult")
+            pass_.ensures(model)
+        except NnoptError:
+            raise
+        except Exception as exc:
+            logger.debug("pass %s raised", pass_.name, exc_info=True)
+            raise PassFailedError(pass_.name, done, f"{type(exc).__name__}: {exc}") from exc
+        return result
+
+    def _run_guarded(
+        self, pass_: Pass, model: ir.Model, done: list[str]
+    ) -> tuple[ir.Model, Pass, PassResult, dict[str, Any] | None, str]:
+        """Run a lossy pass under the guard, backing off or rolling back on failure."""
+        snapshot = model.clone()
+        attempt = pass_
+        while True:
+            result = self._run_one(attempt, model, done)
+            if not result.modified:
+                return model, attempt, result, None, "unchanged"
+            outcome = self.guard.measure(model)
+            if outcome.passed:
+                action = "kept" if attempt is pass_ else "backed off"
+                logger.info("guard: %s %s (%s)", attempt.name, action, outcome.values)
+                return model, attempt, result, outcome.to_json(), action
+            logger.info("guard: %s fails %s", attempt.name, "; ".join(outcome.failed))
+            weaker = attempt.back_off()
+            model = snapshot.clone()
+            if weaker is None:
+                result.stats = {k: 0 for k in result.stats}
+                result.decisions.append({"guard": "rolled back", "failed": outcome.failed})
+                return model, attempt, result, outcome.to_json(), "rolled back"
+            attempt = weaker
 
     def run(self, model: ir.Model) -> list[PassRecord]:
-        """Run every pass in order.
+        """Run every pass in order; the final model is then ``self.model``.
 
         Raises:
             PassFailedError: a pass raised or its pre/postconditions failed; the error
@@ -83,26 +131,22 @@ class PassManager:
             for instrument in self.instruments:
                 instrument.before_pass(pass_, model)
             start = time.perf_counter()
-            try:
-                pass_.requires(model)
-                result = pass_.run(model, self.context)
-                if not isinstance(result, PassResult):
-                    raise TypeError(f"run() returned {type(result).__name__}, not PassResult")
-                pass_.ensures(model)
-            except PassFailedError:
-                raise
-            except NnoptError:
-                raise
-            except Exception as exc:
-                logger.debug("pass %s raised", pass_.name, exc_info=True)
-                raise PassFailedError(pass_.name, done, f"{type(exc).__name__}: {exc}") from exc
+            fidelity = None
+            action = None
+            ran = pass_
+            if pass_.lossy and self.guard is not None:
+                model, ran, result, fidelity, action = self._run_guarded(pass_, model, done)
+            else:
+                result = self._run_one(pass_, model, done)
             record = PassRecord(
                 name=pass_.name,
-                options=_options_dict(pass_),
+                options=_options_dict(ran),
                 modified=result.modified,
                 stats=dict(result.stats),
                 seconds=time.perf_counter() - start,
+                fidelity=fidelity,
                 decisions=list(result.decisions),
+                guard_action=action,
             )
             logger.info("pass %s: %s", pass_.name, record.stats)
             try:
@@ -116,4 +160,5 @@ class PassManager:
             done.append(pass_.name)
         for instrument in self.instruments:
             instrument.after_pipeline(model, records)
+        self.model = model
         return records

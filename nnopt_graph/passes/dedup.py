@@ -1,0 +1,692 @@
+"""Lossless weight sharing: merge identical weights across all scopes and derive exact transforms."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CHUNK_BYTES",
+    "DeduplicateWeightsOptions",
+    "DeduplicateWeightsPass",
+    "tensor_digest",
+    "tensors_equal",
+]
+
+import collections
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import onnx_ir as ir
+
+from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
+from nnopt_graph.pipeline.registry import register_pass
+
+logger = logging.getLogger(__name__)
+
+# Tensors are read, hashed and compared in slices of this size, so a multi-GB
+# external-data model is never held in memory at once.
+CHUNK_BYTES = 64 << 20
+# Element-wise signatures (transform candidates) make uint64 temporaries: smaller slices.
+_SIGNATURE_CHUNK_BYTES = 8 << 20
+# Float dtypes that the exact transforms handle (numpy and ONNX Runtime compute them alike).
+_TRANSFORM_DTYPES = frozenset({ir.DataType.FLOAT16, ir.DataType.FLOAT, ir.DataType.DOUBLE})
+_UINT_OF_WIDTH = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+# Candidate pairs tried per signature group before giving up (keeps pathological models linear).
+_MAX_BASES_PER_GROUP = 8
+_TRANSFORM_STATS = ("transposes-shared", "negations-shared", "multiples-shared")
+_STATS = (
+    "tensors-merged",
+    "bytes-saved",
+    *_TRANSFORM_STATS,
+    "skipped-graph-input-initializers",
+    "skipped-graph-output-weights",
+    "skipped-transforms-too-small",
+)
+_MIX_1 = np.uint64(0x9E3779B97F4A7C15)
+_MIX_2 = np.uint64(0xBF58476D1CE4E5B9)
+
+
+# ---------------------------------------------------------------- tensor bytes
+
+
+def _is_external(tensor: ir.TensorProtocol) -> bool:
+    return isinstance(tensor, ir.ExternalTensor)
+
+
+def _external_slices(tensor: ir.ExternalTensor, dtype: np.dtype, chunk_bytes: int) -> Iterator[np.ndarray]:
+    """Slices of an external tensor's data, each from its own short-lived memory map."""
+    offset = tensor.offset or 0
+    total = tensor.length if tensor.length is not None else tensor.nbytes
+    step = max(chunk_bytes - chunk_bytes % dtype.itemsize, dtype.itemsize)
+    for start in range(0, total, step):
+        size = min(step, total - start)
+        # A map per slice, dropped after use, keeps resident memory to about two slices.
+        mapped = np.memmap(tensor.path, dtype=np.uint8, mode="r", offset=offset + start, shape=(size,))
+        yield mapped.view(dtype)
+        del mapped
+
+
+def _array_slices(tensor: ir.TensorProtocol, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
+    """The tensor's elements as flat arrays of about ``chunk_bytes`` (byte-sized dtypes only)."""
+    dtype = np.dtype(tensor.dtype.numpy())
+    if _is_external(tensor):
+        assert isinstance(tensor, ir.ExternalTensor)
+        yield from _external_slices(tensor, dtype, chunk_bytes)
+        return
+    flat = np.ascontiguousarray(tensor.numpy()).reshape(-1)
+    step = max(chunk_bytes // max(flat.itemsize, 1), 1)
+    for start in range(0, flat.size, step):
+        yield flat[start : start + step]
+
+
+def _byte_chunks(tensor: ir.TensorProtocol) -> Iterator[bytes | memoryview]:
+    """The tensor's serialized bytes (ONNX raw_data layout), in slices of about CHUNK_BYTES."""
+    dtype = tensor.dtype
+    if dtype.is_string():
+        for item in np.asarray(tensor.numpy()).reshape(-1):
+            data = item if isinstance(item, bytes) else str(item).encode()
+            yield len(data).to_bytes(8, "little") + data
+        return
+    if _is_external(tensor):
+        # Raw file bytes: the same layout tobytes() gives, without mapping the whole tensor.
+        assert isinstance(tensor, ir.ExternalTensor)
+        for part in _external_slices(tensor, np.dtype(np.uint8), CHUNK_BYTES):
+            yield memoryview(part)
+        return
+    if tensor.nbytes <= CHUNK_BYTES or dtype.bitwidth < 8:
+        yield tensor.tobytes()
+        return
+    for part in _array_slices(tensor):
+        yield memoryview(part.view(np.uint8))
+
+
+def tensor_digest(tensor: ir.TensorProtocol) -> bytes:
+    """BLAKE2b digest of a tensor's bytes, streamed in chunks."""
+    hasher = hashlib.blake2b(digest_size=32)
+    for chunk in _byte_chunks(tensor):
+        hasher.update(chunk)
+    return hasher.digest()
+
+
+def _equal_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    step = 4 << 20  # bounds the boolean temporary
+    return all(np.array_equal(a[i : i + step], b[i : i + step]) for i in range(0, a.size, step))
+
+
+def tensors_equal(a: ir.TensorProtocol, b: ir.TensorProtocol) -> bool:
+    """Whether two tensors have the same dtype, shape and bytes (compared chunk by chunk)."""
+    if a.dtype != b.dtype or tuple(a.shape) != tuple(b.shape):
+        return False
+    left, right = _byte_chunks(a), _byte_chunks(b)
+    empty = np.zeros(0, np.uint8)
+    pending_a = pending_b = empty
+    while True:
+        if not pending_a.size:
+            pending_a = np.frombuffer(next(left, b""), np.uint8)
+        if not pending_b.size:
+            pending_b = np.frombuffer(next(right, b""), np.uint8)
+        if not pending_a.size or not pending_b.size:
+            return not pending_a.size and not pending_b.size
+        size = min(pending_a.size, pending_b.size)
+        if not _equal_bytes(pending_a[:size], pending_b[:size]):
+            return False
+        pending_a, pending_b = pending_a[size:], pending_b[size:]
+
+
+def _load(tensor: ir.TensorProtocol) -> np.ndarray:
+    """The whole tensor as an array; external data through a map the caller drops after use."""
+    dtype = np.dtype(tensor.dtype.numpy())
+    shape = tuple(int(d) for d in tensor.shape)
+    if _is_external(tensor):
+        assert isinstance(tensor, ir.ExternalTensor)
+        return np.memmap(tensor.path, dtype=dtype, mode="r", offset=tensor.offset or 0, shape=shape)
+    return np.asarray(tensor.numpy()).reshape(shape)
+
+
+# ---------------------------------------------------------------- scopes and weights
+
+
+class _Scopes:
+    """The tree of graphs (main graph and nested If/Loop/Scan bodies) and the names in use."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self.main = model.graph
+        self.parent: dict[int, ir.Graph | None] = {}
+        self.depth: dict[int, int] = {}
+        self.graphs: list[ir.Graph] = []
+        self.names: collections.Counter[str] = collections.Counter()
+        # Values listed as an output of any graph, which must keep their identity.
+        self.output_ids: set[int] = set()
+        self._walk(model.graph, None)
+
+    def _walk(self, graph: ir.Graph, parent: ir.Graph | None) -> None:
+        self.parent[id(graph)] = parent
+        self.depth[id(graph)] = 0 if parent is None else self.depth[id(parent)] + 1
+        self.graphs.append(graph)
+        self.output_ids.update(id(v) for v in graph.outputs)
+        for value in [*graph.inputs, *graph.initializers.values()]:
+            if value.name:
+                self.names[value.name] += 1
+        for node in graph:
+            for value in node.outputs:
+                if value.name:
+                    self.names[value.name] += 1
+            for attr in node.attributes.values():
+                if not isinstance(attr, ir.Attr):
+                    continue
+                if attr.type == ir.AttributeType.GRAPH:
+                    self._walk(attr.as_graph(), graph)
+                elif attr.type == ir.AttributeType.GRAPHS:
+                    for sub in attr.as_graphs():
+                        self._walk(sub, graph)
+
+    def encloses(self, outer: ir.Graph, inner: ir.Graph | None) -> bool:
+        """Whether ``inner`` is ``outer`` or nested in it (so it sees outer's values)."""
+        while inner is not None:
+            if inner is outer:
+                return True
+            inner = self.parent[id(inner)]
+        return False
+
+    def common(self, graphs: Iterable[ir.Graph]) -> ir.Graph:
+        """The closest graph that encloses all of ``graphs``."""
+        result: ir.Graph | None = None
+        for graph in graphs:
+            if result is None:
+                result = graph
+                continue
+            a, b = result, graph
+            while self.depth[id(a)] > self.depth[id(b)]:
+                a = self.parent[id(a)]  # type: ignore[assignment]
+            while self.depth[id(b)] > self.depth[id(a)]:
+                b = self.parent[id(b)]  # type: ignore[assignment]
+            while a is not b:
+                a, b = self.parent[id(a)], self.parent[id(b)]  # type: ignore[assignment]
+            result = a
+        assert result is not None
+        return result
+
+    def fresh_name(self, base: str, *, held: bool) -> str:
+        """A model-wide unique value name: ``base`` itself when free.
+
+        Args:
+            base: the wanted name.
+            held: the value being named holds ``base`` now (counted once already).
+        """
+        if self.names[base] <= (1 if held else 0):
+            if not held:
+                self.names[base] += 1
+            return base
+        i = 1
+        while self.names[f"{base}__{i}"]:
+            i += 1
+        if held:
+            self.names[base] -= 1
+        name = f"{base}__{i}"
+        self.names[name] += 1
+        return name
+
+
+@dataclasses.dataclass
+class _Weight:
+    """A constant tensor the model reads: an initializer, or a Constant node's ``value``."""
+
+    value: ir.Value
+    graph: ir.Graph
+    node: ir.Node | None
+    tensor: ir.TensorProtocol
+    pinned: str | None = None  # why it must stay as it is
+    removed: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.value.name or "<unnamed>"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.tensor.shape)
+
+
+def _constant_tensor(node: ir.Node) -> ir.TensorProtocol | None:
+    """The tensor of a Constant node given by its ``value`` attribute, else None."""
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
+        return None
+    attr = node.attributes.get("value")
+    if len(node.attributes) != 1 or not isinstance(attr, ir.Attr) or attr.type != ir.AttributeType.TENSOR:
+        return None
+    return attr.as_tensor()
+
+
+def _collect(scopes: _Scopes) -> list[_Weight]:
+    """Every weight of the main graph and its subgraphs, in a stable order."""
+    weights = []
+    for graph in scopes.graphs:
+        for value in graph.initializers.values():
+            if value.const_value is None:
+                continue
+            weight = _Weight(value, graph, None, value.const_value)
+            if value.is_graph_input():
+                weight.pinned = "graph-input"
+            elif id(value) in scopes.output_ids:
+                weight.pinned = "graph-output"
+            weights.append(weight)
+        for node in graph:
+            tensor = _constant_tensor(node)
+            if tensor is None:
+                continue
+            weight = _Weight(node.outputs[0], graph, node, tensor)
+            if id(node.outputs[0]) in scopes.output_ids:
+                weight.pinned = "graph-output"
+            weights.append(weight)
+    return weights
+
+
+def _remove(weight: _Weight) -> None:
+    """Drop a weight whose uses were all redirected."""
+    if weight.node is None:
+        assert weight.value.name is not None
+        weight.graph.initializers.pop(weight.value.name)
+    else:
+        weight.graph.remove(weight.node, safe=True)
+    weight.removed = True
+
+
+def _move_to(weight: _Weight, scope: ir.Graph, scopes: _Scopes) -> None:
+    """Make ``weight`` an initializer of ``scope``, which encloses its graph (in place)."""
+    if weight.node is None and weight.graph is scope:
+        return
+    old_name = weight.name
+    if weight.node is None:
+        value = weight.value
+        weight.graph.initializers.pop(old_name)
+        value.name = scopes.fresh_name(old_name, held=True)
+    else:
+        value = ir.Value(
+            name=scopes.fresh_name(old_name, held=True),
+            type=ir.TensorType(weight.tensor.dtype),
+            shape=ir.Shape(weight.shape),
+            const_value=weight.tensor,
+        )
+        weight.value.replace_all_uses_with(value)
+        weight.graph.remove(weight.node, safe=True)
+    if value.type is None:
+        value.type = ir.TensorType(weight.tensor.dtype)
+    if value.shape is None:
+        value.shape = ir.Shape(weight.shape)
+    scope.initializers.add(value)
+    where = "the main graph" if scopes.parent[id(scope)] is None else f"graph '{scope.name}'"
+    logger.info("moved weight '%s' to %s as initializer '%s'", old_name, where, value.name)
+    weight.value, weight.graph, weight.node = value, scope, None
+
+
+# ---------------------------------------------------------------- exact transforms
+
+
+def _uint_view(array: np.ndarray) -> np.ndarray:
+    return array.view(_UINT_OF_WIDTH[array.dtype.itemsize])
+
+
+def _multiset_signature(tensor: ir.TensorProtocol) -> int:
+    """An order-independent hash of the elements' bits: equal for a matrix and its transpose."""
+    total = np.uint64(0)
+    with np.errstate(over="ignore"):
+        for part in _array_slices(tensor, _SIGNATURE_CHUNK_BYTES):
+            bits = _uint_view(part).astype(np.uint64)
+            bits *= _MIX_1
+            bits ^= bits >> np.uint64(29)
+            bits *= _MIX_2
+            total += np.sum(bits, dtype=np.uint64)
+    return int(total)
+
+
+def _pattern_signature(tensor: ir.TensorProtocol) -> tuple[bytes, bytes] | None:
+    """A hash of where the zeros are and of the signs up to a global flip: equal for w and s*w.
+
+    None when the tensor holds NaN or infinity (left to the byte-exact merge only).
+    """
+    zeros = hashlib.blake2b(digest_size=16)
+    signs = hashlib.blake2b(digest_size=16)
+    flipped = hashlib.blake2b(digest_size=16)
+    for part in _array_slices(tensor, _SIGNATURE_CHUNK_BYTES):
+        if not np.isfinite(part).all():
+            return None
+        nonzero = part != 0
+        negative = np.signbit(part) & nonzero
+        zeros.update(np.packbits(nonzero).tobytes())
+        signs.update(np.packbits(negative).tobytes())
+        flipped.update(np.packbits(~negative & nonzero).tobytes())
+    a, b = signs.digest(), flipped.digest()
+    return zeros.digest(), min(a, b) + max(a, b)
+
+
+def _is_transpose(base: ir.TensorProtocol, other: ir.TensorProtocol) -> bool:
+    """Whether ``other`` is bit for bit the transpose of the 2-D ``base``."""
+    a, b = _load(base), _load(other)
+    if a.shape != b.shape[::-1]:
+        return False
+    rows = max(CHUNK_BYTES // max(b.shape[1] * b.itemsize, 1), 1)
+    for start in range(0, b.shape[0], rows):
+        if not np.array_equal(_uint_view(b[start : start + rows]), _uint_view(a[:, start : start + rows].T)):
+            return False
+    return True
+
+
+def _scale_between(base: ir.TensorProtocol, other: ir.TensorProtocol) -> np.generic | None:
+    """The scalar s (in the tensors' dtype) with ``other == s * base`` bit for bit, else None."""
+    a, b = _load(base).reshape(-1), _load(other).reshape(-1)
+    first = None
+    step = max(CHUNK_BYTES // a.itemsize, 1)
+    for start in range(0, a.size, step):
+        nonzero = np.flatnonzero(a[start : start + step])
+        if nonzero.size:
+            first = start + int(nonzero[0])
+            break
+    if first is None:
+        return None
+    with np.errstate(all="ignore"):
+        scale = b[first] / a[first]
+        if not np.isfinite(scale) or scale == 0 or scale == 1:
+            return None
+        for start in range(0, a.size, step):
+            chunk = a[start : start + step]
+            expected = np.negative(chunk) if scale == -1 else np.multiply(chunk, scale, dtype=a.dtype)
+            if not np.array_equal(_uint_view(expected), _uint_view(np.asarray(b[start : start + step]))):
+                return None
+    return scale
+
+
+def _serialized_size(node: ir.Node, extra: ir.TensorProtocol | None) -> int:
+    """Bytes the new node (and its new scalar constant) add to the file."""
+    size = ir.serde.serialize_node(node).ByteSize()
+    if extra is not None:
+        size += ir.serde.serialize_tensor(extra).ByteSize()
+    return size
+
+
+# ---------------------------------------------------------------- the pass
+
+
+@dataclasses.dataclass(frozen=True)
+class DeduplicateWeightsOptions:
+    """Options of dedup.
+
+    Attributes:
+        transforms: also share 2-D float weights that are an exact transpose, negation
+            or scalar multiple of another, through a Transpose, Neg or Mul node.
+    """
+
+    transforms: bool = True
+
+
+class _Run:
+    """State of one run of the pass over one model."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self.model = model
+        self.scopes = _Scopes(model)
+        self.stats: collections.Counter[str] = collections.Counter()
+        # id -> (tensor, digest); holding the tensor keeps its id from being reused.
+        self._digests: dict[int, tuple[ir.TensorProtocol, bytes]] = {}
+        self._skips_counted: set[int] = set()
+
+    def digest(self, tensor: ir.TensorProtocol) -> bytes:
+        key = id(tensor)
+        if key not in self._digests:
+            self._digests[key] = (tensor, tensor_digest(tensor))
+        return self._digests[key][1]
+
+    # -------------------------------------------------------- byte-identical weights
+
+    def merge_identical(self) -> None:
+        """Merge every group of byte-identical weights into one, in their common scope.
+
+        Only tensors whose dtype and shape occur more than once are hashed at all;
+        equal digests are confirmed by a byte comparison before anything is merged.
+        """
+        by_meta: dict[tuple[ir.DataType, tuple[int, ...]], list[_Weight]] = collections.defaultdict(list)
+        for weight in _collect(self.scopes):
+            by_meta[(weight.tensor.dtype, weight.shape)].append(weight)
+        for group in by_meta.values():
+            if len(group) < 2:
+                continue
+            by_digest: dict[bytes, list[_Weight]] = collections.defaultdict(list)
+            for weight in group:
+                by_digest[self.digest(weight.tensor)].append(weight)
+            for same in by_digest.values():
+                if len(same) < 2:
+                    continue
+                classes: list[list[_Weight]] = []
+                for weight in same:
+                    for members in classes:
+                        if tensors_equal(members[0].tensor, weight.tensor):
+                            members.append(weight)
+                            break
+                    else:
+                        if classes:
+                            logger.debug("weights '%s' and '%s': same hash, different bytes", classes[0][0].name, weight.name)
+                        classes.append([weight])
+                for members in classes:
+                    if len(members) > 1:
+                        self._merge(members)
+
+    def _count_skip(self, weight: _Weight) -> None:
+        if id(weight.value) in self._skips_counted:
+            return
+        self._skips_counted.add(id(weight.value))
+        key = "skipped-graph-input-initializers" if weight.pinned == "graph-input" else "skipped-graph-output-weights"
+        self.stats[key] += 1
+
+    def _merge(self, members: list[_Weight]) -> None:
+        free = [w for w in members if not w.pinned]
+        for weight in members:
+            if weight.pinned:
+                self._count_skip(weight)
+                logger.debug("kept weight '%s' although it has a copy: it is a %s", weight.name, weight.pinned)
+        if len(free) < 2:
+            return
+        scope = self.scopes.common(w.graph for w in free)
+        keep = next((w for w in free if w.node is None and w.graph is scope), None)
+        if keep is None:
+            # No copy lives in the common scope as an initializer: lift the first one there.
+            keep = free[0]
+            _move_to(keep, scope, self.scopes)
+        rest = [w for w in free if w is not keep]
+        for weight in rest:
+            weight.value.replace_all_uses_with(keep.value)
+            _remove(weight)
+            self.stats["tensors-merged"] += 1
+            self.stats["bytes-saved"] += weight.tensor.nbytes
+            logger.info("merged weight '%s' into '%s' (%d bytes)", weight.name, keep.name, weight.tensor.nbytes)
+
+    # -------------------------------------------------------- exact transforms
+
+    def share_transforms(self) -> None:
+        """Replace weights that are a transpose, negation or scalar multiple of another.
+
+        Candidates are grouped by cheap streamed signatures before any pair is compared:
+        transposes by (dtype, sorted shape, order-independent hash of the elements);
+        negations and multiples by (dtype, shape, hash of the zero pattern and of the
+        signs up to a global flip). Only members of one group are compared exactly.
+        Multiples go first: a weight they derive from can still become a transpose.
+        """
+        candidates = [
+            w
+            for w in _collect(self.scopes)
+            if not w.pinned and w.tensor.dtype in _TRANSFORM_DTYPES and len(w.shape) == 2 and w.tensor.nbytes
+        ]
+        by_shape: dict[tuple[object, ...], list[_Weight]] = collections.defaultdict(list)
+        for weight in candidates:
+            by_shape[(weight.tensor.dtype, weight.shape)].append(weight)
+        for group in by_shape.values():
+            if len(group) < 2:
+                continue
+            by_pattern: dict[tuple[bytes, bytes], list[_Weight]] = collections.defaultdict(list)
+            for weight in group:
+                signature = _pattern_signature(weight.tensor)
+                if signature is None:
+                    logger.debug("weight '%s' holds NaN or infinity: no multiple sharing", weight.name)
+                    continue
+                by_pattern[signature].append(weight)
+            for same in by_pattern.values():
+                self._pair_up(same, "Mul")
+
+        by_pair: dict[tuple[object, ...], list[_Weight]] = collections.defaultdict(list)
+        for weight in candidates:
+            if weight.removed:
+                continue
+            by_pair[(weight.tensor.dtype, tuple(sorted(weight.shape)))].append(weight)
+        for group in by_pair.values():
+            if len(group) < 2:
+                continue
+            by_multiset: dict[int, list[_Weight]] = collections.defaultdict(list)
+            for weight in group:
+                by_multiset[_multiset_signature(weight.tensor)].append(weight)
+            for same in by_multiset.values():
+                self._pair_up(same, "Transpose")
+
+    def _pair_up(self, group: list[_Weight], kind: str) -> None:
+        """Within a signature group, derive each weight from an earlier one where exact."""
+        if len(group) < 2:
+            return
+        bases: list[_Weight] = []
+        for weight in group:
+            derived = False
+            for base in bases:
+                outcome = self._try_derive(base, weight, kind)
+                if outcome == "no" and kind == "Mul":
+                    # s * base == weight may not be exact while weight / s == base is.
+                    outcome = self._try_derive(weight, base, kind)
+                if outcome != "no":
+                    derived = True
+                    break
+            if not derived and len(bases) < _MAX_BASES_PER_GROUP:
+                bases.append(weight)
+            bases = [b for b in bases if not b.removed]
+
+    def _try_derive(self, base: _Weight, other: _Weight, kind: str) -> str:
+        """Replace ``other`` by a node computing it from ``base`` where exact and smaller.
+
+        Returns:
+            "done" when replaced, "too-small" when exact but not worth a node, else "no".
+        """
+        scale: np.generic | None = None
+        attributes: list[ir.Attr] = []
+        if kind == "Transpose":
+            if not _is_transpose(base.tensor, other.tensor):
+                return "no"
+            op, stat, attributes = "Transpose", "transposes-shared", [ir.AttrInt64s("perm", [1, 0])]
+        else:
+            scale = _scale_between(base.tensor, other.tensor)
+            if scale is None:
+                return "no"
+            if scale == -1:
+                op, stat, scale = "Neg", "negations-shared", None
+            else:
+                op, stat = "Mul", "multiples-shared"
+        graph = other.graph
+        scale_value = self._find_scalar(scale, graph) if scale is not None else None
+        scale_tensor = None
+        if scale is not None and scale_value is None:
+            scale_tensor = ir.tensor(np.asarray(scale), name=f"{other.name}_scale")
+        probe_inputs = [ir.Value(name=base.name)]
+        if scale is not None:
+            probe_inputs.append(ir.Value(name=f"{other.name}_scale"))
+        probe = ir.Node("", op, probe_inputs, attributes, outputs=[ir.Value(name=other.name)], name=f"{other.name}_{op}")
+        added = _serialized_size(probe, scale_tensor)
+        if added >= other.tensor.nbytes:
+            logger.debug(
+                "weight '%s' is %s of '%s', kept: a %s node adds %d bytes, it has %d",
+                other.name, op, base.name, op, added, other.tensor.nbytes,
+            )
+            self.stats["skipped-transforms-too-small"] += 1
+            return "too-small"
+        # The base must be visible from the derived weight's graph, and an initializer:
+        # a Constant node could come after the place the new node goes.
+        _move_to(base, self.scopes.common([base.graph, graph]), self.scopes)
+        if scale_tensor is not None:
+            scale_tensor.name = self.scopes.fresh_name(f"{other.name}_scale", held=False)
+            scale_value = ir.Value(
+                name=scale_tensor.name,
+                type=ir.TensorType(scale_tensor.dtype),
+                shape=ir.Shape([]),
+                const_value=scale_tensor,
+            )
+            graph.initializers.add(scale_value)
+        inputs = [base.value] + ([scale_value] if scale_value is not None else [])
+        output = ir.Value(type=ir.TensorType(other.tensor.dtype), shape=ir.Shape(other.shape))
+        node = ir.Node("", op, inputs, attributes, outputs=[output], name=f"{other.name}_{op}")
+        name = other.name
+        other.value.replace_all_uses_with(output)
+        _remove(other)
+        output.name = name
+        if len(graph):
+            graph.insert_before(graph[0], node)
+        else:
+            graph.append(node)
+        saved = other.tensor.nbytes - (scale_tensor.nbytes if scale_tensor is not None else 0)
+        self.stats[stat] += 1
+        self.stats["bytes-saved"] += saved
+        logger.info("weight '%s' is now %s of '%s' (%d bytes saved)", name, op, base.name, saved)
+        return "done"
+
+    def _find_scalar(self, scale: np.generic, graph: ir.Graph) -> ir.Value | None:
+        """An existing scalar initializer equal to ``scale`` that ``graph`` can read."""
+        data = np.asarray(scale).tobytes()
+        dtype = ir.DataType.from_numpy(np.asarray(scale).dtype)
+        scope: ir.Graph | None = graph
+        while scope is not None:
+            for value in scope.initializers.values():
+                tensor = value.const_value
+                if (
+                    tensor is not None
+                    and not value.is_graph_input()
+                    and tensor.dtype == dtype
+                    and tuple(tensor.shape) == ()
+                    and tensor.tobytes() == data
+                ):
+                    return value
+            scope = self.scopes.parent[id(scope)]
+        return None
+
+
+@register_pass
+class DeduplicateWeightsPass(Pass):
+    """Share identical weights across all graphs, and exact transposes/negations/multiples."""
+
+    name = "dedup"
+    Options = DeduplicateWeightsOptions
+
+    def run(self, model: ir.Model, context: PassContext) -> PassResult:
+        """Merge byte-identical weights, then (option ``transforms``) derive exact transforms.
+
+        Written here rather than using onnx-ir's DeduplicateInitializersPass or
+        DeduplicateHashedInitializersPass: those work graph by graph, so copies held in
+        two If branches (merged models) stay copies; they skip Constant-node weights and
+        load each tensor whole to hash it. This pass lifts a shared weight to the closest
+        graph enclosing all its users and streams external data in chunks.
+        Functions are left alone: they cannot read weights from outside themselves.
+        """
+        stats = dict.fromkeys(_STATS, 0)
+        stats["skipped-function-constants"] = sum(
+            1
+            for function in model.functions.values()
+            for node in ir.traversal.RecursiveGraphIterator(function)
+            if _constant_tensor(node) is not None
+        )
+        if model.ir_version is not None and model.ir_version < 4:
+            # Before IR 4 every initializer must also be a graph input: nothing may move.
+            logger.debug("dedup skipped: IR version %d < 4", model.ir_version)
+            stats["skipped-old-ir-version"] = 1
+            return PassResult(stats)
+        state = _Run(model)
+        state.merge_identical()
+        if self.options.transforms:
+            state.share_transforms()
+            if any(state.stats[k] for k in _TRANSFORM_STATS):
+                # New scalar constants may equal weights elsewhere: merge them too, so a
+                # second run finds nothing left to do.
+                state.scopes = _Scopes(model)
+                state.merge_identical()
+        stats.update(state.stats)
+        return PassResult(stats)

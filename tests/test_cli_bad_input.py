@@ -1,0 +1,269 @@
+"""Bad input on the command line: exit 2, one error line, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import onnx
+import pytest
+from conftest import make_tiny_model, run_cli
+from onnx import TensorProto, helper
+
+PREFIX = "nnopt-graph: error: "
+
+
+def _assert_bad_input(proc: subprocess.CompletedProcess[str], out_dir: Path | None = None) -> str:
+    """Exit 2, exactly one stderr line with the error prefix, no traceback, nothing written."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(PREFIX), proc.stderr
+    assert "Traceback" not in proc.stderr
+    if out_dir is not None:
+        assert sorted(p.name for p in out_dir.iterdir()) == [], "output folder must stay empty"
+    return lines[0]
+
+
+@pytest.fixture
+def out_dir(tmp_path: Path) -> Path:
+    """An empty folder for outputs, separate from the inputs."""
+    path = tmp_path / "out"
+    path.mkdir()
+    return path
+
+
+def _opt(model: Path | str, out_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("opt", model, out_dir / "out.onnx", *extra)
+
+
+def _external_model(folder: Path) -> Path:
+    folder.mkdir()
+    path = folder / "m.onnx"
+    onnx.save_model(
+        make_tiny_model(),
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="w.data",
+        size_threshold=0,
+    )
+    assert (folder / "w.data").is_file()
+    return path
+
+
+# Unreadable input files.
+
+
+def test_input_not_onnx(tmp_path: Path, out_dir: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("this is not a model\n")
+    line = _assert_bad_input(_opt(text, out_dir), out_dir)
+    assert "not a valid ONNX model" in line
+
+
+def test_input_empty_file(tmp_path: Path, out_dir: Path) -> None:
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    line = _assert_bad_input(_opt(empty, out_dir), out_dir)
+    assert "empty" in line
+
+
+def test_input_truncated_onnx(tiny_model_path: Path, tmp_path: Path, out_dir: Path) -> None:
+    data = tiny_model_path.read_bytes()
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(data[: len(data) // 2])
+    _assert_bad_input(_opt(truncated, out_dir), out_dir)
+
+
+def test_input_missing(tmp_path: Path, out_dir: Path) -> None:
+    line = _assert_bad_input(_opt(tmp_path / "nosuch.onnx", out_dir), out_dir)
+    assert "no such file" in line
+
+
+def test_input_is_directory(tmp_path: Path, out_dir: Path) -> None:
+    folder = tmp_path / "model.onnx"
+    folder.mkdir()
+    line = _assert_bad_input(_opt(folder, out_dir), out_dir)
+    assert "directory" in line
+
+
+def test_external_data_missing(tmp_path: Path, out_dir: Path) -> None:
+    model = _external_model(tmp_path / "ext")
+    (model.parent / "w.data").unlink()
+    line = _assert_bad_input(_opt(model, out_dir), out_dir)
+    assert "w.data" in line
+
+
+def test_external_data_truncated(tmp_path: Path, out_dir: Path) -> None:
+    model = _external_model(tmp_path / "ext")
+    data_file = model.parent / "w.data"
+    data = data_file.read_bytes()
+    data_file.write_bytes(data[: len(data) // 2])
+    line = _assert_bad_input(_opt(model, out_dir), out_dir)
+    assert "truncated" in line
+
+
+def _relocate_external_data(model: Path, location: str) -> None:
+    proto = onnx.load(model, load_external_data=False)
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save_model(proto, model)
+
+
+def test_external_data_outside_model_folder(tmp_path: Path, out_dir: Path) -> None:
+    model = _external_model(tmp_path / "ext")
+    (model.parent / "w.data").rename(tmp_path / "w.data")
+    _relocate_external_data(model, "../w.data")
+    line = _assert_bad_input(_opt(model, out_dir), out_dir)
+    assert "outside" in line
+
+
+def test_external_data_absolute_location(tmp_path: Path, out_dir: Path) -> None:
+    model = _external_model(tmp_path / "ext")
+    outside = tmp_path / "w.data"
+    (model.parent / "w.data").rename(outside)
+    _relocate_external_data(model, str(outside))
+    line = _assert_bad_input(_opt(model, out_dir), out_dir)
+    assert "outside" in line
+
+
+def test_external_data_symlink_outside_model_folder(tmp_path: Path, out_dir: Path) -> None:
+    model = _external_model(tmp_path / "ext")
+    outside = tmp_path / "elsewhere.data"
+    (model.parent / "w.data").rename(outside)
+    (model.parent / "w.data").symlink_to(outside)
+    line = _assert_bad_input(_opt(model, out_dir), out_dir)
+    assert "outside" in line
+
+
+def test_external_data_hard_linked(tmp_path: Path, out_dir: Path) -> None:
+    # onnx-ir refuses to read a data file with several hard links: bad input, not a crash.
+    model = _external_model(tmp_path / "ext")
+    (model.parent / "copy.data").hardlink_to(model.parent / "w.data")
+    line = _assert_bad_input(_opt(model, out_dir), out_dir)
+    assert "hard link" in line
+
+
+def test_input_reads_undefined_value(tmp_path: Path, out_dir: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["nowhere"], ["y"], name="relu")],
+        "broken",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    broken = tmp_path / "broken.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), broken)
+    line = _assert_bad_input(_opt(broken, out_dir), out_dir)
+    assert "invalid model" in line and "nowhere" in line
+
+
+# Pipelines.
+
+
+def test_unknown_pass(tiny_model_path: Path, out_dir: Path) -> None:
+    line = _assert_bad_input(_opt(tiny_model_path, out_dir, "-p", "no-such-pass"), out_dir)
+    assert "no-such-pass" in line
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "expected"),
+    [
+        ("fold-constants{max-input-elements=}", "bad pipeline text"),
+        ("a,,b", "bad pipeline text"),
+        ("fold-constants,,infer-shapes", "bad pipeline text"),
+        ("fold-constants{", "bad pipeline text"),
+        ("", "bad pipeline text"),
+        ("fold-constants{x=1}", "no option 'x'"),
+        ("fold-constants{max-input-elements=many}", "'many'"),
+    ],
+)
+def test_bad_pipeline_text(
+    tiny_model_path: Path, out_dir: Path, pipeline: str, expected: str
+) -> None:
+    line = _assert_bad_input(_opt(tiny_model_path, out_dir, "-p", pipeline), out_dir)
+    assert expected in line
+
+
+# --input-shape.
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [
+        ("x:a,b", "bad --input-shape"),
+        ("x:0", "positive"),
+        ("x:-1,3,8,8", "bad --input-shape"),
+        ("nosuch:1,3,8,8", "nosuch"),
+        ("x:1,3,8", "rank"),
+    ],
+)
+def test_bad_input_shape(tiny_model_path: Path, out_dir: Path, shape: str, expected: str) -> None:
+    line = _assert_bad_input(_opt(tiny_model_path, out_dir, "--input-shape", shape), out_dir)
+    assert expected in line
+
+
+# Output paths and usage.
+
+
+def test_output_folder_missing(tiny_model_path: Path, tmp_path: Path) -> None:
+    proc = run_cli("opt", tiny_model_path, tmp_path / "nosuch" / "out.onnx")
+    _assert_bad_input(proc)
+    assert not (tmp_path / "nosuch").exists()
+
+
+def test_output_is_directory(tiny_model_path: Path, out_dir: Path) -> None:
+    _assert_bad_input(run_cli("opt", tiny_model_path, out_dir), out_dir)
+
+
+def test_unknown_subcommand(tiny_model_path: Path) -> None:
+    line = _assert_bad_input(run_cli("frobnicate", tiny_model_path))
+    assert "frobnicate" in line
+
+
+def test_no_subcommand() -> None:
+    _assert_bad_input(run_cli())
+
+
+def test_unknown_option(tiny_model_path: Path, out_dir: Path) -> None:
+    _assert_bad_input(_opt(tiny_model_path, out_dir, "--no-such-option"), out_dir)
+
+
+# Other subcommands.
+
+
+def test_inspect_not_onnx(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("this is not a model\n")
+    _assert_bad_input(run_cli("inspect", text))
+
+
+def test_inspect_missing(tmp_path: Path) -> None:
+    _assert_bad_input(run_cli("inspect", tmp_path / "nosuch.onnx"))
+
+
+def test_compare_missing_second_file(tiny_model_path: Path, tmp_path: Path) -> None:
+    line = _assert_bad_input(run_cli("compare", tiny_model_path, tmp_path / "nosuch.onnx"))
+    assert "nosuch.onnx" in line
+
+
+def test_compare_second_file_not_onnx(tiny_model_path: Path, tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("this is not a model\n")
+    line = _assert_bad_input(run_cli("compare", tiny_model_path, text))
+    assert "notes.txt" in line
+
+
+# --debug.
+
+
+def test_debug_prints_traceback(tmp_path: Path, out_dir: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("this is not a model\n")
+    proc = _opt(text, out_dir, "--debug")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith(PREFIX)
+    assert list(out_dir.iterdir()) == []
