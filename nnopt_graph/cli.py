@@ -175,6 +175,43 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from nnopt_graph.runtime.bench import benchmark, existing
+
+    eps = [e.strip() for e in args.ep.split(",") if e.strip()]
+    for ep in eps:
+        if ep not in ("cpu", "cuda", "tensorrt"):
+            raise BadInputError(f"unknown execution provider '{ep}' (choose from cpu, cuda, tensorrt)")
+    if args.json and not Path(args.json).parent.resolve().is_dir():
+        raise BadInputError(f"{args.json}: folder does not exist")
+    results = benchmark(
+        existing(args.models), eps, input_shapes=_input_shapes(args.input_shape),
+        runs=args.runs, warmup=args.warmup, threads=args.threads,
+    )
+    table = Table(title=f"latency, {args.runs} interleaved runs after {args.warmup} warm-up")
+    for col in ("model", "ep", "p50 ms", "p90 ms", "min..max ms", "ratio vs first (min/med/max)", "load s"):
+        table.add_column(col)
+    for r in results:
+        if not r.available:
+            table.add_row(r.model, r.ep, "unavailable", "", "", r.note or "", "")
+            continue
+        lat, ratio = r.latency_ms, r.ratio_vs_first or {}
+        table.add_row(
+            r.model, r.ep, f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['min']:.3f}..{lat['max']:.3f}",
+            f"{ratio['min']:.3f} / {ratio['median']:.3f} / {ratio['max']:.3f}", f"{r.load_s:.3f}",
+        )
+    Console(width=200).print(table)
+    if args.json:
+        from nnopt_graph.report import write_json
+
+        write_json({"runs": args.runs, "warmup": args.warmup, "threads": args.threads,
+                    "results": [r.to_json() for r in results]}, args.json)
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
@@ -216,6 +253,15 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--samples", type=int, default=8, help="random feeds without --calib")
     cmp_.add_argument("--json", action="store_true")
     cmp_.set_defaults(func=_cmd_compare)
+    bench = sub.add_parser("bench", parents=[common], help="latency on ONNX Runtime EPs")
+    bench.add_argument("models", nargs="+", metavar="MODEL")
+    bench.add_argument("--ep", default="cpu", help="comma-separated: cpu,cuda,tensorrt")
+    bench.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,...")
+    bench.add_argument("--runs", type=int, default=20)
+    bench.add_argument("--warmup", type=int, default=5)
+    bench.add_argument("--threads", type=int, default=2, help="CPU intra-op threads")
+    bench.add_argument("--json", metavar="FILE")
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["build_report", "print_summary", "write_report"]
+__all__ = ["build_report", "print_summary", "write_json", "write_report"]
 
 import html
 import json
@@ -75,9 +75,18 @@ def _html(report: dict[str, Any]) -> str:
 def write_report(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Write the report atomically as JSON, or HTML when the name ends in .html."""
     path = Path(path)
-    text = _html(report) if path.suffix.lower() in {".html", ".htm"} else json.dumps(
-        report, indent=2, default=str
-    )
+    if path.suffix.lower() in {".html", ".htm"}:
+        _write_text(_html(report), path)
+    else:
+        write_json(report, path)
+
+
+def write_json(data: Any, path: str | os.PathLike[str]) -> None:
+    """Write JSON atomically."""
+    _write_text(json.dumps(data, indent=2, default=str) + "\n", Path(path))
+
+
+def _write_text(text: str, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

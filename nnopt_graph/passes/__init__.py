@@ -2,3 +2,4 @@
 
 from nnopt_graph.passes import cleanup  # noqa: F401
 from nnopt_graph.passes import dedup  # noqa: F401
+from nnopt_graph.passes import cse  # noqa: F401
