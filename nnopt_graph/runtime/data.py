@@ -15,6 +15,7 @@ __all__ = [
 import dataclasses
 import logging
 import re
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -222,11 +223,48 @@ def random_dataset(
     return Dataset(arrays, "random", frozenset(arrays))
 
 
+def _memmap_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray | None:
+    """Memory-map an uncompressed .npy member of an .npz, or None when it cannot be."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+            return None
+        header_len = member.tell()
+    if dtype.hasobject:
+        return None
+    with open(path, "rb") as raw:
+        raw.seek(info.header_offset)
+        local = raw.read(30)
+    # Local file header: 30 fixed bytes, then the name and the extra field.
+    name_len = int.from_bytes(local[26:28], "little")
+    extra_len = int.from_bytes(local[28:30], "little")
+    offset = info.header_offset + 30 + name_len + extra_len + header_len
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Arrays of an .npz; uncompressed members are memory-mapped, so batches are read
+    from disk as they are used and memory stays bounded for any number of samples."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
-    except (OSError, ValueError) as exc:
+        arrays: dict[str, np.ndarray] = {}
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                name = info.filename[: -len(".npy")]
+                mapped = _memmap_member(path, archive, info)
+                if mapped is None:
+                    with archive.open(info) as member:
+                        mapped = np.lib.format.read_array(member, allow_pickle=False)
+                arrays[name] = mapped
+        return arrays
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise BadInputError(f"{path}: not a readable .npz file ({exc})") from exc
 
 
@@ -254,6 +292,22 @@ def _load_test_data_sets(path: Path, specs: Sequence[InputSpec]) -> dict[str, np
         raise BadInputError(f"{path}: test data sets differ in shape ({exc})") from exc
 
 
+class _Converted:
+    """A lazily converting view: slices are cast when read, the whole array never is."""
+
+    def __init__(self, array: np.ndarray, dtype: np.dtype) -> None:
+        self.array = array
+        self.dtype = np.dtype(dtype)
+        self.ndim = array.ndim
+        self.shape = array.shape
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, key: object) -> np.ndarray:
+        return np.asarray(self.array[key]).astype(self.dtype)  # type: ignore[index]
+
+
 def load_dataset(path: str | Path, specs: Sequence[InputSpec]) -> Dataset:
     """Read an ``.npz`` (one array per input, axis 0 = samples) or test_data_set folder.
 
@@ -276,7 +330,8 @@ def load_dataset(path: str | Path, specs: Sequence[InputSpec]) -> Dataset:
     for spec in specs:
         array = arrays[spec.name]
         if array.dtype != spec.dtype:
-            array = array.astype(spec.dtype)
+            logger.warning("%s: input '%s' converted from %s to %s", path, spec.name, array.dtype, spec.dtype)
+            array = _Converted(array, spec.dtype)  # type: ignore[assignment]
         rank = len(spec.dims) if spec.dims is not None else array.ndim
         if array.ndim == rank + 1:
             stacked.add(spec.name)
