@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "Dataset",
+    "SampleFile",
     "InputSpec",
     "input_specs",
     "load_dataset",
@@ -245,7 +246,43 @@ def _memmap_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) 
     name_len = int.from_bytes(local[26:28], "little")
     extra_len = int.from_bytes(local[28:30], "little")
     offset = info.header_offset + 30 + name_len + extra_len + header_len
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+    if fortran or not shape:
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+    return SampleFile(path, offset, dtype, tuple(shape))  # type: ignore[return-value]
+
+
+class SampleFile:
+    """Samples of a C-order array stored raw in a file, read per slice of axis 0.
+
+    Unlike a memory map, pages read for one batch are not kept mapped afterwards, so
+    the resident memory of a calibration run does not grow with the file's size.
+    """
+
+    def __init__(self, path: Path, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+        self.path = path
+        self.offset = offset
+        self.dtype = np.dtype(dtype)
+        self.shape = shape
+        self.ndim = len(shape)
+        self.sample_bytes = int(np.prod(shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: int | slice) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            index = int(key) + (len(self) if key < 0 else 0)
+            if not 0 <= index < len(self):
+                raise IndexError(key)
+            return self[index : index + 1][0]
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("SampleFile supports integers and contiguous slices of axis 0")
+        start, stop, _ = key.indices(len(self))
+        count = max(stop - start, 0)
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset + start * self.sample_bytes)
+            data = handle.read(count * self.sample_bytes)
+        return np.frombuffer(data, dtype=self.dtype).reshape((count, *self.shape[1:])).copy()
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
