@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = ["main"]
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -281,7 +282,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger(name).setLevel(logging.ERROR)
     try:
         args = _build_parser().parse_args(argv)
-        return int(args.func(args))
+        from nnopt_graph import progress
+
+        with progress.enable() if sys.stderr.isatty() else contextlib.nullcontext():
+            return int(args.func(args))
     except NnoptError as exc:
         if debug:
             traceback.print_exc()

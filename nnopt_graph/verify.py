@@ -14,6 +14,7 @@ from typing import Any
 import onnx
 
 from nnopt_graph.errors import CheckFailedError
+from nnopt_graph.progress import track
 from nnopt_graph.runtime.data import Dataset
 from nnopt_graph.runtime.fidelity import FidelityAccumulator, OutputFidelity
 from nnopt_graph.runtime.session import create_session
@@ -118,13 +119,13 @@ def compare_models(
         del ref_sess
         cand_sess = _session(candidate, "output", threads)
         _check_names(ref_names, cand_sess)
-        for feed, ref_out in zip(dataset.batches(batch_size), ref_outputs):
+        for feed, ref_out in zip(dataset.batches(batch_size), track(ref_outputs, "verifying", len(ref_outputs))):
             acc.add(ref_out, _run(cand_sess, ref_names, feed, "output", source))
             samples += 1
     else:
         cand_sess = _session(candidate, "output", threads)
         _check_names(ref_names, cand_sess)
-        for feed in dataset.batches(batch_size):
+        for feed in track(dataset.batches(batch_size), "verifying", dataset.num_samples):
             ref_out = _run(ref_sess, ref_names, feed, "input", source)
             acc.add(ref_out, _run(cand_sess, ref_names, feed, "output", source))
             samples += 1

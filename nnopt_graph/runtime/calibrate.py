@@ -13,6 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from nnopt_graph import io
+from nnopt_graph.progress import track
 from nnopt_graph.runtime.data import Dataset
 from nnopt_graph.runtime.session import create_session
 
@@ -54,7 +55,8 @@ def run_with_taps(
         io.save(clone, path)
         session = create_session(path, "cpu", threads=threads)
         count = 0
-        for feed in dataset.batches(batch_size):
+        total = -(-dataset.num_samples // batch_size) if not dataset.stacked else dataset.num_samples
+        for feed in track(dataset.batches(batch_size), "calibrating", total):
             outputs = session.run(taps, feed)
             on_batch(dict(zip(taps, outputs)))
             count += 1
