@@ -1,5 +1,5 @@
 """Built-in passes; importing this package registers them all."""
 
 from nnopt_graph.passes import cleanup  # noqa: F401
-from nnopt_graph.passes import dedup  # noqa: F401
-from nnopt_graph.passes import cse  # noqa: F401
+from nnopt_graph.passes import cse as cse
+from nnopt_graph.passes import dedup as dedup

@@ -52,7 +52,7 @@ NONDETERMINISTIC_OPS = frozenset(
 _Key = tuple[Hashable, ...]
 
 
-class _Unsupported(Exception):
+class _UnsupportedAttributeError(Exception):
     """An attribute this pass does not compare (sparse tensors, subgraphs)."""
 
 
@@ -66,7 +66,12 @@ def _constant_bool(value: ir.Value | None) -> bool | None:
         return False
     tensor = value.const_value
     producer = value.producer()
-    if tensor is None and producer is not None and producer.op_type == "Constant" and _is_onnx(producer):
+    if (
+        tensor is None
+        and producer is not None
+        and producer.op_type == "Constant"
+        and _is_onnx(producer)
+    ):
         attr = producer.attributes.get("value")
         if isinstance(attr, ir.Attr) and attr.type == ir.AttributeType.TENSOR:
             tensor = attr.as_tensor()
@@ -97,15 +102,15 @@ def _tensor_key(tensor: ir.TensorProtocol) -> Hashable:
     return (tensor.dtype, tuple(tensor.shape), tensor_digest(tensor))
 
 
-def _attr_key(attr: ir.Attr | ir.RefAttr, ignore_graphs: bool = False) -> Hashable:
+def _attr_key(attr: ir.Attr, ignore_graphs: bool = False) -> Hashable:
     """A hashable form of an attribute that is equal exactly when the attributes are.
 
     Floats are compared by their bits (0.0 and -0.0 differ; a NaN equals itself).
 
     Raises:
-        _Unsupported: a graph or sparse tensor attribute.
+        _UnsupportedAttributeError: a graph or sparse tensor attribute.
     """
-    if isinstance(attr, ir.RefAttr):
+    if attr.is_ref():
         return ("ref", attr.ref_attr_name, attr.type)
     kind, value = attr.type, attr.value
     if kind == ir.AttributeType.FLOAT:
@@ -124,14 +129,14 @@ def _attr_key(attr: ir.Attr | ir.RefAttr, ignore_graphs: bool = False) -> Hashab
         return (kind, str(value))
     if ignore_graphs and kind in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
         return (kind,)
-    raise _Unsupported(kind)
+    raise _UnsupportedAttributeError(kind)
 
 
 def _tensor_attrs_equal(a: ir.Node, b: ir.Node) -> bool:
     """Confirm byte for byte the tensor attributes whose digests matched."""
     for name, attr in a.attributes.items():
         other = b.attributes[name]
-        if not isinstance(attr, ir.Attr) or not isinstance(other, ir.Attr):
+        if attr.is_ref() or other.is_ref():
             continue
         if attr.type == ir.AttributeType.TENSOR:
             if not tensors_equal(attr.as_tensor(), other.as_tensor()):
@@ -147,7 +152,7 @@ def _node_key(node: ir.Node, ignore_graphs: bool = False) -> _Key:
     """What makes two nodes compute the same values (bodies aside with ``ignore_graphs``).
 
     Raises:
-        _Unsupported: the node has an attribute this pass does not compare.
+        _UnsupportedAttributeError: the node has an attribute this pass does not compare.
     """
     inputs: Sequence[int | None] = [id(v) if v is not None else None for v in node.inputs]
     if _is_onnx(node) and node.op_type in COMMUTATIVE_OPS and None not in inputs:
@@ -186,7 +191,9 @@ class _Run:
         if identifier not in self._opaque:
             self._opaque[identifier] = "custom-domain"  # until proven otherwise; guards recursion
             function = self.functions[identifier]
-            reasons = (self._opaque_reason(n) for n in ir.traversal.RecursiveGraphIterator(function))
+            reasons = (
+                self._opaque_reason(n) for n in ir.traversal.RecursiveGraphIterator(function)
+            )
             self._opaque[identifier] = next((r for r in reasons if r is not None), None)
         return self._opaque[identifier]
 
@@ -217,14 +224,16 @@ class _Run:
             reason = self._why_not(node)
             try:
                 key = _node_key(node, ignore_graphs=reason == "control-flow")
-            except _Unsupported:
+            except _UnsupportedAttributeError:
                 key, reason = None, reason or "unsupported-attribute"
             if reason is not None:
                 # Count a skip only where an identical-looking node exists.
                 if key is not None:
                     if key in blocked:
                         self.stats[f"skipped-{reason}"] += 1
-                        logger.debug("kept %s '%s' despite a twin: %s", node.op_type, node.name, reason)
+                        logger.debug(
+                            "kept %s '%s' despite a twin: %s", node.op_type, node.name, reason
+                        )
                     blocked[key] = reason
                 continue
             assert key is not None
@@ -249,7 +258,11 @@ class _Run:
                 continue
             if self.slots.get(id(new)) or any(g is not graph for g, _ in old_slots):
                 self.stats["skipped-graph-outputs"] += 1
-                logger.debug("kept %s '%s': its output and its twin's are graph outputs", node.op_type, node.name)
+                logger.debug(
+                    "kept %s '%s': its output and its twin's are graph outputs",
+                    node.op_type,
+                    node.name,
+                )
                 return False
         for old, new in zip(node.outputs, kept.outputs, strict=True):
             old_slots = self.slots.pop(id(old), [])

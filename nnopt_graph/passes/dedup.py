@@ -1,4 +1,4 @@
-"""Lossless weight sharing: merge identical weights across all scopes and derive exact transforms."""
+"""Lossless weight sharing: merge identical weights in all scopes, derive exact transforms."""
 
 from __future__ import annotations
 
@@ -54,7 +54,9 @@ def _is_external(tensor: ir.TensorProtocol) -> bool:
     return isinstance(tensor, ir.ExternalTensor)
 
 
-def _external_slices(tensor: ir.ExternalTensor, dtype: np.dtype, chunk_bytes: int) -> Iterator[np.ndarray]:
+def _external_slices(
+    tensor: ir.ExternalTensor, dtype: np.dtype, chunk_bytes: int
+) -> Iterator[np.ndarray]:
     """Slices of an external tensor's data, each from its own short-lived memory map."""
     offset = tensor.offset or 0
     total = tensor.length if tensor.length is not None else tensor.nbytes
@@ -62,13 +64,18 @@ def _external_slices(tensor: ir.ExternalTensor, dtype: np.dtype, chunk_bytes: in
     for start in range(0, total, step):
         size = min(step, total - start)
         # A map per slice, dropped after use, keeps resident memory to about two slices.
-        mapped = np.memmap(tensor.path, dtype=np.uint8, mode="r", offset=offset + start, shape=(size,))
+        mapped = np.memmap(
+            tensor.path, dtype=np.uint8, mode="r", offset=offset + start, shape=(size,)
+        )
         yield mapped.view(dtype)
         del mapped
 
 
-def _array_slices(tensor: ir.TensorProtocol, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
+def _array_slices(
+    tensor: ir.TensorProtocol, chunk_bytes: int | None = None
+) -> Iterator[np.ndarray]:
     """The tensor's elements as flat arrays of about ``chunk_bytes`` (byte-sized dtypes only)."""
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
     dtype = np.dtype(tensor.dtype.numpy())
     if _is_external(tensor):
         assert isinstance(tensor, ir.ExternalTensor)
@@ -92,13 +99,13 @@ def _byte_chunks(tensor: ir.TensorProtocol) -> Iterator[bytes | memoryview]:
         # Raw file bytes: the same layout tobytes() gives, without mapping the whole tensor.
         assert isinstance(tensor, ir.ExternalTensor)
         for part in _external_slices(tensor, np.dtype(np.uint8), CHUNK_BYTES):
-            yield memoryview(part)
+            yield part.data
         return
     if tensor.nbytes <= CHUNK_BYTES or dtype.bitwidth < 8:
         yield tensor.tobytes()
         return
     for part in _array_slices(tensor):
-        yield memoryview(part.view(np.uint8))
+        yield part.view(np.uint8).data
 
 
 def tensor_digest(tensor: ir.TensorProtocol) -> bytes:
@@ -134,10 +141,14 @@ def tensors_equal(a: ir.TensorProtocol, b: ir.TensorProtocol) -> bool:
         pending_a, pending_b = pending_a[size:], pending_b[size:]
 
 
+def _dims(tensor: ir.TensorProtocol) -> tuple[int, ...]:
+    return tuple(tensor.shape.numpy())
+
+
 def _load(tensor: ir.TensorProtocol) -> np.ndarray:
     """The whole tensor as an array; external data through a map the caller drops after use."""
     dtype = np.dtype(tensor.dtype.numpy())
-    shape = tuple(int(d) for d in tensor.shape)
+    shape = _dims(tensor)
     if _is_external(tensor):
         assert isinstance(tensor, ir.ExternalTensor)
         return np.memmap(tensor.path, dtype=dtype, mode="r", offset=tensor.offset or 0, shape=shape)
@@ -151,7 +162,6 @@ class _Scopes:
     """The tree of graphs (main graph and nested If/Loop/Scan bodies) and the names in use."""
 
     def __init__(self, model: ir.Model) -> None:
-        self.main = model.graph
         self.parent: dict[int, ir.Graph | None] = {}
         self.depth: dict[int, int] = {}
         self.graphs: list[ir.Graph] = []
@@ -180,14 +190,6 @@ class _Scopes:
                 elif attr.type == ir.AttributeType.GRAPHS:
                     for sub in attr.as_graphs():
                         self._walk(sub, graph)
-
-    def encloses(self, outer: ir.Graph, inner: ir.Graph | None) -> bool:
-        """Whether ``inner`` is ``outer`` or nested in it (so it sees outer's values)."""
-        while inner is not None:
-            if inner is outer:
-                return True
-            inner = self.parent[id(inner)]
-        return False
 
     def common(self, graphs: Iterable[ir.Graph]) -> ir.Graph:
         """The closest graph that encloses all of ``graphs``."""
@@ -245,7 +247,7 @@ class _Weight:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.tensor.shape)
+        return _dims(self.tensor)
 
 
 def _constant_tensor(node: ir.Node) -> ir.TensorProtocol | None:
@@ -253,7 +255,12 @@ def _constant_tensor(node: ir.Node) -> ir.TensorProtocol | None:
     if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
         return None
     attr = node.attributes.get("value")
-    if len(node.attributes) != 1 or not isinstance(attr, ir.Attr) or attr.type != ir.AttributeType.TENSOR:
+    if (
+        len(node.attributes) != 1
+        or not isinstance(attr, ir.Attr)
+        or attr.is_ref()
+        or attr.type != ir.AttributeType.TENSOR
+    ):
         return None
     return attr.as_tensor()
 
@@ -367,7 +374,9 @@ def _is_transpose(base: ir.TensorProtocol, other: ir.TensorProtocol) -> bool:
         return False
     rows = max(CHUNK_BYTES // max(b.shape[1] * b.itemsize, 1), 1)
     for start in range(0, b.shape[0], rows):
-        if not np.array_equal(_uint_view(b[start : start + rows]), _uint_view(a[:, start : start + rows].T)):
+        if not np.array_equal(
+            _uint_view(b[start : start + rows]), _uint_view(a[:, start : start + rows].T)
+        ):
             return False
     return True
 
@@ -390,8 +399,12 @@ def _scale_between(base: ir.TensorProtocol, other: ir.TensorProtocol) -> np.gene
             return None
         for start in range(0, a.size, step):
             chunk = a[start : start + step]
-            expected = np.negative(chunk) if scale == -1 else np.multiply(chunk, scale, dtype=a.dtype)
-            if not np.array_equal(_uint_view(expected), _uint_view(np.asarray(b[start : start + step]))):
+            expected = (
+                np.negative(chunk) if scale == -1 else np.multiply(chunk, scale, dtype=a.dtype)
+            )
+            if not np.array_equal(
+                _uint_view(expected), _uint_view(np.asarray(b[start : start + step]))
+            ):
                 return None
     return scale
 
@@ -444,7 +457,9 @@ class _Run:
         Only tensors whose dtype and shape occur more than once are hashed at all;
         equal digests are confirmed by a byte comparison before anything is merged.
         """
-        by_meta: dict[tuple[ir.DataType, tuple[int, ...]], list[_Weight]] = collections.defaultdict(list)
+        by_meta: dict[tuple[ir.DataType, tuple[int, ...]], list[_Weight]] = collections.defaultdict(
+            list
+        )
         for weight in _collect(self.scopes):
             by_meta[(weight.tensor.dtype, weight.shape)].append(weight)
         for group in by_meta.values():
@@ -464,7 +479,11 @@ class _Run:
                             break
                     else:
                         if classes:
-                            logger.debug("weights '%s' and '%s': same hash, different bytes", classes[0][0].name, weight.name)
+                            logger.debug(
+                                "weights '%s' and '%s': same hash, different bytes",
+                                classes[0][0].name,
+                                weight.name,
+                            )
                         classes.append([weight])
                 for members in classes:
                     if len(members) > 1:
@@ -474,7 +493,11 @@ class _Run:
         if id(weight.value) in self._skips_counted:
             return
         self._skips_counted.add(id(weight.value))
-        key = "skipped-graph-input-initializers" if weight.pinned == "graph-input" else "skipped-graph-output-weights"
+        key = (
+            "skipped-graph-input-initializers"
+            if weight.pinned == "graph-input"
+            else "skipped-graph-output-weights"
+        )
         self.stats[key] += 1
 
     def _merge(self, members: list[_Weight]) -> None:
@@ -482,7 +505,11 @@ class _Run:
         for weight in members:
             if weight.pinned:
                 self._count_skip(weight)
-                logger.debug("kept weight '%s' although it has a copy: it is a %s", weight.name, weight.pinned)
+                logger.debug(
+                    "kept weight '%s' although it has a copy: it is a %s",
+                    weight.name,
+                    weight.pinned,
+                )
         if len(free) < 2:
             return
         scope = self.scopes.common(w.graph for w in free)
@@ -497,7 +524,12 @@ class _Run:
             _remove(weight)
             self.stats["tensors-merged"] += 1
             self.stats["bytes-saved"] += weight.tensor.nbytes
-            logger.info("merged weight '%s' into '%s' (%d bytes)", weight.name, keep.name, weight.tensor.nbytes)
+            logger.info(
+                "merged weight '%s' into '%s' (%d bytes)",
+                weight.name,
+                keep.name,
+                weight.tensor.nbytes,
+            )
 
     # -------------------------------------------------------- exact transforms
 
@@ -513,7 +545,10 @@ class _Run:
         candidates = [
             w
             for w in _collect(self.scopes)
-            if not w.pinned and w.tensor.dtype in _TRANSFORM_DTYPES and len(w.shape) == 2 and w.tensor.nbytes
+            if not w.pinned
+            and w.tensor.dtype in _TRANSFORM_DTYPES
+            and len(w.shape) == 2
+            and w.tensor.nbytes
         ]
         by_shape: dict[tuple[object, ...], list[_Weight]] = collections.defaultdict(list)
         for weight in candidates:
@@ -525,7 +560,9 @@ class _Run:
             for weight in group:
                 signature = _pattern_signature(weight.tensor)
                 if signature is None:
-                    logger.debug("weight '%s' holds NaN or infinity: no multiple sharing", weight.name)
+                    logger.debug(
+                        "weight '%s' holds NaN or infinity: no multiple sharing", weight.name
+                    )
                     continue
                 by_pattern[signature].append(weight)
             for same in by_pattern.values():
@@ -551,18 +588,19 @@ class _Run:
             return
         bases: list[_Weight] = []
         for weight in group:
-            derived = False
+            matched = False
             for base in bases:
                 outcome = self._try_derive(base, weight, kind)
                 if outcome == "no" and kind == "Mul":
-                    # s * base == weight may not be exact while weight / s == base is.
+                    # s * base == weight may not be exact while weight / s == base is;
+                    # then the base (and what was derived from it) reads this weight.
                     outcome = self._try_derive(weight, base, kind)
                 if outcome != "no":
-                    derived = True
+                    matched = True
                     break
-            if not derived and len(bases) < _MAX_BASES_PER_GROUP:
-                bases.append(weight)
             bases = [b for b in bases if not b.removed]
+            if (not matched or not weight.removed) and len(bases) < _MAX_BASES_PER_GROUP:
+                bases.append(weight)
 
     def _try_derive(self, base: _Weight, other: _Weight, kind: str) -> str:
         """Replace ``other`` by a node computing it from ``base`` where exact and smaller.
@@ -592,12 +630,24 @@ class _Run:
         probe_inputs = [ir.Value(name=base.name)]
         if scale is not None:
             probe_inputs.append(ir.Value(name=f"{other.name}_scale"))
-        probe = ir.Node("", op, probe_inputs, attributes, outputs=[ir.Value(name=other.name)], name=f"{other.name}_{op}")
+        probe = ir.Node(
+            "",
+            op,
+            probe_inputs,
+            attributes,
+            outputs=[ir.Value(name=other.name)],
+            name=f"{other.name}_{op}",
+        )
         added = _serialized_size(probe, scale_tensor)
         if added >= other.tensor.nbytes:
             logger.debug(
                 "weight '%s' is %s of '%s', kept: a %s node adds %d bytes, it has %d",
-                other.name, op, base.name, op, added, other.tensor.nbytes,
+                other.name,
+                op,
+                base.name,
+                op,
+                added,
+                other.tensor.nbytes,
             )
             self.stats["skipped-transforms-too-small"] += 1
             return "too-small"
