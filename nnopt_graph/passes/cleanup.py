@@ -39,8 +39,9 @@ from nnopt_graph.pipeline.registry import PRESETS, register_pass
 
 logger = logging.getLogger(__name__)
 
+# BatchNormalization is folded before dedup: folding refuses weights that dedup made shared.
 DEFAULT_PIPELINE = (
-    "lift-constants,eliminate-no-ops,fold-constants,fold-batchnorm,"
+    "lift-constants,eliminate-no-ops,fold-constants,fold-batchnorm,dedup,cse,"
     "eliminate-dead-code,sort-topologically,infer-shapes"
 )
 
