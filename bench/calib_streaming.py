@@ -67,12 +67,16 @@ def main() -> None:
     start = time.perf_counter()
     proc = subprocess.run(
         ["/usr/bin/time", "-v", sys.executable, "-c", WORKER, str(data)],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])
-    rss_mb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1)) / 1024
+    rss_mb = (
+        int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1)) / 1024
+    )
     result = {
         "model": "rapidocr-det (PP-OCRv4 det), input 1x3x640x640",
         "samples": args.samples,

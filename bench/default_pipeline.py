@@ -28,13 +28,16 @@ from nnopt_graph import optimize  # noqa: E402
 
 
 def _models(tmp: Path) -> dict[str, tuple[Path, Path]]:
-    """name -> (model path, calibration npz)."""
+    """Name -> (model path, calibration npz)."""
     out: dict[str, tuple[Path, Path]] = {}
     for name, build in zoo.ZOO.items():
         path = tmp / f"{name}.onnx"
         onnx.save(build(), path)
         out[f"zoo/{name}"] = (path, write_calib_npz(name, tmp / f"{name}.npz"))
-    out["digits-cnn"] = (ROOT / "models/digits/digits_cnn.onnx", ROOT / "models/digits/digits_heldout.npz")
+    out["digits-cnn"] = (
+        ROOT / "models/digits/digits_cnn.onnx",
+        ROOT / "models/digits/digits_heldout.npz",
+    )
     for name, path in fetch.fetch_all().items():
         out[name] = (path, write_calib_npz(name, tmp / f"{name}.npz"))
     return out
@@ -73,10 +76,18 @@ def main() -> None:
                     "changed_by": [r.name for r in result.records if r.modified],
                 }
             )
-            print(name, rows[-1]["nodes_in"], "->", rows[-1]["nodes_out"], f"{rows[-1]['cosine_min']:.7f}")
+            print(
+                name,
+                rows[-1]["nodes_in"],
+                "->",
+                rows[-1]["nodes_out"],
+                f"{rows[-1]['cosine_min']:.7f}",
+            )
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    (results / "default_pipeline.json").write_text(json.dumps({"repeat": args.repeat, "rows": rows}, indent=2) + "\n")
+    (results / "default_pipeline.json").write_text(
+        json.dumps({"repeat": args.repeat, "rows": rows}, indent=2) + "\n"
+    )
     lines = [
         "# Default (lossless) pipeline",
         "",

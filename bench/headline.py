@@ -42,10 +42,14 @@ def host_kind() -> str:
 
 
 def model_sources(tmp: Path, names: list[str] | None) -> dict[str, tuple[Path, Path, Path | None]]:
-    """name -> (model, calibration data, held-out data or None)."""
+    """Name -> (model, calibration data, held-out data or None)."""
     out: dict[str, tuple[Path, Path, Path | None]] = {}
     digits = ROOT / "models/digits"
-    out["digits-cnn"] = (digits / "digits_cnn.onnx", digits / "digits_calib.npz", digits / "digits_heldout.npz")
+    out["digits-cnn"] = (
+        digits / "digits_cnn.onnx",
+        digits / "digits_calib.npz",
+        digits / "digits_heldout.npz",
+    )
     for name, build in zoo.ZOO.items():
         path = tmp / f"{name}.onnx"
         onnx.save(build(), path)
@@ -53,8 +57,16 @@ def model_sources(tmp: Path, names: list[str] | None) -> dict[str, tuple[Path, P
     for name in fetch.REAL_MODELS:
         if names and name not in names:
             continue
-        out[name] = (fetch.fetch(name), write_calib_npz(name, tmp / f"{name}.npz", samples=20), None)
+        out[name] = (
+            fetch.fetch(name),
+            write_calib_npz(name, tmp / f"{name}.npz", samples=20),
+            None,
+        )
     return {k: v for k, v in out.items() if not names or k in names}
+
+
+def _fmt(row: dict, key: str) -> str:
+    return f"{row[key]:.3f}" if isinstance(row.get(key), float) else ""
 
 
 def main() -> None:
@@ -68,44 +80,76 @@ def main() -> None:
     from nnopt_graph.pipeline.grammar import Pipeline
 
     Pipeline.parse("default")  # registers every pass and preset
-    presets = [p for p in ("default", "target-cpu", "target-cuda", "target-tensorrt") if p in PRESETS]
+    presets = [
+        p for p in ("default", "target-cpu", "target-cuda", "target-tensorrt") if p in PRESETS
+    ]
     if args.presets:
         presets = [p for p in presets if p in args.presets.split(",")]
     eps = available_eps()
     rows = []
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        for name, (path, calib, held_out) in model_sources(tmp, [m for m in args.models.split(",") if m]).items():
+        for name, (path, calib, held_out) in model_sources(
+            tmp, [m for m in args.models.split(",") if m]
+        ).items():
             outputs = {}
             for preset in presets:
                 out = tmp / f"{name}.{preset}.onnx"
                 target = preset.removeprefix("target-") if preset.startswith("target-") else None
                 try:
-                    result = optimize(path, out, preset if target is None else None, target=target,
-                                      calib=calib, eval_data=held_out)
+                    result = optimize(
+                        path,
+                        out,
+                        preset if target is None else None,
+                        target=target,
+                        calib=calib,
+                        eval_data=held_out,
+                    )
                 except NnoptError as exc:
                     rows.append({"model": name, "preset": preset, "error": str(exc)})
                     continue
                 outputs[preset] = out
                 report = result.report
-                rows.append({
-                    "model": name, "preset": preset,
-                    "size_ratio": report["output"]["size_bytes"] / report["input"]["size_bytes"],
-                    "params_ratio": report["output"]["params"] / max(report["input"]["params"], 1),
-                    "flops_ratio": (report["output"]["flops"] or 0) / max(report["input"]["flops"] or 0, 1),
-                    "cosine_min": result.fidelity.cosine_min if result.fidelity else None,
-                    "passes_changed": [r.name for r in result.records if r.modified],
-                })
+                rows.append(
+                    {
+                        "model": name,
+                        "preset": preset,
+                        "size_ratio": report["output"]["size_bytes"]
+                        / report["input"]["size_bytes"],
+                        "params_ratio": report["output"]["params"]
+                        / max(report["input"]["params"], 1),
+                        "flops_ratio": (report["output"]["flops"] or 0)
+                        / max(report["input"]["flops"] or 0, 1),
+                        "cosine_min": result.fidelity.cosine_min if result.fidelity else None,
+                        "passes_changed": [r.name for r in result.records if r.modified],
+                    }
+                )
             if not outputs:
                 continue
-            shapes = {k: list(v) for k, v in (fetch.REAL_MODELS[name].input_shapes.items() if name in fetch.REAL_MODELS else [])}
-            timings = benchmark([path, *outputs.values()], eps, input_shapes=shapes or None,
-                                runs=args.runs, warmup=args.warmup, threads=2)
+            shapes = {
+                k: list(v)
+                for k, v in (
+                    fetch.REAL_MODELS[name].input_shapes.items()
+                    if name in fetch.REAL_MODELS
+                    else []
+                )
+            }
+            timings = benchmark(
+                [path, *outputs.values()],
+                eps,
+                input_shapes=shapes or None,
+                runs=args.runs,
+                warmup=args.warmup,
+                threads=2,
+            )
             for timing in timings:
                 preset = next((p for p, o in outputs.items() if str(o) == timing.model), "input")
                 row = next((r for r in rows if r["model"] == name and r["preset"] == preset), None)
-                entry = {"available": timing.available, "p50_ms": timing.latency_ms.get("p50"),
-                         "ratio_vs_input": timing.ratio_vs_first}
+                entry = {
+                    "available": timing.available,
+                    "p50_ms": timing.latency_ms.get("p50"),
+                    "ratio_vs_input": timing.ratio_vs_first,
+                }
                 if row is not None:
                     row.setdefault("latency", {})[timing.ep] = entry
                 elif preset == "input":
@@ -113,8 +157,13 @@ def main() -> None:
             print(name, "done", flush=True)
     kind = host_kind()
     out_dir = ROOT / "bench" / "results"
-    (out_dir / f"{kind}.json").write_text(json.dumps(
-        {"host_kind": kind, "eps": eps, "runs": args.runs, "warmup": args.warmup, "rows": rows}, indent=2) + "\n")
+    (out_dir / f"{kind}.json").write_text(
+        json.dumps(
+            {"host_kind": kind, "eps": eps, "runs": args.runs, "warmup": args.warmup, "rows": rows},
+            indent=2,
+        )
+        + "\n"
+    )
     lines = [
         f"# Headline numbers on {kind}",
         "",
@@ -131,9 +180,8 @@ def main() -> None:
             continue
         cpu = (r.get("latency") or {}).get("cpu") or {}
         ratio = cpu.get("ratio_vs_input") or {}
-        fmt = (lambda k: f"{r[k]:.3f}" if isinstance(r.get(k), float) else "")
         lines.append(
-            f"| {r['model']} | {r['preset']} | {fmt('size_ratio')} | {fmt('params_ratio')} | {fmt('flops_ratio')} | "
+            f"| {r['model']} | {r['preset']} | {_fmt(r, 'size_ratio')} | {_fmt(r, 'params_ratio')} | {_fmt(r, 'flops_ratio')} | "
             + (f"{r['cosine_min']:.5f}" if r.get("cosine_min") is not None else "-")
             + f" | {cpu.get('p50_ms') or 0:.3f} | "
             + (f"{ratio['median']:.3f} ({ratio['min']:.2f}–{ratio['max']:.2f})" if ratio else "")

@@ -46,17 +46,29 @@ def generate(path: Path, dup: bool) -> int:
                 weight = previous
             else:
                 # Scaled so activations neither vanish nor overflow through the chain.
-                weight = (rng.standard_normal((SIZE, SIZE), dtype=np.float32) / np.sqrt(SIZE)).astype(np.float32)
+                weight = (
+                    rng.standard_normal((SIZE, SIZE), dtype=np.float32) / np.sqrt(SIZE)
+                ).astype(np.float32)
             data.write(weight.tobytes())
             previous = weight
             tensor = TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[SIZE, SIZE])
             tensor.data_location = TensorProto.EXTERNAL
-            for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(weight.nbytes))):
+            for key, value in (
+                ("location", data_name),
+                ("offset", str(offset)),
+                ("length", str(weight.nbytes)),
+            ):
                 entry = tensor.external_data.add()
                 entry.key, entry.value = key, value
             offset += weight.nbytes
             inits.append(tensor)
-            nodes.append(helper.make_node("MatMul", ["x" if i == 0 else f"h{i - 1}", f"w{i}"], [f"h{i}" if i < LAYERS - 1 else "y"]))
+            nodes.append(
+                helper.make_node(
+                    "MatMul",
+                    ["x" if i == 0 else f"h{i - 1}", f"w{i}"],
+                    [f"h{i}" if i < LAYERS - 1 else "y"],
+                )
+            )
         del previous
     graph = helper.make_graph(
         nodes,
@@ -100,7 +112,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--with-check", action="store_true")
     parser.add_argument("--dup", action="store_true")
-    parser.add_argument("--pipeline", default=None, help="nnopt-graph -p text (default pipeline if unset)")
+    parser.add_argument(
+        "--pipeline", default=None, help="nnopt-graph -p text (default pipeline if unset)"
+    )
     parser.add_argument("--name", default="large_model")
     args = parser.parse_args()
     work = Path(args.workdir)

@@ -51,10 +51,11 @@ def _cmd_opt(args: argparse.Namespace) -> int:
         StatsInstrument,
         TimePassesInstrument,
     )
+    from nnopt_graph.pipeline.manager import Instrument
     from nnopt_graph.report import print_summary
 
     _existing_file(args.input)
-    instruments = []
+    instruments: list[Instrument] = []
     if args.print_ir_after:
         instruments.append(PrintIRAfterInstrument(set(args.print_ir_after.split(","))))
     if args.dump_dir:
@@ -123,17 +124,24 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(summary.to_json(), indent=2))
         return 0
     console = Console()
-    console.print(f"[bold]{summary.path}[/bold]  ir_version {summary.ir_version}  {summary.producer}")
-    console.print("opsets: " + ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in summary.opsets.items()))
+    console.print(
+        f"[bold]{summary.path}[/bold]  ir_version {summary.ir_version}  {summary.producer}"
+    )
+    console.print(
+        "opsets: " + ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in summary.opsets.items())
+    )
     for kind, values in (("input", summary.inputs), ("output", summary.outputs)):
         for v in values:
             console.print(f"{kind:6} {v['name']}: {v['dtype']} {v['shape']}")
     console.print(
         f"nodes {summary.nodes} (subgraphs {summary.subgraphs}, functions {summary.functions}); "
-        f"params {summary.params:,}; weights {summary.weight_bytes:,} B; file {summary.size_bytes:,} B"
+        f"params {summary.params:,}; weights {summary.weight_bytes:,} B; "
+        f"file {summary.size_bytes:,} B"
     )
     if summary.flops is not None:
-        console.print(f"FLOPs {summary.flops:,} (MACs {summary.macs:,}) at shapes {summary.flops_shapes}")
+        console.print(
+            f"FLOPs {summary.flops:,} (MACs {summary.macs:,}) at shapes {summary.flops_shapes}"
+        )
     table = Table(title="ops")
     table.add_column("op")
     table.add_column("count", justify="right")
@@ -159,7 +167,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         dataset = load_dataset(args.calib, specs)
     else:
         logging.getLogger(PROG).warning("no --calib data: comparing on random inputs")
-        dataset = random_dataset(specs, resolve_shapes(specs, _input_shapes(args.input_shape)), args.samples)
+        dataset = random_dataset(
+            specs, resolve_shapes(specs, _input_shapes(args.input_shape)), args.samples
+        )
     result = compare_models(a, b, dataset)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
@@ -169,8 +179,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         table.add_column(col, justify="right" if col != "output" else "left")
     for o in result.outputs:
         table.add_row(
-            o.name, f"{o.cosine:.6f}", f"{o.max_abs:.3g}", f"{o.rel_l2:.3g}", f"{o.sqnr:.1f}",
-            "-" if o.top1 is None else f"{o.top1:.4f}", "same" if o.shape_match else "DIFFERENT",
+            o.name,
+            f"{o.cosine:.6f}",
+            f"{o.max_abs:.3g}",
+            f"{o.rel_l2:.3g}",
+            f"{o.sqnr:.1f}",
+            "-" if o.top1 is None else f"{o.top1:.4f}",
+            "same" if o.shape_match else "DIFFERENT",
         )
     Console().print(table)
     return 0
@@ -185,15 +200,29 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     eps = [e.strip() for e in args.ep.split(",") if e.strip()]
     for ep in eps:
         if ep not in ("cpu", "cuda", "tensorrt"):
-            raise BadInputError(f"unknown execution provider '{ep}' (choose from cpu, cuda, tensorrt)")
+            raise BadInputError(
+                f"unknown execution provider '{ep}' (choose from cpu, cuda, tensorrt)"
+            )
     if args.json and not Path(args.json).parent.resolve().is_dir():
         raise BadInputError(f"{args.json}: folder does not exist")
     results = benchmark(
-        existing(args.models), eps, input_shapes=_input_shapes(args.input_shape),
-        runs=args.runs, warmup=args.warmup, threads=args.threads,
+        existing(args.models),
+        eps,
+        input_shapes=_input_shapes(args.input_shape),
+        runs=args.runs,
+        warmup=args.warmup,
+        threads=args.threads,
     )
     table = Table(title=f"latency, {args.runs} interleaved runs after {args.warmup} warm-up")
-    for col in ("model", "ep", "p50 ms", "p90 ms", "min..max ms", "ratio vs first (min/med/max)", "load s"):
+    for col in (
+        "model",
+        "ep",
+        "p50 ms",
+        "p90 ms",
+        "min..max ms",
+        "ratio vs first (min/med/max)",
+        "load s",
+    ):
         table.add_column(col)
     for r in results:
         if not r.available:
@@ -201,22 +230,36 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             continue
         lat, ratio = r.latency_ms, r.ratio_vs_first or {}
         table.add_row(
-            r.model, r.ep, f"{lat['p50']:.3f}", f"{lat['p90']:.3f}", f"{lat['min']:.3f}..{lat['max']:.3f}",
-            f"{ratio['min']:.3f} / {ratio['median']:.3f} / {ratio['max']:.3f}", f"{r.load_s:.3f}",
+            r.model,
+            r.ep,
+            f"{lat['p50']:.3f}",
+            f"{lat['p90']:.3f}",
+            f"{lat['min']:.3f}..{lat['max']:.3f}",
+            f"{ratio['min']:.3f} / {ratio['median']:.3f} / {ratio['max']:.3f}",
+            f"{r.load_s:.3f}",
         )
     Console(width=200).print(table)
     if args.json:
         from nnopt_graph.report import write_json
 
-        write_json({"runs": args.runs, "warmup": args.warmup, "threads": args.threads,
-                    "results": [r.to_json() for r in results]}, args.json)
+        write_json(
+            {
+                "runs": args.runs,
+                "warmup": args.warmup,
+                "threads": args.threads,
+                "results": [r.to_json() for r in results],
+            },
+            args.json,
+        )
     return 0
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
-    parser = _Parser(prog=PROG, description="A compiler-style ONNX graph optimizer.", parents=[common])
+    parser = _Parser(
+        prog=PROG, description="A compiler-style ONNX graph optimizer.", parents=[common]
+    )
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, required=True)
 
     opt = sub.add_parser("opt", parents=[common], help="optimize a model")
@@ -272,7 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,
-        format=f"{PROG}: %(levelname)s: %(message)s" if not debug else "%(name)s: %(levelname)s: %(message)s",
+        format=f"{PROG}: %(levelname)s: %(message)s"
+        if not debug
+        else "%(name)s: %(levelname)s: %(message)s",
         stream=sys.stderr,
         force=True,
     )

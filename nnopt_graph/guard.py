@@ -115,7 +115,9 @@ class Guard:
     def measure_path(self, candidate: Path) -> GuardOutcome:
         """Measure a model file against the reference."""
         fidelity = compare_models(self.reference, candidate, self.dataset)
-        values = {name: fidelity.metric(name) for name in ("cosine", "max_abs", "rel_l2", "sqnr", "top1")}
+        values = {
+            name: fidelity.metric(name) for name in ("cosine", "max_abs", "rel_l2", "sqnr", "top1")
+        }
         if self.metric is not None:
             values["metric"] = float(self.metric(str(candidate)))
         failed = [

@@ -18,8 +18,8 @@ import onnx
 import onnx_ir as ir
 
 from nnopt_graph import io
-from nnopt_graph.analysis.structure import structural_problems
 from nnopt_graph.analysis.stats import ModelSummary, summarize
+from nnopt_graph.analysis.structure import structural_problems
 from nnopt_graph.errors import BadInputError, CheckFailedError
 from nnopt_graph.guard import Guard, MetricFn
 from nnopt_graph.pipeline.base import PassContext
@@ -27,7 +27,13 @@ from nnopt_graph.pipeline.grammar import Pipeline
 from nnopt_graph.pipeline.manager import Instrument, PassManager, PassRecord
 from nnopt_graph.pipeline.registry import PRESETS
 from nnopt_graph.report import build_report, write_report
-from nnopt_graph.runtime.data import Dataset, input_specs, load_dataset, random_dataset, resolve_shapes
+from nnopt_graph.runtime.data import (
+    Dataset,
+    input_specs,
+    load_dataset,
+    random_dataset,
+    resolve_shapes,
+)
 from nnopt_graph.verify import LOSSLESS_MIN_COSINE, VerifyResult, verify_written
 
 logger = logging.getLogger(__name__)
@@ -104,7 +110,7 @@ def _datasets(
     specs = input_specs(model)
 
     def read(data: str | os.PathLike[str] | Dataset) -> Dataset:
-        return data if isinstance(data, Dataset) else load_dataset(data, specs)
+        return data if isinstance(data, Dataset) else load_dataset(Path(data), specs)
 
     if calib is None:
         if lossy:
@@ -207,23 +213,27 @@ def optimize(
         )
         the_guard = Guard(guard_expr, original, held_out, metric) if guard_expr else None
         input_summary = summarize(original, input_shapes) if output is not None else None
-        all_instruments = [VerifyEachInstrument()] if verify_each else []
+        all_instruments: list[Instrument] = [VerifyEachInstrument()] if verify_each else []
         all_instruments.extend(instruments)
         context = PassContext(
-            target=target, input_shapes=dict(input_shapes or {}), calibration=calibration
+            target=target, input_shapes={k: list(v) for k, v in (input_shapes or {}).items()}, calibration=calibration
         )
         manager = PassManager(
-            resolved, context=context, instruments=all_instruments, guard=the_guard if lossy else None
+            resolved,
+            context=context,
+            instruments=all_instruments,
+            guard=the_guard if lossy else None,
         )
         records = manager.run(ir_model)
         assert manager.model is not None
         ir_model = manager.model
         lossy_records = [r for r in records if r.guard_action is not None]
         if lossy_records and all(r.guard_action == "rolled back" for r in lossy_records):
+            failures = "; ".join(
+                str(d["failed"]) for r in lossy_records for d in r.decisions if "failed" in d
+            )
             raise CheckFailedError(
-                f"no lossy pass kept the guard '{guard_expr}' "
-                f"({'; '.join(str(d.get('failed')) for r in lossy_records for d in r.decisions if 'failed' in d)}); "
-                "nothing written"
+                f"no lossy pass kept the guard '{guard_expr}' ({failures}); nothing written"
             )
         fidelity = None
         guard_passed = None
@@ -233,7 +243,10 @@ def optimize(
             with io.staged_save(ir_model, output) as staged:
                 if check:
                     fidelity = verify_written(
-                        original, staged, held_out, min_cosine=None if lossy else LOSSLESS_MIN_COSINE
+                        original,
+                        staged,
+                        held_out,
+                        min_cosine=None if lossy else LOSSLESS_MIN_COSINE,
                     )
                     if the_guard is not None and lossy:
                         outcome = the_guard.measure_path(staged)

@@ -64,14 +64,17 @@ def _svg_bars(title: str, items: list[tuple[str, float]], unit: str = "") -> str
     row, label_w, bar_w = 22, 220, 360
     height = row * len(items) + 30
     parts = [
-        f"<svg xmlns='http://www.w3.org/2000/svg' width='{label_w + bar_w + 120}' height='{height}'>",
+        "<svg xmlns='http://www.w3.org/2000/svg' "
+        f"width='{label_w + bar_w + 120}' height='{height}'>",
         f"<text x='0' y='16' font-weight='bold'>{html.escape(title)}</text>",
     ]
     for i, (label, value) in enumerate(items):
         y = 28 + i * row
         width = max(1.0, bar_w * abs(value) / top)
         parts.append(f"<text x='0' y='{y + 14}'>{html.escape(label)}</text>")
-        parts.append(f"<rect x='{label_w}' y='{y}' width='{width:.1f}' height='16' fill='#4a7ebb'/>")
+        parts.append(
+            f"<rect x='{label_w}' y='{y}' width='{width:.1f}' height='16' fill='#4a7ebb'/>"
+        )
         parts.append(f"<text x='{label_w + width + 6:.1f}' y='{y + 14}'>{value:.4g}{unit}</text>")
     parts.append("</svg>")
     return "".join(parts)
@@ -88,17 +91,22 @@ def _html(report: dict[str, Any]) -> str:
     ratios = [
         (key, after[key] / before[key])
         for key in ("size_bytes", "params", "nodes", "flops")
-        if isinstance(before.get(key), (int, float)) and before.get(key) and after.get(key) is not None
+        if isinstance(before.get(key), (int, float))
+        and before.get(key)
+        and after.get(key) is not None
     ]
     cosines = [
         (p["name"], p["fidelity"]["values"]["cosine"])
         for p in report["passes"]
-        if p.get("fidelity") and isinstance(p["fidelity"].get("values", {}).get("cosine"), (int, float))
+        if p.get("fidelity")
+        and isinstance(p["fidelity"].get("values", {}).get("cosine"), (int, float))
     ]
     charts = "".join(
         [
             _svg_bars("output / input", ratios),
-            _svg_bars("seconds per pass", [(p["name"], p["seconds"]) for p in report["passes"]], " s"),
+            _svg_bars(
+                "seconds per pass", [(p["name"], p["seconds"]) for p in report["passes"]], " s"
+            ),
             _svg_bars("cosine after each lossy pass", cosines),
         ]
     )
@@ -162,8 +170,14 @@ def print_summary(report: dict[str, Any], stream: TextIO | None = None) -> None:
 
     def row(label: str, key: str, fmt: Any = str) -> None:
         a, b = before.get(key), after.get(key)
-        ratio = f"{b / a:.3f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a else "-"
-        table.add_row(label, fmt(a) if a is not None else "-", fmt(b) if b is not None else "-", ratio)
+        ratio = (
+            f"{b / a:.3f}"
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a
+            else "-"
+        )
+        table.add_row(
+            label, fmt(a) if a is not None else "-", fmt(b) if b is not None else "-", ratio
+        )
 
     row("size", "size_bytes", _fmt_bytes)
     row("params", "params", lambda v: f"{v:,}")

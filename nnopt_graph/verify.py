@@ -67,10 +67,14 @@ def _session(source: str | os.PathLike[str] | bytes, label: str, threads: int | 
     try:
         return create_session(source, "cpu", threads=threads)
     except Exception as exc:
-        raise CheckFailedError(f"ONNX Runtime cannot load the {label} model: {_first_line(exc)}") from exc
+        raise CheckFailedError(
+            f"ONNX Runtime cannot load the {label} model: {_first_line(exc)}"
+        ) from exc
 
 
-def _run(session: Any, names: list[str], feed: dict[str, Any], label: str, source: str) -> list[Any]:
+def _run(
+    session: Any, names: list[str], feed: dict[str, Any], label: str, source: str
+) -> list[Any]:
     try:
         return session.run(names, feed)
     except Exception as exc:
@@ -115,11 +119,17 @@ def compare_models(
     acc = FidelityAccumulator(ref_names)
     samples = 0
     if _weights_size(reference) > _ONE_SESSION_AT_A_TIME_BYTES:
-        ref_outputs = [_run(ref_sess, ref_names, f, "input", source) for f in dataset.batches(batch_size)]
+        ref_outputs = [
+            _run(ref_sess, ref_names, f, "input", source) for f in dataset.batches(batch_size)
+        ]
         del ref_sess
         cand_sess = _session(candidate, "output", threads)
         _check_names(ref_names, cand_sess)
-        for feed, ref_out in zip(dataset.batches(batch_size), track(ref_outputs, "verifying", len(ref_outputs))):
+        for feed, ref_out in zip(
+            dataset.batches(batch_size),
+            track(ref_outputs, "verifying", len(ref_outputs)),
+            strict=True,
+        ):
             acc.add(ref_out, _run(cand_sess, ref_names, feed, "output", source))
             samples += 1
     else:
@@ -165,5 +175,7 @@ def verify_written(
                 f"output '{out.name}' differs from the input model's: cosine {out.cosine:.6f} "
                 f"< {min_cosine} (max_abs {out.max_abs:.3g})"
             )
-    logger.info("verified %s: cosine_min %.7f over %d feeds", candidate, result.cosine_min, result.samples)
+    logger.info(
+        "verified %s: cosine_min %.7f over %d feeds", candidate, result.cosine_min, result.samples
+    )
     return result

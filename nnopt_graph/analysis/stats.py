@@ -176,7 +176,9 @@ def summarize(
         ir_passes.ShapeInferencePass(strict_mode=False)(model)
         macs, unknown = estimate_macs(model)
         if unknown:
-            logger.info("FLOPs: %d matmul/conv nodes have unknown shapes and are not counted", unknown)
+            logger.info(
+                "FLOPs: %d matmul/conv nodes have unknown shapes and are not counted", unknown
+            )
         summary.flops_unknown_nodes = unknown
         summary.macs = macs
         summary.flops = 2 * macs

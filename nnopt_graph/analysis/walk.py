@@ -70,4 +70,6 @@ def custom_domain_nodes(model: ir.Model) -> list[ir.Node]:
 
 def opset_version(model: ir.Model, domain: str = "") -> int:
     """The model's opset version for a domain (0 when not imported)."""
-    return model.opset_imports.get(domain, model.opset_imports.get("ai.onnx", 0) if not domain else 0)
+    return model.opset_imports.get(
+        domain, model.opset_imports.get("ai.onnx", 0) if not domain else 0
+    )

@@ -193,7 +193,9 @@ class EliminateNoOpsPass(Pass):
                     logger.info("removed no-op %s '%s'", node.op_type, node.name)
                 else:
                     kept += 1
-                    logger.debug("kept %s '%s': it links a graph input/output", node.op_type, node.name)
+                    logger.debug(
+                        "kept %s '%s': it links a graph input/output", node.op_type, node.name
+                    )
         return PassResult({"nodes-removed": removed, "skipped-output-links": kept})
 
 
@@ -328,12 +330,15 @@ class SortTopologicallyPass(Pass):
         before = _node_order(model)
         ir_passes.TopologicalSortPass()(model)
         after = _node_order(model)
-        moved = sum(sum(1 for a, b in zip(x, y) if a != b) for x, y in zip(before, after))
+        moved = sum(
+            sum(1 for a, b in zip(x, y, strict=True) if a != b)
+            for x, y in zip(before, after, strict=True)
+        )
         return PassResult({"nodes-moved": moved})
 
 
 def _shape_signature(model: ir.Model) -> dict[int, tuple[object, object]]:
-    signature = {}
+    signature: dict[int, tuple[object, object]] = {}
     for graph in model.graphs():
         for node in graph:
             for value in node.outputs:

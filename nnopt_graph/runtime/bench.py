@@ -53,7 +53,9 @@ def _rss_bytes() -> int:
         return 0
 
 
-def _runner(session: ort.InferenceSession, feed: dict[str, np.ndarray], ep: str) -> Callable[[], None]:
+def _runner(
+    session: ort.InferenceSession, feed: dict[str, np.ndarray], ep: str
+) -> Callable[[], None]:
     """A callable that runs one inference; on GPUs with inputs and outputs on the device."""
     names = [o.name for o in session.get_outputs()]
     if ep == "cpu":
@@ -103,23 +105,36 @@ def benchmark(
     for path in models:
         model = load(path)
         specs = input_specs(model)
-        dataset = random_dataset(specs, resolve_shapes(specs, input_shapes), num_samples=1, seed=seed)
+        dataset = random_dataset(
+            specs, resolve_shapes(specs, input_shapes), num_samples=1, seed=seed
+        )
         feeds.append(next(dataset.batches()))
     for ep in eps:
         if ep not in have:
             results.extend(
-                BenchResult(str(m), ep, False, note=f"execution provider '{ep}' not available in this onnxruntime build")
+                BenchResult(
+                    str(m),
+                    ep,
+                    False,
+                    note=f"execution provider '{ep}' not available in this onnxruntime build",
+                )
                 for m in models
             )
             continue
         sessions, runners, per_model = [], [], []
-        for path, feed in zip(models, feeds):
+        for path, feed in zip(models, feeds, strict=True):
             before = _rss_bytes()
             start = time.perf_counter()
             session = create_session(path, ep, threads=threads if ep == "cpu" else None)
             load_s = time.perf_counter() - start
-            result = BenchResult(str(path), ep, True, load_s=load_s, rss_growth_bytes=_rss_bytes() - before)
-            if ep != "cpu" and session.get_providers()[0] != {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[ep]:
+            result = BenchResult(
+                str(path), ep, True, load_s=load_s, rss_growth_bytes=_rss_bytes() - before
+            )
+            if (
+                ep != "cpu"
+                and session.get_providers()[0]
+                != {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[ep]
+            ):
                 result.available = False
                 result.note = f"session fell back to {session.get_providers()[0]}"
             sessions.append(session)
@@ -136,17 +151,30 @@ def benchmark(
                 start = time.perf_counter()
                 runners[i]()
                 times[i].append(time.perf_counter() - start)
-        batch = max(1, min((int(next(iter(f.values())).shape[0]) if f and next(iter(f.values())).ndim else 1) for f in feeds))
+        batch = max(
+            1,
+            min(
+                (int(next(iter(f.values())).shape[0]) if f and next(iter(f.values())).ndim else 1)
+                for f in feeds
+            ),
+        )
         for i, result in enumerate(per_model):
             ms = [t * 1e3 for t in times[i]]
             result.runs = runs
             result.latency_ms = {
-                "min": min(ms), "p50": statistics.median(ms), "p90": _percentile(ms, 90),
-                "mean": statistics.fmean(ms), "max": max(ms),
+                "min": min(ms),
+                "p50": statistics.median(ms),
+                "p90": _percentile(ms, 90),
+                "mean": statistics.fmean(ms),
+                "max": max(ms),
             }
             result.throughput_per_s = batch * 1e3 / result.latency_ms["mean"]
-            ratios = sorted(a / b for a, b in zip(times[i], times[0]))
-            result.ratio_vs_first = {"min": ratios[0], "median": statistics.median(ratios), "max": ratios[-1]}
+            ratios = sorted(a / b for a, b in zip(times[i], times[0], strict=True))
+            result.ratio_vs_first = {
+                "min": ratios[0],
+                "median": statistics.median(ratios),
+                "max": ratios[-1],
+            }
         results.extend(per_model)
         del sessions, runners
     return results

@@ -55,10 +55,12 @@ def run_with_taps(
         io.save(clone, path)
         session = create_session(path, "cpu", threads=threads)
         count = 0
-        total = -(-dataset.num_samples // batch_size) if not dataset.stacked else dataset.num_samples
+        total = (
+            -(-dataset.num_samples // batch_size) if not dataset.stacked else dataset.num_samples
+        )
         for feed in track(dataset.batches(batch_size), "calibrating", total):
             outputs = session.run(taps, feed)
-            on_batch(dict(zip(taps, outputs)))
+            on_batch(dict(zip(taps, outputs, strict=True)))
             count += 1
     return count
 

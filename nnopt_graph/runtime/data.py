@@ -113,7 +113,7 @@ def resolve_shapes(
                     f"--input-shape for '{spec.name}' has rank {len(dims)}, "
                     f"the model's input has rank {len(spec.dims)}"
                 )
-            for dim, value in zip(spec.dims or (), dims):
+            for dim, value in zip(spec.dims or (), dims, strict=False):
                 if isinstance(dim, str):
                     symbols.setdefault(dim, value)
             shapes[spec.name] = tuple(dims)
@@ -224,7 +224,9 @@ def random_dataset(
     return Dataset(arrays, "random", frozenset(arrays))
 
 
-def _memmap_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray | None:
+def _memmap_member(
+    path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo
+) -> np.ndarray | None:
     """Memory-map an uncompressed .npy member of an .npz, or None when it cannot be."""
     if info.compress_type != zipfile.ZIP_STORED:
         return None
@@ -247,7 +249,9 @@ def _memmap_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) 
     extra_len = int.from_bytes(local[28:30], "little")
     offset = info.header_offset + 30 + name_len + extra_len + header_len
     if fortran or not shape:
-        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+        return np.memmap(
+            path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C"
+        )
     return SampleFile(path, offset, dtype, tuple(shape))  # type: ignore[return-value]
 
 
@@ -286,8 +290,10 @@ class SampleFile:
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    """Arrays of an .npz; uncompressed members are memory-mapped, so batches are read
-    from disk as they are used and memory stays bounded for any number of samples."""
+    """Arrays of an .npz, uncompressed members read lazily per batch.
+
+    Memory then stays bounded for any number of samples.
+    """
     try:
         arrays: dict[str, np.ndarray] = {}
         with zipfile.ZipFile(path) as archive:
@@ -342,7 +348,7 @@ class _Converted:
         return len(self.array)
 
     def __getitem__(self, key: object) -> np.ndarray:
-        return np.asarray(self.array[key]).astype(self.dtype)  # type: ignore[index]
+        return np.asarray(self.array[key]).astype(self.dtype)  # type: ignore[call-overload]
 
 
 def load_dataset(path: str | Path, specs: Sequence[InputSpec]) -> Dataset:
@@ -367,7 +373,9 @@ def load_dataset(path: str | Path, specs: Sequence[InputSpec]) -> Dataset:
     for spec in specs:
         array = arrays[spec.name]
         if array.dtype != spec.dtype:
-            logger.warning("%s: input '%s' converted from %s to %s", path, spec.name, array.dtype, spec.dtype)
+            logger.warning(
+                "%s: input '%s' converted from %s to %s", path, spec.name, array.dtype, spec.dtype
+            )
             array = _Converted(array, spec.dtype)  # type: ignore[assignment]
         rank = len(spec.dims) if spec.dims is not None else array.ndim
         if array.ndim == rank + 1:

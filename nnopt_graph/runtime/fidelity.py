@@ -70,7 +70,7 @@ class FidelityAccumulator:
 
     def add(self, reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> None:
         """Add one batch of outputs of both models."""
-        for run, ref, cand in zip(self.running, reference, candidate):
+        for run, ref, cand in zip(self.running, reference, candidate, strict=True):
             ref = np.asarray(ref)
             cand = np.asarray(cand)
             run.samples += 1
@@ -103,9 +103,13 @@ class FidelityAccumulator:
     def result(self) -> list[OutputFidelity]:
         """Per-output metrics so far."""
         out = []
-        for name, run in zip(self.names, self.running):
+        for name, run in zip(self.names, self.running, strict=True):
             if not run.shape_match:
-                out.append(OutputFidelity(name, 0.0, math.inf, math.inf, -math.inf, 0.0, False, run.samples))
+                out.append(
+                    OutputFidelity(
+                        name, 0.0, math.inf, math.inf, -math.inf, 0.0, False, run.samples
+                    )
+                )
                 continue
             if run.ref_sq == 0.0 and run.cand_sq == 0.0:
                 cosine = 1.0
@@ -115,7 +119,11 @@ class FidelityAccumulator:
                 cosine = run.dot / math.sqrt(run.ref_sq * run.cand_sq)
             if run.nonfinite:
                 cosine = 0.0
-            rel_l2 = math.sqrt(run.err_sq / run.ref_sq) if run.ref_sq else (0.0 if run.err_sq == 0 else math.inf)
+            rel_l2 = (
+                math.sqrt(run.err_sq / run.ref_sq)
+                if run.ref_sq
+                else (0.0 if run.err_sq == 0 else math.inf)
+            )
             if run.err_sq == 0.0:
                 sqnr = math.inf
             elif run.ref_sq == 0.0:
