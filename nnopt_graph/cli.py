@@ -88,28 +88,20 @@ def _cmd_opt(args: argparse.Namespace) -> int:
 
 
 def _cmd_list_passes(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from nnopt_graph.pipeline.grammar import option_fields
+    from nnopt_graph.pipeline.grammar import PassSpec, option_fields
     from nnopt_graph.pipeline.registry import PRESETS, registered_passes
 
     passes = registered_passes()
-    console = Console()
-    table = Table(title="passes", show_lines=False)
-    table.add_column("name")
-    table.add_column("kind")
-    table.add_column("summary")
-    table.add_column("options (default)")
+    width = max(len(name) for name in passes)
+    print("passes:")
     for name, cls in passes.items():
-        options = " ".join(
-            f"{key}={getattr(cls.Options(), f.name)}" for key, f, _ in option_fields(cls)
-        )
-        table.add_row(name, "lossy" if cls.lossy else "lossless", cls.summary(), options or "-")
-    console.print(table)
-    console.print("presets:")
+        kind = "lossy   " if cls.lossy else "lossless"
+        print(f"  {name:<{width}}  {kind}  {cls.summary()}")
+        if option_fields(cls):
+            print(f"  {'':<{width}}            {PassSpec.create(name)}")
+    print("presets:")
     for name, text in PRESETS.items():
-        console.print(f"  {name} = {text}", soft_wrap=True)
+        print(f"  {name} = {text}")
     return 0
 
 

@@ -37,3 +37,16 @@ def test_html_report_has_charts_and_pass_table(tmp_path):
 def test_report_folder_missing_is_bad_input(tmp_path):
     proc = run_cli("opt", DIGITS, str(tmp_path / "o.onnx"), "--report", str(tmp_path / "nope" / "r.json"))
     assert proc.returncode == 2 and not (tmp_path / "o.onnx").exists()
+
+
+def test_list_passes_shows_every_pass_and_preset():
+    from nnopt_graph.pipeline.registry import PRESETS, registered_passes
+
+    proc = run_cli("list-passes")
+    assert proc.returncode == 0, proc.stderr
+    for name, cls in registered_passes().items():
+        if name.startswith("test-"):
+            continue
+        assert f"  {name} " in proc.stdout and cls.summary() in proc.stdout
+    for name in PRESETS:
+        assert f"  {name} = " in proc.stdout
