@@ -3,3 +3,4 @@
 from nnopt_graph.passes import cleanup  # noqa: F401
 from nnopt_graph.passes import cse as cse
 from nnopt_graph.passes import dedup as dedup
+from nnopt_graph.passes import sparsify as sparsify

@@ -1,0 +1,582 @@
+"""Lossy weight sparsity: N:M along the reduction axis or unstructured, Wanda and SparseGPT."""
+
+from __future__ import annotations
+
+__all__ = ["SparsifyOptions", "SparsifyPass"]
+
+import collections
+import dataclasses
+import logging
+import re
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from nnopt_graph.errors import BadInputError
+from nnopt_graph.passes.sparse_layers import (
+    ActivationStats,
+    Layer,
+    find_layers,
+    read_weight,
+    write_weight,
+)
+from nnopt_graph.passes.sparse_patterns import (
+    IMPORTANCES,
+    TENSORRT_RULE,
+    Pattern,
+    follows_pattern,
+    mask_weights,
+    parse_pattern,
+    relative_error,
+    sparse_initializer_bytes,
+    sparsegpt,
+    tensorrt_verdict,
+)
+from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
+from nnopt_graph.pipeline.registry import register_pass
+
+logger = logging.getLogger(__name__)
+
+_OPS = {"conv": "Conv", "gemm": "Gemm", "matmul": "MatMul"}
+_STATS = (
+    "layers-sparsified",
+    "params-zeroed",
+    "matmul-gemm-params-sparsified",
+    "matmuls-to-gemm",
+    "skipped-layers-already-sparse",
+    "skipped-layers-kept-dense",
+    "skipped-layers-pattern-mismatch",
+    "skipped-layers-excluded",
+    "skipped-layers-shared-weights",
+    "skipped-layers-unsupported",
+    "skipped-layers-in-functions",
+    "skipped-subgraph-layers-magnitude-only",
+    "skipped-no-calibration-data",
+    "skipped-matmul-gemm-params-dense",
+)
+# Reasons find_layers gives for a layer it cannot change, and the statistic that counts them.
+_REASON_STAT = {"shared-weight": "skipped-layers-shared-weights"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SparsifyOptions:
+    """Options of sparsify.
+
+    Attributes:
+        pattern: ``N:M`` (at most N non-zeros in every M consecutive weights along the
+            reduction axis) or ``unstructured``.
+        ratio: fraction of each layer's weights to zero (unstructured only).
+        importance: ``magnitude`` (|W|), ``wanda`` (|W| * ||X_j||) or ``obs`` (SparseGPT's
+            w^2 / [H^-1]_jj^2); the last two need calibration data.
+        reconstruct: update the kept weights column by column (SparseGPT) to compensate.
+        damp: Hessian damping as a fraction of its mean diagonal.
+        block_size: columns the SparseGPT solver updates together.
+        ops: which layers, ``+``- or ``,``-separated among conv, gemm, matmul.
+        exclude: regular expression; layers whose node name matches stay dense.
+        min_params: layers with fewer weights stay dense.
+        keep_dense: leave this many layers dense, those whose sparsification costs the
+            most output error (back-off raises it).
+        sequential: calibrate each layer on the model with the layers before it already
+            sparsified (one calibration run per layer input) instead of once.
+        max_samples: calibration samples used at most.
+        max_hessian_mb: memory for the statistics of one calibration run; more layers
+            take several runs.
+        to_gemm: rewrite sparsified MatMuls with a constant 2-D weight as Gemm:
+            ``auto`` when the target is tensorrt.
+    """
+
+    pattern: str = "2:4"
+    ratio: float = 0.5
+    importance: str = dataclasses.field(default="wanda", metadata={"choices": IMPORTANCES})
+    reconstruct: bool = True
+    damp: float = 0.01
+    block_size: int = 128
+    ops: str = "conv+gemm+matmul"
+    exclude: str = ""
+    min_params: int = 0
+    keep_dense: int = 0
+    sequential: bool = False
+    max_samples: int = 128
+    max_hessian_mb: int = 1024
+    to_gemm: str = dataclasses.field(
+        default="auto", metadata={"choices": ("auto", "true", "false")}
+    )
+
+    def problem(self) -> str | None:
+        """What is wrong with these options, or None."""
+        try:
+            parse_pattern(self.pattern, self.ratio)
+        except ValueError as exc:
+            return str(exc)
+        unknown = set(_op_names(self.ops)) - set(_OPS)
+        if unknown:
+            return f"ops: unknown {', '.join(sorted(unknown))} (choose from conv, gemm, matmul)"
+        if self.exclude:
+            try:
+                re.compile(self.exclude)
+            except re.error as exc:
+                return f"exclude: bad regular expression ({exc})"
+        if self.keep_dense < 0 or self.max_samples < 1 or self.block_size < 1:
+            return "keep-dense must be >= 0, max-samples and block-size >= 1"
+        if not 0.0 <= self.damp < 1e6 or self.max_hessian_mb < 1:
+            return "damp must be >= 0 and max-hessian-mb >= 1"
+        return None
+
+
+def _op_names(text: str) -> list[str]:
+    return [p for p in re.split(r"[+,\s]+", text.strip().lower()) if p]
+
+
+@dataclasses.dataclass
+class _Plan:
+    """What happens to one layer."""
+
+    layer: Layer
+    original: ir.TensorProtocol
+    new: np.ndarray | None = None
+    error: float = 0.0
+    importance: str = "magnitude"
+    reconstructed: bool = False
+    written: bool = False
+
+
+def _tap_name(layer: Layer) -> str:
+    value = layer.activation
+    assert value is not None and value.name is not None
+    return value.name
+
+
+def _calibrate(
+    model: ir.Model, layers: list[Layer], dataset: Any, hessian: bool
+) -> dict[int, ActivationStats]:
+    """Run the model once on the calibration data, folding each layer's input into stats."""
+    from nnopt_graph.runtime.calibrate import run_with_taps
+
+    stats = {id(layer): ActivationStats(layer, hessian) for layer in layers}
+    by_tap: dict[str, list[ActivationStats]] = collections.defaultdict(list)
+    for layer in layers:
+        by_tap[_tap_name(layer)].append(stats[id(layer)])
+
+    def on_batch(batch: dict[str, np.ndarray]) -> None:
+        for name, array in batch.items():
+            for stat in by_tap[name]:
+                stat.update(array)
+
+    run_with_taps(model, list(by_tap), dataset, on_batch)
+    return stats
+
+
+def _sweeps(layers: list[Layer], hessian: bool, budget: int, sequential: bool) -> list[list[Layer]]:
+    """Split layers into calibration runs: by memory budget, or one per layer input."""
+    if sequential:
+        by_tap: dict[str, list[Layer]] = {}
+        for layer in layers:
+            by_tap.setdefault(_tap_name(layer), []).append(layer)
+        return list(by_tap.values())
+    sweeps: list[list[Layer]] = [[]]
+    used = 0
+    for layer in layers:
+        size = ActivationStats.nbytes(layer, hessian)
+        if sweeps[-1] and used + size > budget:
+            sweeps.append([])
+            used = 0
+        sweeps[-1].append(layer)
+        used += size
+    return [s for s in sweeps if s]
+
+
+def _opset(graph: ir.Graph, model: ir.Model) -> int:
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+
+
+def _unique_name(graph: ir.Graph, base: str, taken: set[str]) -> str:
+    name = base
+    i = 1
+    while name in taken or name in graph.initializers:
+        name = f"{base}_{i}"
+        i += 1
+    taken.add(name)
+    return name
+
+
+def _const(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.INT64))
+    value.const_value = ir.tensor(array, name=name)
+    graph.register_initializer(value)
+    return value
+
+
+def _value_names(model: ir.Model) -> set[str]:
+    names: set[str] = set()
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        names.update(v.name for v in node.outputs if v.name)
+    for graph in model.graphs():
+        names.update(v.name for v in graph.inputs if v.name)
+        names.update(graph.initializers)
+    return names
+
+
+def _matmul_to_gemm(layer: Layer, model: ir.Model, taken: set[str]) -> str | None:
+    """Rewrite a MatMul by a constant [K, N] weight as Gemm(transB=1); None or why not.
+
+    An input of rank > 2 is flattened to [-1, K] and the result reshaped back to the
+    input's leading dimensions followed by N. The weight is stored transposed as [N, K]
+    (rows of K, the layout of a fully connected layer).
+    """
+    node = layer.node
+    graph = node.graph
+    a = node.inputs[0]
+    assert graph is not None and isinstance(graph, ir.Graph) and a is not None
+    if a.shape is None or len(a.shape) < 2:
+        return "input rank unknown or 1"
+    opset = _opset(graph, model)
+    if opset < 11:
+        return f"opset {opset} < 11 (Gemm needs C)"
+    tensor = read_weight(layer.weight)
+    assert tensor is not None
+    k, n = layer.shape
+    write_weight(layer.weight, np.ascontiguousarray(tensor.numpy().T))
+    old = node.outputs[0]
+    base = node.name or old.name or "matmul"
+    new_nodes: list[ir.Node] = []
+    trans_b = ir.AttrInt64("transB", 1)
+    if len(a.shape) == 2:
+        gemm = ir.Node("", "Gemm", [a, layer.weight], [trans_b], name=f"{base}/gemm")
+        new_nodes.append(gemm)
+        result = gemm.outputs[0]
+    else:
+        flat_shape = _const(
+            graph, _unique_name(graph, f"{base}/gemm_in_shape", taken), np.array([-1, k], np.int64)
+        )
+        n_dim = _const(graph, _unique_name(graph, f"{base}/gemm_n", taken), np.array([n], np.int64))
+        flat = ir.Node("", "Reshape", [a, flat_shape], name=f"{base}/flatten")
+        gemm = ir.Node("", "Gemm", [flat.outputs[0], layer.weight], [trans_b], name=f"{base}/gemm")
+        if opset >= 15:
+            head = ir.Node(
+                "",
+                "Shape",
+                [a],
+                [ir.AttrInt64("start", 0), ir.AttrInt64("end", -1)],
+                name=f"{base}/lead_dims",
+            )
+            new_nodes += [flat, gemm, head]
+        else:
+            full = ir.Node("", "Shape", [a], name=f"{base}/shape")
+            starts = _const(
+                graph, _unique_name(graph, f"{base}/lead_start", taken), np.array([0], np.int64)
+            )
+            ends = _const(
+                graph, _unique_name(graph, f"{base}/lead_end", taken), np.array([-1], np.int64)
+            )
+            head = ir.Node("", "Slice", [full.outputs[0], starts, ends], name=f"{base}/lead_dims")
+            new_nodes += [flat, gemm, full, head]
+        out_shape = ir.Node(
+            "",
+            "Concat",
+            [head.outputs[0], n_dim],
+            [ir.AttrInt64("axis", 0)],
+            name=f"{base}/out_shape",
+        )
+        unflat = ir.Node(
+            "", "Reshape", [gemm.outputs[0], out_shape.outputs[0]], name=f"{base}/unflatten"
+        )
+        new_nodes += [out_shape, unflat]
+        result = unflat.outputs[0]
+    result.type = old.type
+    result.shape = old.shape
+    graph.insert_before(node, new_nodes)
+    ir.convenience.replace_all_uses_with(old, result, replace_graph_outputs=True)
+    name = old.name
+    old.name = None
+    graph.remove(node, safe=True)
+    result.name = name
+    return None
+
+
+def _coverage_key(layer: Layer) -> bool:
+    return layer.op in ("MatMul", "Gemm")
+
+
+@register_pass
+class SparsifyPass(Pass):
+    """Zero weights in N:M (along the reduction axis) or unstructured patterns, with SparseGPT."""
+
+    name = "sparsify"
+    lossy = True
+    Options = SparsifyOptions
+
+    def __init__(self, options: Any = None, **kwargs: Any) -> None:
+        super().__init__(options, **kwargs)
+        self._candidates: int | None = None
+
+    def requires(self, model: ir.Model) -> None:
+        """Check the options (text options are checked here, when the pass is about to run).
+
+        Raises:
+            BadInputError: an option value is invalid.
+        """
+        problem = self.options.problem()
+        if problem is not None:
+            raise BadInputError(f"pass 'sparsify': {problem}")
+
+    @property
+    def pattern(self) -> Pattern:
+        """The parsed pattern option."""
+        return parse_pattern(self.options.pattern, self.options.ratio)
+
+    def back_off(self) -> Pass | None:
+        """Lower the ratio (unstructured) by 0.1, then leave more of the sensitive layers dense.
+
+        Each step doubles ``keep-dense`` (0 -> 1 -> 2 -> 4 ...) until every candidate
+        layer would stay dense, when there is nothing weaker left to try.
+        """
+        o = self.options
+        if not self.pattern.structured and o.ratio - 0.1 >= 0.1 - 1e-9:
+            return SparsifyPass(dataclasses.replace(o, ratio=round(o.ratio - 0.1, 6)))
+        if not self._candidates or o.keep_dense >= self._candidates:
+            return None
+        keep = min(max(1, 2 * o.keep_dense), self._candidates)
+        return SparsifyPass(dataclasses.replace(o, keep_dense=keep))
+
+    # ------------------------------------------------------------------ selection
+
+    def _select(
+        self, model: ir.Model, stats: dict[str, int]
+    ) -> list[tuple[Layer, ir.TensorProtocol]]:
+        o = self.options
+        pattern = self.pattern
+        ops = frozenset(_OPS[p] for p in _op_names(o.ops))
+        exclude = re.compile(o.exclude) if o.exclude else None
+        chosen = []
+        for node, layer, reason in find_layers(model, ops):
+            if layer is None:
+                stats[_REASON_STAT.get(reason or "", "skipped-layers-unsupported")] += 1
+                logger.debug("sparsify: %s '%s' skipped: %s", node.op_type, node.name, reason)
+                if (
+                    node.op_type in ("MatMul", "Gemm")
+                    and len(node.inputs) > 1
+                    and node.inputs[1] is not None
+                ):
+                    tensor = read_weight(node.inputs[1])
+                    if tensor is not None:
+                        stats["skipped-matmul-gemm-params-dense"] += tensor.size
+                continue
+            tensor = read_weight(layer.weight)
+            assert tensor is not None
+            why = None
+            if exclude is not None and exclude.search(layer.name):
+                why, key = "excluded by name", "skipped-layers-excluded"
+            elif tensor.size < o.min_params:
+                why, key = f"{tensor.size} weights < min-params", "skipped-layers-excluded"
+            elif pattern.structured and layer.c_in % pattern.m:
+                why, key = (
+                    f"{layer.c_in} input channels not a multiple of {pattern.m}",
+                    "skipped-layers-pattern-mismatch",
+                )
+            elif follows_pattern(layer.to_matrix(tensor.numpy()), pattern):
+                why, key = f"already {pattern}", "skipped-layers-already-sparse"
+            if why is not None:
+                stats[key] += 1
+                logger.debug("sparsify: %s '%s' skipped: %s", layer.op, layer.name, why)
+                if _coverage_key(layer) and key != "skipped-layers-already-sparse":
+                    stats["skipped-matmul-gemm-params-dense"] += tensor.size
+                continue
+            chosen.append((layer, tensor))
+        stats["skipped-layers-in-functions"] += sum(
+            1
+            for f in model.functions.values()
+            for n in ir.traversal.RecursiveGraphIterator(f)
+            if n.op_type in ops
+        )
+        return chosen
+
+    # ------------------------------------------------------------------ solving
+
+    def _solve(self, plan: _Plan, stat: ActivationStats | None) -> None:
+        o = self.options
+        pattern = self.pattern
+        layer = plan.layer
+        matrix = layer.to_matrix(plan.original.numpy().astype(np.float64))
+        out = np.empty_like(matrix)
+        num = den = 0.0
+        for g, rows in enumerate(layer.group_rows()):
+            block = matrix[rows]
+            hessian = stat.sums[g] if stat is not None and stat.hessian else None
+            energy = stat.energy(g) if stat is not None else None
+            if o.reconstruct and hessian is not None:
+                new = sparsegpt(
+                    block,
+                    hessian,
+                    pattern,
+                    importance=plan.importance,
+                    damp=o.damp,
+                    block_size=o.block_size,
+                ).matrix
+            else:
+                new = mask_weights(
+                    block, pattern, _column_scale(plan.importance, energy, hessian, o.damp)
+                )
+            out[rows] = new
+            err = relative_error(block, new, hessian, energy)
+            weight = _output_energy(block, hessian, energy)
+            num += err * weight
+            den += weight
+        plan.new = layer.from_matrix(out).astype(plan.original.dtype.numpy())
+        plan.error = num / den if den > 0 else 0.0
+
+    def _calibrated(self, context: PassContext) -> tuple[Any, bool]:
+        o = self.options
+        needs = o.reconstruct or o.importance != "magnitude"
+        if not needs or context.calibration is None:
+            return None, needs
+        dataset = context.calibration
+        if dataset.num_samples > o.max_samples:
+            dataset = dataset.take(o.max_samples)
+        return dataset, needs
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, model: ir.Model, context: PassContext) -> PassResult:
+        """Choose layers, calibrate, prune (and reconstruct), keep the most sensitive dense."""
+        o = self.options
+        pattern = self.pattern
+        stats = dict.fromkeys(_STATS, 0)
+        chosen = self._select(model, stats)
+        self._candidates = len(chosen)
+        dataset, needs = self._calibrated(context)
+        if needs and dataset is None:
+            stats["skipped-no-calibration-data"] = 1
+            logger.warning(
+                "sparsify: no calibration data; using magnitude importance without reconstruction"
+            )
+        hessian = o.reconstruct or o.importance == "obs"
+        plans = [_Plan(layer, tensor) for layer, tensor in chosen]
+        calibrated = [p for p in plans if dataset is not None and p.layer.in_main_graph]
+        for p in plans:
+            if dataset is None or not p.layer.in_main_graph:
+                p.importance = "magnitude"
+                if dataset is not None:
+                    stats["skipped-subgraph-layers-magnitude-only"] += 1
+            else:
+                p.importance = o.importance
+                p.reconstructed = o.reconstruct
+        for p in plans:
+            if p not in calibrated:
+                self._solve(p, None)
+        by_layer = {id(p.layer): p for p in calibrated}
+        budget = o.max_hessian_mb << 20
+        for sweep in _sweeps([p.layer for p in calibrated], hessian, budget, o.sequential):
+            layer_stats = _calibrate(model, sweep, dataset, hessian)
+            for layer in sweep:
+                plan = by_layer[id(layer)]
+                self._solve(plan, layer_stats[id(layer)])
+                if o.sequential and plan.new is not None:
+                    write_weight(layer.weight, plan.new)
+            del layer_stats
+        # The layers whose sparsity costs the most output error stay dense.
+        ranked = sorted(plans, key=lambda p: p.error, reverse=True)
+        dense = {id(p) for p in ranked[: o.keep_dense]}
+        to_gemm = o.to_gemm == "true" or (o.to_gemm == "auto" and context.target == "tensorrt")
+        taken = _value_names(model) if to_gemm else set()
+        decisions: list[dict[str, Any]] = []
+        for p in plans:
+            layer = p.layer
+            assert p.new is not None
+            if id(p) in dense:
+                write_weight(layer.weight, p.original.numpy())
+                stats["skipped-layers-kept-dense"] += 1
+                if _coverage_key(layer):
+                    stats["skipped-matmul-gemm-params-dense"] += p.original.size
+                logger.debug("sparsify: '%s' kept dense (relative error %.4g)", layer.name, p.error)
+                decisions.append(self._decision(p, pattern, kept_dense=True))
+                continue
+            before = p.original.numpy()
+            zeroed = int(np.count_nonzero((before != 0) & (p.new == 0)))
+            write_weight(layer.weight, p.new)
+            p.written = True
+            stats["layers-sparsified"] += 1
+            stats["params-zeroed"] += zeroed
+            if _coverage_key(layer):
+                stats["matmul-gemm-params-sparsified"] += int(p.new.size)
+            logger.info(
+                "sparsify: %s '%s' %s, %d weights zeroed, relative output error %.4g",
+                layer.op,
+                layer.name,
+                pattern,
+                zeroed,
+                p.error,
+            )
+            decision = self._decision(p, pattern, kept_dense=False)
+            if to_gemm and layer.op == "MatMul":
+                why = _matmul_to_gemm(layer, model, taken)
+                decision["to-gemm"] = why or "rewritten"
+                if why is None:
+                    stats["matmuls-to-gemm"] += 1
+                    logger.info("sparsify: MatMul '%s' rewritten as Gemm for TensorRT", layer.name)
+                else:
+                    logger.debug("sparsify: MatMul '%s' left as MatMul: %s", layer.name, why)
+            decisions.append(decision)
+        decisions.append(self._summary(stats, pattern))
+        return PassResult(stats, decisions)
+
+    def _decision(self, plan: _Plan, pattern: Pattern, *, kept_dense: bool) -> dict[str, Any]:
+        layer = plan.layer
+        array = plan.original.numpy() if kept_dense or plan.new is None else plan.new
+        nonzeros = int(np.count_nonzero(array))
+        verdict, why = tensorrt_verdict(pattern, layer.c_in, layer.rows)
+        if layer.groups > 1 and verdict != "ineligible":
+            verdict, why = "unlikely", f"grouped convolution (group={layer.groups})"
+        return {
+            "layer": layer.name,
+            "op": layer.op,
+            "weight": layer.weight.name,
+            "shape": list(layer.shape),
+            "pattern": "dense" if kept_dense else str(pattern),
+            "sparsity": round(1.0 - nonzeros / max(array.size, 1), 6),
+            "importance": plan.importance,
+            "reconstructed": plan.reconstructed and not kept_dense,
+            "relative-output-error": round(plan.error, 8),
+            "tensorrt-sparse-kernels": "no (dense)" if kept_dense else verdict,
+            "tensorrt-reason": "kept dense" if kept_dense else why,
+            "bytes-on-disk": int(array.nbytes),
+            "bytes-as-sparse-initializer": sparse_initializer_bytes(nonzeros, array.dtype.itemsize),
+        }
+
+    @staticmethod
+    def _summary(stats: dict[str, int], pattern: Pattern) -> dict[str, Any]:
+        covered = stats["matmul-gemm-params-sparsified"]
+        total = covered + stats["skipped-matmul-gemm-params-dense"]
+        return {
+            "summary": True,
+            "pattern": str(pattern),
+            "matmul-gemm-weight-coverage": round(covered / total, 6) if total else None,
+            "tensorrt-rule": TENSORRT_RULE,
+            "runtimes": (
+                "ONNX Runtime (CPU and CUDA EPs) has no sparse kernels: zeros cost the same "
+                "time as other weights there; only TensorRT runs 2:4 on sparse Tensor Cores. "
+                "Run eliminate-zero-structure to turn whole zero channels into speed anywhere."
+            ),
+        }
+
+
+def _column_scale(
+    importance: str, energy: np.ndarray | None, hessian: np.ndarray | None, damp: float
+) -> np.ndarray | None:
+    """Per-column factor of |W| for mask-only pruning (None: magnitude)."""
+    if importance == "wanda" and energy is not None:
+        return np.sqrt(energy)
+    if importance == "obs" and hessian is not None:
+        h = hessian + damp * float(np.mean(np.diag(hessian)) or 1.0) * np.eye(len(hessian))
+        return 1.0 / np.sqrt(np.clip(np.diag(np.linalg.pinv(h)), 1e-30, None))
+    return None
+
+
+def _output_energy(
+    block: np.ndarray, hessian: np.ndarray | None, energy: np.ndarray | None
+) -> float:
+    if hessian is not None:
+        return float(np.sum((block @ hessian) * block))
+    if energy is not None:
+        return float(np.sum(block**2 * energy[None, :]))
+    return float(np.sum(block**2))
