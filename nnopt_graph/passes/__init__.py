@@ -4,3 +4,4 @@ from nnopt_graph.passes import cleanup  # noqa: F401
 from nnopt_graph.passes import cse as cse
 from nnopt_graph.passes import dedup as dedup
 from nnopt_graph.passes import sparsify as sparsify
+from nnopt_graph.passes import sparse_storage as sparse_storage
