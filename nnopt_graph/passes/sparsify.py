@@ -33,6 +33,7 @@ from nnopt_graph.passes.sparse_patterns import (
     sparsegpt,
     tensorrt_verdict,
 )
+from nnopt_graph.passes.sparse_rewrite import ShapeBuilder, model_value_names, replace_output
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
 from nnopt_graph.pipeline.registry import register_pass
 
@@ -186,35 +187,8 @@ def _sweeps(layers: list[Layer], hessian: bool, budget: int, sequential: bool) -
     return [s for s in sweeps if s]
 
 
-def _opset(graph: ir.Graph, model: ir.Model) -> int:
+def _opset(model: ir.Model) -> int:
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
-
-
-def _unique_name(graph: ir.Graph, base: str, taken: set[str]) -> str:
-    name = base
-    i = 1
-    while name in taken or name in graph.initializers:
-        name = f"{base}_{i}"
-        i += 1
-    taken.add(name)
-    return name
-
-
-def _const(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.INT64))
-    value.const_value = ir.tensor(array, name=name)
-    graph.register_initializer(value)
-    return value
-
-
-def _value_names(model: ir.Model) -> set[str]:
-    names: set[str] = set()
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        names.update(v.name for v in node.outputs if v.name)
-    for graph in model.graphs():
-        names.update(v.name for v in graph.inputs if v.name)
-        names.update(graph.initializers)
-    return names
 
 
 def _matmul_to_gemm(layer: Layer, model: ir.Model, taken: set[str]) -> str | None:
@@ -227,70 +201,30 @@ def _matmul_to_gemm(layer: Layer, model: ir.Model, taken: set[str]) -> str | Non
     node = layer.node
     graph = node.graph
     a = node.inputs[0]
-    assert graph is not None and isinstance(graph, ir.Graph) and a is not None
+    assert isinstance(graph, ir.Graph) and a is not None
     if a.shape is None or len(a.shape) < 2:
         return "input rank unknown or 1"
-    opset = _opset(graph, model)
+    opset = _opset(model)
     if opset < 11:
         return f"opset {opset} < 11 (Gemm needs C)"
     tensor = read_weight(layer.weight)
     assert tensor is not None
     k, n = layer.shape
     write_weight(layer.weight, np.ascontiguousarray(tensor.numpy().T))
-    old = node.outputs[0]
-    base = node.name or old.name or "matmul"
-    new_nodes: list[ir.Node] = []
-    trans_b = ir.AttrInt64("transB", 1)
+    build = ShapeBuilder(graph, opset, taken)
+    base = node.name or node.outputs[0].name or "matmul"
     if len(a.shape) == 2:
-        gemm = ir.Node("", "Gemm", [a, layer.weight], [trans_b], name=f"{base}/gemm")
-        new_nodes.append(gemm)
-        result = gemm.outputs[0]
-    else:
-        flat_shape = _const(
-            graph, _unique_name(graph, f"{base}/gemm_in_shape", taken), np.array([-1, k], np.int64)
-        )
-        n_dim = _const(graph, _unique_name(graph, f"{base}/gemm_n", taken), np.array([n], np.int64))
-        flat = ir.Node("", "Reshape", [a, flat_shape], name=f"{base}/flatten")
-        gemm = ir.Node("", "Gemm", [flat.outputs[0], layer.weight], [trans_b], name=f"{base}/gemm")
-        if opset >= 15:
-            head = ir.Node(
-                "",
-                "Shape",
-                [a],
-                [ir.AttrInt64("start", 0), ir.AttrInt64("end", -1)],
-                name=f"{base}/lead_dims",
-            )
-            new_nodes += [flat, gemm, head]
-        else:
-            full = ir.Node("", "Shape", [a], name=f"{base}/shape")
-            starts = _const(
-                graph, _unique_name(graph, f"{base}/lead_start", taken), np.array([0], np.int64)
-            )
-            ends = _const(
-                graph, _unique_name(graph, f"{base}/lead_end", taken), np.array([-1], np.int64)
-            )
-            head = ir.Node("", "Slice", [full.outputs[0], starts, ends], name=f"{base}/lead_dims")
-            new_nodes += [flat, gemm, full, head]
-        out_shape = ir.Node(
-            "",
-            "Concat",
-            [head.outputs[0], n_dim],
-            [ir.AttrInt64("axis", 0)],
-            name=f"{base}/out_shape",
-        )
-        unflat = ir.Node(
-            "", "Reshape", [gemm.outputs[0], out_shape.outputs[0]], name=f"{base}/unflatten"
-        )
-        new_nodes += [out_shape, unflat]
-        result = unflat.outputs[0]
-    result.type = old.type
-    result.shape = old.shape
-    graph.insert_before(node, new_nodes)
-    ir.convenience.replace_all_uses_with(old, result, replace_graph_outputs=True)
-    name = old.name
-    old.name = None
-    graph.remove(node, safe=True)
-    result.name = name
+        gemm = build.node("Gemm", [a, layer.weight], f"{base}/gemm", transB=1)
+        replace_output(node, [gemm], gemm.outputs[0])
+        return None
+    flat_shape = build.const(f"{base}/gemm_in_shape", np.array([-1, k], np.int64))
+    n_dim = build.const(f"{base}/gemm_n", np.array([n], np.int64))
+    flat = build.node("Reshape", [a, flat_shape], f"{base}/flatten")
+    gemm = build.node("Gemm", [flat.outputs[0], layer.weight], f"{base}/gemm", transB=1)
+    lead_nodes, lead = build.dims(a, 0, -1, f"{base}/lead")
+    out_shape = build.node("Concat", [lead, n_dim], f"{base}/out_shape", axis=0)
+    unflat = build.node("Reshape", [gemm.outputs[0], out_shape.outputs[0]], f"{base}/unflatten")
+    replace_output(node, [flat, gemm, *lead_nodes, out_shape, unflat], unflat.outputs[0])
     return None
 
 
@@ -478,7 +412,7 @@ class SparsifyPass(Pass):
         ranked = sorted(plans, key=lambda p: p.error, reverse=True)
         dense = {id(p) for p in ranked[: o.keep_dense]}
         to_gemm = o.to_gemm == "true" or (o.to_gemm == "auto" and context.target == "tensorrt")
-        taken = _value_names(model) if to_gemm else set()
+        taken = model_value_names(model) if to_gemm else set()
         decisions: list[dict[str, Any]] = []
         for p in plans:
             layer = p.layer

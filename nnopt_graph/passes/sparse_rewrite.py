@@ -1,0 +1,87 @@
+"""Graph-building helpers shared by the sparsity passes: fresh names, constants, Shape slices."""
+
+from __future__ import annotations
+
+__all__ = ["ShapeBuilder", "model_value_names", "replace_output"]
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+logger = logging.getLogger(__name__)
+
+
+def model_value_names(model: ir.Model) -> set[str]:
+    """Every value name in the model's main graph and subgraphs (names are model-wide)."""
+    names: set[str] = set()
+    for graph in model.graphs():
+        names.update(graph.initializers)
+        names.update(v.name for v in graph.inputs if v.name)
+        names.update(v.name for node in graph for v in node.outputs if v.name)
+    return names
+
+
+class ShapeBuilder:
+    """Builds nodes and constants in one graph with names no other value there has."""
+
+    def __init__(self, graph: ir.Graph, opset: int, taken: set[str]) -> None:
+        self.graph = graph
+        self.opset = opset
+        self.taken = taken
+
+    def name(self, base: str) -> str:
+        """A fresh name starting with ``base``."""
+        name = base
+        i = 1
+        while name in self.taken or name in self.graph.initializers:
+            name = f"{base}_{i}"
+            i += 1
+        self.taken.add(name)
+        return name
+
+    def const(self, base: str, array: np.ndarray) -> ir.Value:
+        """A new initializer holding ``array``."""
+        name = self.name(base)
+        value = ir.Value(
+            name=name,
+            shape=ir.Shape(array.shape),
+            type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+        )
+        value.const_value = ir.tensor(np.ascontiguousarray(array), name=name)
+        self.graph.register_initializer(value)
+        return value
+
+    def node(self, op: str, inputs: list[ir.Value | None], base: str, **attrs: int) -> ir.Node:
+        """A node (not yet inserted) with integer attributes."""
+        attributes = [ir.AttrInt64(k, v) for k, v in attrs.items()]
+        return ir.Node("", op, inputs, attributes, name=self.name(base))
+
+    def dims(self, x: ir.Value, start: int, end: int, base: str) -> tuple[list[ir.Node], ir.Value]:
+        """Nodes computing ``Shape(x)[start:end]`` (Shape's start/end from opset 15, else Slice)."""
+        if self.opset >= 15:
+            shape = self.node("Shape", [x], f"{base}/dims", start=start, end=end)
+            return [shape], shape.outputs[0]
+        full = self.node("Shape", [x], f"{base}/shape")
+        starts = self.const(f"{base}/dims_start", np.array([start], np.int64))
+        ends = self.const(f"{base}/dims_end", np.array([end], np.int64))
+        part = self.node("Slice", [full.outputs[0], starts, ends], f"{base}/dims")
+        return [full, part], part.outputs[0]
+
+
+def replace_output(node: ir.Node, new_nodes: list[ir.Node], result: ir.Value) -> None:
+    """Insert ``new_nodes`` before ``node``, make ``result`` take over its output, remove it.
+
+    ``result`` keeps the old output's name, type and shape, also when it is a graph output.
+    """
+    graph = node.graph
+    assert graph is not None
+    old = node.outputs[0]
+    result.type = old.type
+    result.shape = old.shape
+    graph.insert_before(node, new_nodes)
+    ir.convenience.replace_all_uses_with(old, result, replace_graph_outputs=True)
+    name = old.name
+    old.name = None
+    graph.remove(node, safe=True)
+    result.name = name
