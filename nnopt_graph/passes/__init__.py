@@ -4,4 +4,5 @@ from nnopt_graph.passes import cleanup  # noqa: F401
 from nnopt_graph.passes import cse as cse
 from nnopt_graph.passes import dedup as dedup
 from nnopt_graph.passes import sparsify as sparsify
+from nnopt_graph.passes import cluster_weights as cluster_weights
 from nnopt_graph.passes import sparse_storage as sparse_storage
