@@ -6,3 +6,4 @@ from nnopt_graph.passes import dedup as dedup
 from nnopt_graph.passes import sparsify as sparsify
 from nnopt_graph.passes import cluster_weights as cluster_weights
 from nnopt_graph.passes import sparse_storage as sparse_storage
+from nnopt_graph.passes import prune_channels as prune_channels

@@ -1,0 +1,561 @@
+"""Structured pruning: remove channels, FFN neurons and attention heads by dependency group."""
+
+from __future__ import annotations
+
+__all__ = ["PruneChannelsOptions", "PruneChannelsPass", "PrunePlan"]
+
+import dataclasses
+import logging
+import math
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as ir_passes
+
+from nnopt_graph import io
+from nnopt_graph.analysis.channels import (
+    ROLE_IN,
+    ROLE_OUT,
+    ChannelAnalysis,
+    ChannelGroup,
+    analyze_channels,
+    apply_channel_removal,
+    const_array,
+)
+from nnopt_graph.analysis.walk import STANDARD_DOMAINS
+from nnopt_graph.passes.prune_importance import (
+    IMPORTANCE_KINDS,
+    activation_taps,
+    collect_activation_means,
+    group_importance,
+)
+from nnopt_graph.passes.prune_latency import WidthChoice, choose_width
+from nnopt_graph.passes.prune_reconstruct import find_sinks, reconstruct_sinks
+from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
+from nnopt_graph.pipeline.registry import register_pass
+from nnopt_graph.runtime.data import Dataset
+from nnopt_graph.runtime.fidelity import FidelityAccumulator
+from nnopt_graph.runtime.session import available_eps, create_session
+
+logger = logging.getLogger(__name__)
+
+_WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+_STATS = (
+    "groups-pruned",
+    "units-removed",
+    "channels-removed",
+    "params-removed",
+    "layers-reconstructed",
+    "skipped-groups-frozen",
+    "skipped-groups-protected",
+    "skipped-nothing-prunable",
+    "skipped-reconstruct-no-calibration",
+    "skipped-reconstruct-unsupported",
+    "skipped-reconstruct-subgraph",
+    "skipped-reconstruct-too-large",
+    "skipped-functions",
+)
+# Calibration samples used to measure each group's sensitivity (search=true).
+_SENSITIVITY_SAMPLES = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class PruneChannelsOptions:
+    """Options of prune-channels.
+
+    Attributes:
+        ratio: fraction of each prunable group's units to remove (channels, neurons, heads).
+        round_to: keep channel counts a multiple of this (groups of single channels).
+        importance: l1 | l2 (weight magnitude over the group), bn-scale, activation
+            (mean |activation| x weight norm on calibration data).
+        scope: local (the same ratio in every group) or global (one ranking of
+            normalized importances across groups).
+        max_layer_ratio: never remove more than this fraction of a group.
+        protect_first: keep the channels of layers reading a graph input.
+        protect_last: keep groups consumed only by the last weighted layers.
+        reconstruct: refit the consumers' weights by least squares on calibration data.
+        ridge: ridge strength of the refit, relative to the mean feature energy.
+        calib_samples: calibration samples used at most.
+        search: allocate per-group ratios by measured sensitivity (average stays ``ratio``).
+        latency_aware: time candidate widths on the target EP and prefer faster counts.
+        min_ratio: back-off stops below this ratio.
+    """
+
+    ratio: float = 0.25
+    round_to: int = 1
+    importance: str = dataclasses.field(default="l2", metadata={"choices": IMPORTANCE_KINDS})
+    scope: str = dataclasses.field(default="local", metadata={"choices": ("local", "global")})
+    max_layer_ratio: float = 0.75
+    protect_first: bool = True
+    protect_last: bool = True
+    reconstruct: bool = True
+    ridge: float = 1e-3
+    calib_samples: int = 64
+    search: bool = False
+    latency_aware: bool = False
+    min_ratio: float = 0.05
+
+
+def _dataset_shapes(dataset: Dataset | None) -> dict[str, list[int]]:
+    if dataset is None or dataset.num_samples == 0:
+        return {}
+    feed = next(dataset.batches(1))
+    return {name: list(array.shape) for name, array in feed.items()}
+
+
+def _is_weighted(node: ir.Node) -> bool:
+    if node.op_type not in _WEIGHTED or node.domain not in STANDARD_DOMAINS:
+        return False
+    return any(const_array(v) is not None for v in node.inputs[:2] if v is not None)
+
+
+def _last_layers(model: ir.Model) -> set[int]:
+    """Weighted main-graph nodes with no weighted node downstream."""
+    below: dict[int, bool] = {}
+    last: set[int] = set()
+    for node in reversed(list(model.graph)):
+        downstream = False
+        for out in node.outputs:
+            for use in out.uses():
+                user = use.node
+                if user.graph is not model.graph:
+                    downstream = True
+                else:
+                    downstream = downstream or _is_weighted(user) or below.get(id(user), False)
+        below[id(node)] = downstream
+        if _is_weighted(node) and not downstream:
+            last.add(id(node))
+    return last
+
+
+def _protection(
+    model: ir.Model, group: ChannelGroup, last: set[int], options: PruneChannelsOptions
+) -> str | None:
+    inputs = {id(v) for v in model.graph.inputs if not v.is_initializer()}
+    sinks = []
+    for space in group.spaces:
+        for role in space.roles:
+            if role.role == ROLE_OUT and options.protect_first and role.node.inputs:
+                data = role.node.inputs[0]
+                if data is not None and id(data) in inputs:
+                    return "first layer"
+            if role.role == ROLE_IN:
+                sinks.append(role.node)
+    if options.protect_last and sinks and all(id(n) in last for n in sinks):
+        return "last layer"
+    return None
+
+
+def _unit_counts(group: ChannelGroup) -> np.ndarray:
+    """[spaces, units]: indices each unit holds in each space."""
+    return np.stack([np.bincount(s.unit_of, minlength=group.num_units) for s in group.spaces])
+
+
+def _removal_count(group: ChannelGroup, ratio: float, options: PruneChannelsOptions) -> int:
+    units = group.num_units
+    max_remove = min(
+        int(math.floor(options.max_layer_ratio * units + 1e-9)), len(group.prunable_units)
+    )
+    remove = min(int(math.floor(ratio * units + 0.5)), max_remove)
+    step = options.round_to
+    if step > 1 and group.unit_width == 1 and remove > 0:
+        kept = int(math.floor((units - remove) / step + 0.5)) * step
+        kept = min(max(kept, step), units)
+        if units - kept > max_remove:
+            kept = min(units, int(math.ceil((units - max_remove) / step)) * step)
+        remove = units - kept
+    return max(remove, 0)
+
+
+def _select(group: ChannelGroup, scores: np.ndarray, remove: int) -> np.ndarray:
+    """Keep-indices after removing up to ``remove`` free units of lowest score.
+
+    Every space keeps at least one index.
+    """
+    if remove <= 0:
+        return np.arange(group.num_units)
+    counts = _unit_counts(group)
+    remaining = counts.sum(axis=1)
+    free = group.prunable_units
+    order = free[np.argsort(scores[free], kind="stable")]
+    removed: list[int] = []
+    for unit in order:
+        if len(removed) >= remove:
+            break
+        after = remaining - counts[:, unit]
+        if (after <= 0).any():
+            continue
+        remaining = after
+        removed.append(int(unit))
+    keep = np.ones(group.num_units, dtype=bool)
+    keep[removed] = False
+    return np.nonzero(keep)[0]
+
+
+def _global_ratios(
+    groups: Sequence[ChannelGroup],
+    scores: dict[int, np.ndarray],
+    ratio: float,
+    options: PruneChannelsOptions,
+) -> dict[int, float]:
+    """Per-group ratios from one ranking of mean-normalized importances across groups."""
+    entries = []
+    total = 0
+    for group in groups:
+        s = scores[group.id]
+        free = group.prunable_units
+        mean = float(s[free].mean()) if len(free) and s[free].mean() > 0 else 1.0
+        entries.extend((float(s[u]) / mean, group.id) for u in free)
+        total += group.num_units
+    entries.sort()
+    budget = int(math.floor(ratio * total + 0.5))
+    caps = {g.id: int(math.floor(options.max_layer_ratio * g.num_units + 1e-9)) for g in groups}
+    taken = dict.fromkeys(caps, 0)
+    for _, gid in entries:
+        if budget <= 0:
+            break
+        if taken[gid] < caps[gid]:
+            taken[gid] += 1
+            budget -= 1
+    return {g.id: taken[g.id] / g.num_units for g in groups}
+
+
+def _allocate(
+    groups: Sequence[ChannelGroup], sensitivity: dict[int, float], ratio: float, max_ratio: float
+) -> dict[int, float]:
+    """Per-group ratios inversely related to sensitivity, averaging ``ratio`` over units."""
+    known = [g for g in groups if sensitivity.get(g.id) is not None]
+    ratios = {g.id: ratio for g in groups}
+    if len(known) < 2:
+        return ratios
+    values = np.array([sensitivity[g.id] for g in known])
+    eps = 1e-6 + 0.05 * float(values.mean())
+    weight = 1.0 / np.sqrt(values + eps)
+    units = np.array([g.num_units for g in known], dtype=np.float64)
+    target = ratio * units.sum()
+    lo, hi = 0.0, 1e6
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if (np.clip(mid * weight, 0.0, max_ratio) * units).sum() < target:
+            lo = mid
+        else:
+            hi = mid
+    for group, r in zip(known, np.clip(hi * weight, 0.0, max_ratio), strict=True):
+        ratios[group.id] = float(r)
+    return ratios
+
+
+def _run_outputs(model: ir.Model, dataset: Dataset, tmp: Path, tag: str) -> list[list[np.ndarray]]:
+    path = tmp / f"{tag}.onnx"
+    io.save(model, path)
+    session = create_session(path, "cpu")
+    names = [o.name for o in session.get_outputs()]
+    inputs = {i.name for i in session.get_inputs()}
+    return [
+        session.run(names, {k: v for k, v in f.items() if k in inputs}) for f in dataset.batches(1)
+    ]
+
+
+def _masked(model: ir.Model, group: ChannelGroup, keep: np.ndarray) -> ir.Model:
+    """A clone whose sink weights read zeros for the removed units.
+
+    It computes what removal without refit computes, without rewriting the graph.
+    """
+    clone = model.clone()
+    by_name = dict(clone.graph.initializers)
+    by_name.update({v.name: v for n in clone.graph for v in n.outputs if v.name})
+    removed = np.ones(group.num_units, dtype=bool)
+    removed[keep] = False
+    for space in group.spaces:
+        if not space.is_constant or not space.has_role(ROLE_IN):
+            continue
+        idx = np.nonzero(removed[space.unit_of])[0]
+        value = by_name.get(space.name)
+        array = const_array(value)
+        if value is None or array is None or not len(idx):
+            continue
+        array = array.copy()
+        index: list[Any] = [slice(None)] * array.ndim
+        index[space.axis] = idx
+        array[tuple(index)] = 0
+        tensor = ir.tensor(array, name=value.name)
+        producer = value.producer()
+        if producer is not None and producer.op_type == "Constant":
+            producer.attributes["value"] = ir.AttrTensor("value", tensor)
+        else:
+            value.const_value = tensor
+    return clone
+
+
+def _min_cosine(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float:
+    acc = FidelityAccumulator([str(i) for i in range(len(reference[0]))])
+    for ref, cand in zip(reference, candidate, strict=True):
+        acc.add(ref, cand)
+    return min(r.cosine for r in acc.result())
+
+
+@dataclasses.dataclass
+class PrunePlan:
+    """What prune-channels decided for a model, before changing it.
+
+    Attributes:
+        analysis: the channel groups found.
+        candidates: groups that may lose units (neither frozen nor protected).
+        frozen: groups with no removable unit.
+        protected: groups kept by protect-first/protect-last.
+        scores: per candidate, the importance of each unit.
+        kinds: per candidate, the importance kind used (after fallbacks).
+        ratios: per candidate, the ratio allocated.
+        sensitivity: per candidate, measured sensitivity (search=true).
+        widths: per candidate, the latency-aware width choice.
+        keep: per candidate, the unit indices to keep.
+        decisions: report entries of frozen and protected groups.
+    """
+
+    analysis: ChannelAnalysis | None = None
+    candidates: list[ChannelGroup] = dataclasses.field(default_factory=list)
+    frozen: list[ChannelGroup] = dataclasses.field(default_factory=list)
+    protected: list[ChannelGroup] = dataclasses.field(default_factory=list)
+    scores: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
+    kinds: dict[int, str] = dataclasses.field(default_factory=dict)
+    ratios: dict[int, float] = dataclasses.field(default_factory=dict)
+    sensitivity: dict[int, float] = dataclasses.field(default_factory=dict)
+    widths: dict[int, WidthChoice] = dataclasses.field(default_factory=dict)
+    keep: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
+    decisions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+@register_pass
+class PruneChannelsPass(Pass):
+    """Remove channels, FFN neurons and attention heads through channel dependency groups."""
+
+    name = "prune-channels"
+    lossy = True
+    Options = PruneChannelsOptions
+
+    def __init__(self, options: Any = None, **kwargs: Any) -> None:
+        super().__init__(options, **kwargs)
+        # Sensitivities measured by search=true, kept across back-offs (same original model).
+        self._sensitivity: dict[str, float] = {}
+
+    def back_off(self) -> PruneChannelsPass | None:
+        """Half the ratio, down to ``min-ratio``."""
+        ratio = self.options.ratio / 2
+        if ratio < self.options.min_ratio:
+            return None
+        weaker = PruneChannelsPass(self.options, ratio=round(ratio, 6))
+        weaker._sensitivity = self._sensitivity
+        return weaker
+
+    def _sensitivities(
+        self,
+        model: ir.Model,
+        groups: Sequence[ChannelGroup],
+        scores: dict[int, np.ndarray],
+        dataset: Dataset,
+    ) -> dict[int, float]:
+        """1 - min output cosine when only this group is pruned at ``ratio`` (no refit)."""
+        result: dict[int, float] = {}
+        subset = dataset.take(min(_SENSITIVITY_SAMPLES, dataset.num_samples))
+        todo = [
+            g for g in groups if g.graph is model.graph and self._key(g) not in self._sensitivity
+        ]
+        with tempfile.TemporaryDirectory(prefix="nnopt-sens-") as tmp:
+            reference = _run_outputs(model, subset, Path(tmp), "reference") if todo else []
+            for group in todo:
+                keep = _select(
+                    group, scores[group.id], _removal_count(group, self.options.ratio, self.options)
+                )
+                if len(keep) == group.num_units:
+                    continue
+                outputs = _run_outputs(_masked(model, group, keep), subset, Path(tmp), "probe")
+                self._sensitivity[self._key(group)] = max(
+                    0.0, 1.0 - _min_cosine(reference, outputs)
+                )
+        for group in groups:
+            if self._key(group) in self._sensitivity:
+                result[group.id] = self._sensitivity[self._key(group)]
+        return result
+
+    @staticmethod
+    def _key(group: ChannelGroup) -> str:
+        return f"{group.graph.name}/{group.name}/{group.num_units}"
+
+    def _dataset(self, context: PassContext) -> Dataset | None:
+        dataset: Dataset | None = context.calibration
+        if dataset is not None and dataset.num_samples > self.options.calib_samples:
+            dataset = dataset.take(self.options.calib_samples)
+        return dataset
+
+    def plan(self, model: ir.Model, context: PassContext) -> PrunePlan:
+        """Decide what to remove without changing the model.
+
+        Groups are analyzed (with dynamic inputs fixed to the calibration data's shapes
+        for the analysis), frozen and protected groups set aside, units scored, ratios
+        allocated (uniform, global ranking, or by sensitivity with ``search``), widths
+        adjusted by timing with ``latency-aware``, and the lowest-scoring free units of
+        each group chosen for removal.
+        """
+        options = self.options
+        plan = PrunePlan()
+        dataset = self._dataset(context)
+        shapes = _dataset_shapes(dataset)
+        shapes.update({k: list(v) for k, v in context.input_shapes.items()})
+        plan.analysis = analyze_channels(model, shapes or None)
+        last = _last_layers(model)
+        for group in plan.analysis.groups:
+            base = {
+                "group": group.name,
+                "graph": group.graph.name or "main",
+                "units": group.num_units,
+            }
+            if group.frozen:
+                plan.frozen.append(group)
+                plan.decisions.append({**base, "status": f"frozen: {group.reason}"})
+                continue
+            protected = _protection(model, group, last, options)
+            if protected:
+                plan.protected.append(group)
+                plan.decisions.append({**base, "status": f"protected: {protected}"})
+                continue
+            plan.candidates.append(group)
+        if not plan.candidates or options.ratio <= 0:
+            return plan
+        candidates = plan.candidates
+        kind = options.importance
+        means = None
+        if kind == "activation":
+            if dataset is None:
+                logger.warning(
+                    "prune-channels: importance=activation needs calibration data; using l2"
+                )
+            else:
+                means = collect_activation_means(
+                    model, activation_taps(candidates, model.graph), dataset
+                )
+        for group in candidates:
+            plan.scores[group.id], plan.kinds[group.id] = group_importance(group, kind, means)
+        if options.search and dataset is not None:
+            plan.sensitivity = self._sensitivities(model, candidates, plan.scores, dataset)
+            plan.ratios = _allocate(
+                candidates, plan.sensitivity, options.ratio, options.max_layer_ratio
+            )
+        elif options.scope == "global":
+            plan.ratios = _global_ratios(candidates, plan.scores, options.ratio, options)
+        else:
+            plan.ratios = {g.id: options.ratio for g in candidates}
+        ep = context.target if context.target in available_eps() else "cpu"
+        for group in candidates:
+            remove = _removal_count(group, plan.ratios[group.id], options)
+            if options.latency_aware and remove > 0 and group.unit_width == 1:
+                step = max(options.round_to, 8)
+                cap = min(
+                    int(math.floor(options.max_layer_ratio * group.num_units)),
+                    len(group.prunable_units),
+                )
+                choice = choose_width(
+                    group,
+                    group.num_units - remove,
+                    group.num_units - cap,
+                    step,
+                    plan.analysis.shapes,
+                    ep,
+                )
+                if choice is not None:
+                    plan.widths[group.id] = choice
+                    remove = group.num_units - choice.width
+            plan.keep[group.id] = _select(group, plan.scores[group.id], remove)
+        return plan
+
+    def run(self, model: ir.Model, context: PassContext) -> PassResult:
+        """Plan, remove the chosen units group by group, then refit the consumers."""
+        options = self.options
+        stats = dict.fromkeys(_STATS, 0)
+        stats["skipped-functions"] = len(model.functions)
+        if options.ratio <= 0:
+            return PassResult(stats, [])
+        plan = self.plan(model, context)
+        decisions = list(plan.decisions)
+        stats["skipped-groups-frozen"] = len(plan.frozen)
+        stats["skipped-groups-protected"] = len(plan.protected)
+        if not plan.candidates:
+            stats["skipped-nothing-prunable"] = 1
+            logger.info(
+                "prune-channels: nothing prunable (%d groups, all frozen or protected)",
+                len(plan.analysis.groups) if plan.analysis else 0,
+            )
+            return PassResult(stats, decisions)
+        dataset = self._dataset(context)
+        teacher = None
+        if options.reconstruct:
+            if dataset is None:
+                stats["skipped-reconstruct-no-calibration"] = 1
+                logger.warning("prune-channels: no calibration data, weights are not refit")
+            else:
+                teacher = model.clone()
+        kept_all: dict[tuple[str, int], np.ndarray] = {}
+        sink_nodes: list[ir.Node] = []
+        for group in plan.candidates:
+            keep = plan.keep[group.id]
+            primary = group.primary
+            base: dict[str, Any] = {
+                "group": group.name,
+                "graph": group.graph.name or "main",
+                "units": group.num_units,
+                "importance": plan.kinds[group.id],
+                "ratio": round(float(plan.ratios[group.id]), 4),
+                "sensitivity": plan.sensitivity.get(group.id),
+            }
+            if group.id in plan.widths:
+                choice = plan.widths[group.id]
+                base["latency_ms"] = {str(k): round(v, 4) for k, v in choice.latency_ms.items()}
+                base["width_choice"] = choice.reason
+            if len(keep) == group.num_units:
+                size = primary.size if primary else None
+                decisions.append({**base, "status": "unchanged", "channels": [size, size]})
+                continue
+            scores = plan.scores[group.id]
+            removed = np.setdiff1d(np.arange(group.num_units), keep)
+            result = apply_channel_removal(model, group, keep)
+            kept_all.update(result.kept)
+            after = len(result.kept[primary.key]) if primary is not None else None
+            stats["groups-pruned"] += 1
+            stats["units-removed"] += result.units_removed
+            if primary is not None and after is not None:
+                stats["channels-removed"] += primary.size - after
+            stats["params-removed"] += result.params_removed
+            for space in group.spaces:
+                if space.has_role(ROLE_IN) and len(result.kept[space.key]) < space.size:
+                    for role in space.roles:
+                        if role.role == ROLE_IN and role.node not in sink_nodes:
+                            sink_nodes.append(role.node)
+            decisions.append(
+                {
+                    **base,
+                    "status": "pruned",
+                    "channels": [primary.size if primary else None, after],
+                    "units_after": int(len(keep)),
+                    "importance_kept_mean": float(scores[keep].mean()),
+                    "importance_removed_mean": float(scores[removed].mean()),
+                }
+            )
+            logger.info(
+                "prune-channels: '%s' %d -> %d units (%s)",
+                group.name,
+                group.num_units,
+                len(keep),
+                plan.kinds[group.id],
+            )
+        if stats["params-removed"] or stats["units-removed"]:
+            ir_passes.ShapeInferencePass(strict_mode=False)(model)
+        if teacher is not None and sink_nodes and dataset is not None:
+            sinks, skipped = find_sinks(model, sink_nodes, kept_all)
+            stats.update({k: stats[k] + v for k, v in skipped.items()})
+            refit = reconstruct_sinks(model, teacher, sinks, dataset, ridge=options.ridge)
+            for key, value in refit.items():
+                stats[key] = stats.get(key, 0) + value
+        return PassResult(stats, decisions)

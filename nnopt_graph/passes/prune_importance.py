@@ -1,0 +1,155 @@
+"""Importance of the units of channel groups: weight magnitude, BN scale, activations."""
+
+from __future__ import annotations
+
+__all__ = [
+    "IMPORTANCE_KINDS",
+    "activation_taps",
+    "collect_activation_means",
+    "group_importance",
+]
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from nnopt_graph.analysis.channels import (
+    ROLE_BN_SCALE,
+    ROLE_IN,
+    WEIGHT_ROLES,
+    ChannelGroup,
+    ChannelSpace,
+    const_array,
+)
+from nnopt_graph.runtime.calibrate import run_with_taps
+from nnopt_graph.runtime.data import Dataset
+
+logger = logging.getLogger(__name__)
+
+IMPORTANCE_KINDS = ("l1", "l2", "bn-scale", "activation")
+
+# (value name, axis) of an activation whose per-channel mean |x| is measured.
+Tap = tuple[str, int]
+
+
+def _per_index(array: np.ndarray, axis: int, kind: str) -> np.ndarray:
+    """Per index along ``axis``: sum of |w| (l1) or of w² (l2) over the other axes."""
+    moved = np.moveaxis(np.asarray(array, dtype=np.float64), axis, 0).reshape(array.shape[axis], -1)
+    return np.abs(moved).sum(axis=1) if kind == "l1" else np.square(moved).sum(axis=1)
+
+
+def _weight_norms(space: ChannelSpace, kind: str) -> np.ndarray | None:
+    array = const_array(space.value)
+    if array is None or not np.issubdtype(array.dtype, np.floating):
+        return None
+    return _per_index(array, space.axis, kind)
+
+
+def _sum_by_unit(
+    group: ChannelGroup, space: ChannelSpace, values: np.ndarray, out: np.ndarray
+) -> None:
+    np.add.at(out, space.unit_of, values)
+
+
+def _magnitude(group: ChannelGroup, kind: str) -> np.ndarray:
+    """L1 or L2 norm of every weight slice of each unit, over all coupled weights."""
+    scores = np.zeros(group.num_units)
+    for space in group.spaces:
+        if not space.is_constant or not space.has_role(*WEIGHT_ROLES):
+            continue
+        norms = _weight_norms(space, kind)
+        if norms is not None:
+            _sum_by_unit(group, space, norms, scores)
+    return scores if kind == "l1" else np.sqrt(scores)
+
+
+def activation_taps(groups: Sequence[ChannelGroup], main_graph: ir.Graph) -> list[Tap]:
+    """The sinks' data inputs (main graph only) whose channel means activation importance needs."""
+    taps: list[Tap] = []
+    main_values = {id(v) for v in main_graph.inputs}
+    main_values.update(id(v) for n in main_graph for v in n.outputs)
+    for group in groups:
+        if group.graph is not main_graph:
+            continue
+        for space in group.spaces:
+            for role in space.roles:
+                if role.role != ROLE_IN or role.data is None:
+                    continue
+                value, axis = role.data
+                if value.name and id(value) in main_values and (value.name, axis) not in taps:
+                    taps.append((value.name, axis))
+    return taps
+
+
+def collect_activation_means(
+    model: ir.Model, taps: Sequence[Tap], dataset: Dataset, batch_size: int = 1
+) -> dict[Tap, np.ndarray]:
+    """Mean |x| per channel of each tapped activation over the calibration data."""
+    sums: dict[Tap, np.ndarray] = {}
+    counts: dict[Tap, int] = {}
+    names = sorted({name for name, _ in taps})
+
+    def on_batch(batch: dict[str, np.ndarray]) -> None:
+        for name, axis in taps:
+            array = batch.get(name)
+            if array is None or array.ndim <= axis:
+                continue
+            moved = np.moveaxis(np.abs(array.astype(np.float64)), axis, 0).reshape(
+                array.shape[axis], -1
+            )
+            sums[(name, axis)] = sums.get((name, axis), 0) + moved.sum(axis=1)
+            counts[(name, axis)] = counts.get((name, axis), 0) + moved.shape[1]
+
+    if names:
+        run_with_taps(model, names, dataset, on_batch, batch_size=batch_size)
+    return {tap: sums[tap] / max(counts[tap], 1) for tap in sums}
+
+
+def group_importance(
+    group: ChannelGroup,
+    kind: str,
+    activation_means: dict[Tap, np.ndarray] | None = None,
+) -> tuple[np.ndarray, str]:
+    """Importance of each unit of a group, and the kind actually used.
+
+    ``l1``/``l2``: magnitude of every coupled weight slice (the producers' output
+    channels, the consumers' input channels, depthwise/grouped weights) summed per unit.
+    ``bn-scale``: |gamma| of the BatchNormalizations in the group (``l2`` when none is
+    left, e.g. after fold-batchnorm). ``activation``: for each sink, mean |x| of its
+    input channel times the L2 norm of the weight slice reading it, summed per unit
+    (``l2`` for groups without measured sinks).
+    """
+    if kind == "bn-scale":
+        scores = np.zeros(group.num_units)
+        found = False
+        for space in group.spaces:
+            if space.is_constant and space.has_role(ROLE_BN_SCALE):
+                array = const_array(space.value)
+                if array is not None:
+                    _sum_by_unit(group, space, np.abs(array.astype(np.float64).ravel()), scores)
+                    found = True
+        if found:
+            return scores, kind
+        return _magnitude(group, "l2"), "l2"
+    if kind == "activation":
+        scores = np.zeros(group.num_units)
+        found = False
+        for space in group.spaces:
+            if not space.is_constant:
+                continue
+            for role in space.roles:
+                if role.role != ROLE_IN or role.data is None or activation_means is None:
+                    continue
+                value, axis = role.data
+                means = activation_means.get((value.name or "", axis))
+                norms = _weight_norms(space, "l2")
+                if means is None or norms is None or means.shape[0] != space.size:
+                    continue
+                _sum_by_unit(group, space, means * np.sqrt(norms), scores)
+                found = True
+        if found:
+            return scores, kind
+        return _magnitude(group, "l2"), "l2"
+    return _magnitude(group, kind), kind
