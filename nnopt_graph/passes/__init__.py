@@ -7,3 +7,4 @@ from nnopt_graph.passes import sparsify as sparsify
 from nnopt_graph.passes import cluster_weights as cluster_weights
 from nnopt_graph.passes import sparse_storage as sparse_storage
 from nnopt_graph.passes import prune_channels as prune_channels
+from nnopt_graph.passes import zero_structure as zero_structure
