@@ -1,0 +1,168 @@
+"""Helpers shared by the quantization passes: constants, names, data, opsets, commit."""
+
+from __future__ import annotations
+
+__all__ = [
+    "NameScope",
+    "annotate_types",
+    "add_initializer",
+    "calibration_data",
+    "commit",
+    "const_array",
+    "drop_if_unused",
+    "ensure_opset",
+    "node_order",
+    "split_names",
+    "subgraph_nodes",
+]
+
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common as ir_passes
+
+from nnopt_graph.analysis.walk import STANDARD_DOMAINS, all_graphs
+from nnopt_graph.pipeline.base import PassContext
+from nnopt_graph.runtime.data import Dataset, input_specs, random_dataset, resolve_shapes
+
+logger = logging.getLogger(__name__)
+
+
+def const_array(value: ir.Value | None) -> np.ndarray | None:
+    """The value's constant contents, or None for anything computed or overridable.
+
+    Constants are initializers that are not graph inputs, and Constant nodes' tensors.
+    """
+    if value is None or value.is_graph_input():
+        return None
+    if value.is_initializer():
+        return None if value.const_value is None else value.const_value.numpy()
+    producer = value.producer()
+    if (
+        producer is None
+        or producer.op_type != "Constant"
+        or producer.domain not in STANDARD_DOMAINS
+    ):
+        return None
+    try:
+        tensor = ir.convenience.get_const_tensor(value)
+    except Exception:  # an attribute onnx-ir cannot read (sparse_value): not a weight
+        return None
+    return None if tensor is None else tensor.numpy()
+
+
+class NameScope:
+    """Unique node and value names for one graph."""
+
+    def __init__(self, graph: ir.Graph) -> None:
+        self.used: set[str] = set()
+        for g in [graph, *graph.subgraphs()]:
+            self.used.update(v.name for v in g.inputs if v.name)
+            self.used.update(g.initializers)
+            for node in g:
+                if node.name:
+                    self.used.add(node.name)
+                self.used.update(v.name for v in node.outputs if v.name)
+
+    def __call__(self, base: str) -> str:
+        """``base``, or ``base_1``, ``base_2``... whichever is still free."""
+        name, i = base, 0
+        while name in self.used:
+            i += 1
+            name = f"{base}_{i}"
+        self.used.add(name)
+        return name
+
+
+def add_initializer(graph: ir.Graph, names: NameScope, base: str, array: np.ndarray) -> ir.Value:
+    """Register ``array`` as a new initializer named after ``base``."""
+    name = names(base)
+    array = np.asarray(array)
+    tensor = ir.tensor(array, name=name)
+    value = ir.Value(
+        name=name, type=ir.TensorType(tensor.dtype), shape=ir.Shape(array.shape), const_value=tensor
+    )
+    graph.register_initializer(value)
+    return value
+
+
+def drop_if_unused(graph: ir.Graph, value: ir.Value | None) -> int:
+    """Remove an unused initializer, or an unused Constant node; the bytes freed."""
+    if value is None or value.uses() or value.is_graph_output():
+        return 0
+    if value.is_initializer() and value.name in graph.initializers and not value.is_graph_input():
+        size = value.const_value.nbytes if value.const_value is not None else 0
+        graph.initializers.pop(value.name)
+        return size
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant" and producer.graph is graph:
+        array = const_array(value)
+        graph.remove(producer, safe=True)
+        return 0 if array is None else int(array.nbytes)
+    return 0
+
+
+def split_names(text: str) -> list[str]:
+    """A comma-separated option value as a list (empty items dropped)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def node_order(graph: ir.Graph) -> dict[int, int]:
+    """Position of each node (by id) in the graph's current order."""
+    return {id(node): i for i, node in enumerate(graph)}
+
+
+def subgraph_nodes(model: ir.Model, op_types: Iterable[str]) -> int:
+    """Nodes of the given types in subgraphs and functions (what main-graph passes skip)."""
+    wanted = set(op_types)
+    count = 0
+    for graph in all_graphs(model):
+        if graph is model.graph:
+            continue
+        count += sum(1 for n in graph if n.op_type in wanted and n.domain in STANDARD_DOMAINS)
+    return count
+
+
+def calibration_data(model: ir.Model, context: PassContext, samples: int) -> Dataset:
+    """The job's calibration data (at most ``samples`` of it; 0 = all), or random inputs."""
+    data = context.calibration
+    if data is None:
+        logger.warning("no calibration data: calibrating on random inputs")
+        specs = input_specs(model)
+        shapes = resolve_shapes(specs, context.input_shapes, warn=False)
+        data = random_dataset(specs, shapes, num_samples=max(1, min(samples or 8, 8)))
+    if samples and data.num_samples > samples:
+        data = data.take(samples)
+    return data
+
+
+def ensure_opset(model: ir.Model, minimum: int) -> tuple[ir.Model, bool]:
+    """The model at default-domain opset >= ``minimum`` (ONNX's version converter).
+
+    Returns the (possibly new) model and whether it was converted.
+    """
+    version = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+    if version >= minimum:
+        return model, False
+    proto = ir.serde.serialize_model(model)
+    converted = onnx.version_converter.convert_version(proto, minimum)
+    logger.info("default opset %d converted to %d", version, minimum)
+    return ir.serde.deserialize_model(converted), True
+
+
+def annotate_types(model: ir.Model) -> None:
+    """Fill in value types where the model lacks them (ONNX shape inference, non-strict)."""
+    if any(o.dtype is None for node in model.graph for o in node.outputs):
+        try:
+            ir_passes.ShapeInferencePass(strict_mode=False)(model)
+        except Exception as exc:  # custom ops without schemas: keep what is known
+            logger.debug("shape inference failed: %s", exc)
+
+
+def commit(model: ir.Model, work: ir.Model) -> None:
+    """Make ``model`` hold ``work``'s graph (passes change the model object in place)."""
+    model.graph = work.graph
+    model.ir_version = max(model.ir_version, work.ir_version)

@@ -1,0 +1,82 @@
+"""Interleaved CPU latency of several models with thread-pool spinning off (fair A/B timing)."""
+
+from __future__ import annotations
+
+__all__ = ["LatencyComparison", "compare_latency"]
+
+import dataclasses
+import logging
+import os
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class LatencyComparison:
+    """Per-model median latency and per-round ratios to the first model.
+
+    Attributes:
+        p50_ms: median latency of each model, in milliseconds.
+        ratio: per model, min/median/max over rounds of its time divided by the first
+            model's time in the same round.
+        runs: timed rounds.
+    """
+
+    p50_ms: list[float]
+    ratio: list[dict[str, float]]
+    runs: int
+
+
+def _session(path: str | os.PathLike[str], threads: int, spinning: bool) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Idle sessions' spinning pool threads steal the cores from the session being timed
+    # when runs alternate between sessions on a small machine: turn spinning off.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return ort.InferenceSession(str(Path(path)), options, providers=["CPUExecutionProvider"])
+
+
+def compare_latency(
+    paths: Sequence[str | os.PathLike[str]],
+    feed: Mapping[str, np.ndarray],
+    *,
+    runs: int = 20,
+    warmup: int = 3,
+    threads: int = 2,
+    spinning: bool = False,
+) -> LatencyComparison:
+    """Time the models on one feed, alternating their order every round (A B C, C B A, ...).
+
+    Every model reads the same inputs; each round runs each model once. With spinning
+    off, a session's pool threads sleep between runs, so no session slows the next.
+    """
+    sessions = [_session(p, threads, spinning) for p in paths]
+    names = [[o.name for o in s.get_outputs()] for s in sessions]
+    feed = dict(feed)
+    for session, outs in zip(sessions, names, strict=False):
+        for _ in range(warmup):
+            session.run(outs, feed)
+    times: list[list[float]] = [[] for _ in sessions]
+    order = list(range(len(sessions)))
+    for round_ in range(runs):
+        for i in order if round_ % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            sessions[i].run(names[i], feed)
+            times[i].append(time.perf_counter() - start)
+    ratios = []
+    for t in times:
+        per_round = sorted(a / b for a, b in zip(t, times[0], strict=False))
+        ratios.append(
+            {"min": per_round[0], "median": statistics.median(per_round), "max": per_round[-1]}
+        )
+    return LatencyComparison([statistics.median(t) * 1e3 for t in times], ratios, runs)
