@@ -10,9 +10,10 @@ Sections (all by default; pick with --sections):
            MatMul/Gemm layers. Every weight the pass reports as sparsified is checked
            for 2:4 along K by bench/sparsity_check.py (independent of the pass), which
            also computes the fraction of constant MatMul/Gemm weight parameters covered.
-  zero     eliminate-zero-structure on the zoo cnn after the default pipeline, with 30% of
-           the output channels of every prunable Conv zeroed (weights and bias): channels
-           removed, outputs compared on held-out inputs, CPU EP latency ratio with
+  zero     eliminate-zero-structure (round-to 1 and 16) on the zoo cnn, the zoo yolo-block
+           and nudenet (YOLOv8n) after the default pipeline, with 30% of the free channels
+           of every prunable channel group zeroed (producing weight rows and biases):
+           channels removed, outputs compared on held-out inputs, CPU EP latency ratio with
            runtime.bench.benchmark (interleaved, threads=2, --runs rounds after warm-up).
   storage  store-sparse on a 90%-sparse model (zoo mlp after the default pipeline, then
            sparsify unstructured 0.9 magnitude) and on bert-encoder at 90%: file size of the
@@ -292,7 +293,17 @@ def _md_storage(data: dict[str, Any]) -> str:
 
 
 ZERO_FRACTION = 0.3
-ZERO_SHAPES = {"cnn": {"input": [32, 3, 32, 32]}, "yolo-block": {"input": [8, 3, 64, 64]}}
+ZERO_SHAPES = {
+    "cnn": {"input": [32, 3, 32, 32]},
+    "yolo-block": {"input": [8, 3, 64, 64]},
+    "nudenet-320n": {"images": [1, 3, 320, 320]},
+}
+
+
+def _inputs(name: str, seed: int, shapes: dict[str, list[int]]) -> dict[str, np.ndarray]:
+    if name in zoo.ZOO:
+        return zoo.example_inputs(name, seed=seed, shapes=shapes)
+    return fetch.example_inputs(name, seed=seed)
 
 
 def _zero_channels(model: Any, fraction: float, seed: int) -> dict[str, int]:
@@ -358,12 +369,12 @@ ROUND_TO = (1, 16)
 def _compare(
     reference: Path, candidate: Path, name: str, shapes: dict[str, list[int]]
 ) -> tuple[float, float]:
-    """(max abs difference, worst cosine) over 8 held-out zoo inputs."""
+    """(max abs difference, worst cosine) over 8 held-out inputs."""
     max_abs, cos = 0.0, 1.0
     ref_s = ort.InferenceSession(str(reference), providers=["CPUExecutionProvider"])
     new_s = ort.InferenceSession(str(candidate), providers=["CPUExecutionProvider"])
     for seed in range(HELD_OUT_SEED, HELD_OUT_SEED + 8):
-        feeds = zoo.example_inputs(name, seed=seed, shapes=shapes)
+        feeds = _inputs(name, seed, shapes)
         for a, b in zip(ref_s.run(None, feeds), new_s.run(None, feeds), strict=True):
             max_abs = max(max_abs, float(np.abs(a - b).max()))
             a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
@@ -375,8 +386,7 @@ def _zero_case(name: str, workdir: Path, runs: int) -> dict[str, Any]:
     from nnopt_graph.analysis.stats import summarize
     from nnopt_graph.runtime.bench import benchmark
 
-    src = workdir / f"{name}.onnx"
-    onnx.save(zoo.ZOO[name](), src)
+    src = _model_path(name, workdir)
     prepared = optimize(src, None).model  # the default lossless pipeline (BatchNorm folded)
     zeroing = _zero_channels(prepared, ZERO_FRACTION, seed=0)
     zeroed_path = workdir / f"{name}.zeroed.onnx"
@@ -428,9 +438,12 @@ def _zero_case(name: str, workdir: Path, runs: int) -> dict[str, Any]:
 
 
 def section_zero(workdir: Path, runs: int) -> dict[str, Any]:
-    """eliminate-zero-structure on cnn and yolo-block with 30% of channels zeroed."""
+    """eliminate-zero-structure on cnn, yolo-block and nudenet with 30% of channels zeroed."""
+    import os
+
     rows = []
-    for name in ("cnn", "yolo-block"):
+    load_before = os.getloadavg()[0]
+    for name in ZERO_SHAPES:
         row = _zero_case(name, workdir, runs)
         for v in row["variants"]:
             lat = v["latency"]["ratio_vs_first"]
@@ -441,24 +454,27 @@ def section_zero(workdir: Path, runs: int) -> dict[str, Any]:
                 flush=True,
             )
         rows.append(row)
-    return {"machine": _machine(), "runs": runs, "rows": rows}
+    load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    return {"machine": _machine(), "runs": runs, "load_average_1min": load, "rows": rows}
 
 
 def _md_zero(data: dict[str, Any]) -> str:
     lines = [
         "# Zero-structure elimination: a model with 30% of its channels zeroed",
         "",
-        "Zoo model → default lossless pipeline (BatchNorm folded into Conv) → in every "
+        "Model (zoo cnn and yolo-block; nudenet = YOLOv8n from its PyPI wheel) → default "
+        "lossless pipeline (BatchNorm folded into Conv) → in every "
         f"prunable channel group, {int(ZERO_FRACTION * 100)}% of the free channels zeroed "
         "(seeded choice; the rows of every weight producing them and those nodes' biases, so "
         "residual Adds see zeros on both sides) → optimize() with "
         "`eliminate-zero-structure{round-to=R},eliminate-dead-code,sort-topologically,"
-        "infer-shapes` (verified under ONNX Runtime). Outputs compared on 8 held-out zoo "
-        "inputs. Latency: runtime.bench.benchmark, CPU EP, threads=2, the zeroed model and "
+        "infer-shapes` (verified under ONNX Runtime). Outputs compared on 8 held-out inputs "
+        f"(seeds {HELD_OUT_SEED}..). Latency: runtime.bench.benchmark, CPU EP, threads=2, the zeroed model and "
         f"both results interleaved for {data['runs']} rounds after 5 warm-up runs each; "
         "per-round ratio result/zeroed (min / median / max). FLOPs from analysis.stats. "
-        f"Machine: {data['machine']} (shared with other jobs while measured: trust the "
-        "medians, not the extremes).",
+        f"Machine: {data['machine']}, shared with other jobs while measured (1-minute load "
+        f"average {data['load_average_1min'][0]} before, {data['load_average_1min'][1]} after, "
+        "on 2 CPUs): trust the medians, not the extremes.",
         "",
         "| model | input | zeroed / units | round-to | Conv out-channels | channels removed "
         "| params | FLOPs | max abs diff | cosine | latency ratio min / median / max |",
