@@ -60,6 +60,8 @@ _CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
 # Rows with more elements than this fit their centroids on an evenly strided sample.
 _KMEANS_MAX_FIT = 1 << 22
 _ASSIGN_CHUNK = 1 << 22
+# Integer dtypes of codebook indices (and of the packed bytes).
+_BYTE_DTYPES = frozenset({ir.DataType.UINT8, ir.DataType.INT8})
 # Ops that unpack or offset codebook indices (the chain this pass writes).
 _INDEX_OPS = frozenset({"Cast", "Div", "Mul", "Sub", "Add", "Concat", "Slice", "Reshape", "Mod"})
 _STATS = (
@@ -97,20 +99,50 @@ _SEMANTIC_CHANGES = {
 # ---------------------------------------------------------------- clustering (numpy)
 
 
+def _keep_sums(position: np.ndarray, levels: np.ndarray, top: int) -> None:
+    """Re-round the fewest levels so each row's sum stays within half a step (in place).
+
+    ``position`` is each value in units of the step (what was rounded). A row whose
+    rounding errors add up to e steps gets round(|e|) of its most marginal roundings
+    (those that went furthest in the direction of e) moved one level back.
+    """
+    error = levels - position
+    excess = error.sum(axis=1)
+    count = np.rint(np.abs(excess)).astype(np.int64)
+    if not count.any():
+        return
+    up = excess[:, None] > 0
+    movable = np.where(up, (error > 0) & (levels > 0), (error < 0) & (levels < top))
+    key = np.where(movable, np.where(up, -error, error), np.inf)
+    order = np.argsort(key, axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(levels.shape[1])[None, :], axis=1)
+    flip = (rank < count[:, None]) & movable
+    levels -= np.where(up, 1, -1) * flip
+
+
 def uniform_grid(
-    rows: np.ndarray, bits: int, scale_dtype: type = np.float32, search: bool = True
+    rows: np.ndarray,
+    bits: int,
+    scale_dtype: type = np.float32,
+    search: bool = True,
+    keep_sums: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A uniform grid of 2^bits levels per row, including zero.
 
     The grid spans [min(row, 0), max(row, 0)] shrunk by the factor in ``_CLIP_RATIOS``
     that gives the row the least squared error (``search``); values beyond it clip to
-    the end levels. With ``search`` off it spans the full range.
+    the end levels. With ``keep_sums``, rounding is then adjusted so that each row's
+    decoded values add up to its original sum within half a step: rounding errors no
+    longer shift a row's mean (a data-free bias correction; k-means and the per-channel
+    codebook keep the sums by construction).
 
     Args:
         rows: values, one row per group (tensor, channel or block), shape [R, M].
         bits: grid levels are 2**bits.
         scale_dtype: dtype the scales are stored in; levels are computed with it.
         search: choose the range per row by least squared error.
+        keep_sums: keep each row's sum within half a step.
 
     Returns:
         (scale [R] in ``scale_dtype``, zero point [R] in 0..2^bits-1, levels [R, M] in
@@ -139,6 +171,10 @@ def uniform_grid(
             best_scale[part][better] = scale[better]
             best_zero[part][better] = zero[better]
             levels[part][better] = grid[better]
+        if keep_sums:
+            wide = best_scale[part].astype(np.float64)
+            position = values / wide[:, None] + best_zero[part, None]
+            _keep_sums(position, levels[part], top)
     return best_scale, best_zero, levels
 
 
@@ -600,45 +636,94 @@ def _collect(model: ir.Model) -> tuple[list[_Weight], set[int], set[str]]:
     return weights, outputs, names
 
 
-def _constant_derived(value: ir.Value | None, depth: int = 0) -> bool:
-    """Whether a value is computed from constants only (through index-unpacking ops)."""
-    if value is None:
-        return True
-    if value.const_value is not None and not value.is_graph_input():
-        return True
-    node = value.producer()
-    if node is None or depth > 8:
+def _is_codebook_gather(node: ir.Node) -> bool:
+    """Gather(1-D constant codebook, indices computed from 8-bit constants), as written here."""
+    if node.op_type != "Gather" or len(node.inputs) < 2:
         return False
-    if node.op_type == "Constant":
-        return True
-    return node.op_type in _INDEX_OPS and all(_constant_derived(v, depth + 1) for v in node.inputs)
+    data, indices = node.inputs[0], node.inputs[1]
+    if data is None or data.const_value is None or len(data.const_value.shape) != 1:
+        return False
+    if indices is None or indices.const_value is not None:
+        return False
+    roots = _index_roots(indices)
+    return roots is not None and True in roots
 
 
-def _feeds_codebook_indices(value: ir.Value, depth: int = 0) -> bool:
-    """Whether an integer value flows through index ops into a Gather's indices."""
+def _index_roots(value: ir.Value, depth: int = 0) -> set[bool] | None:
+    """The kinds of constants an index value is computed from, through index ops.
+
+    Returns:
+        A set holding True for 8-bit constants and False for small helper constants
+        (shapes, divisors); None when anything else (a graph input, another op) feeds it.
+    """
+    tensor = value.const_value
+    if tensor is not None:
+        if tensor.dtype in _BYTE_DTYPES:
+            return {True}
+        return {False} if tensor.size <= 8 else None
+    node = value.producer()
+    if node is None or depth > 8 or node.op_type not in _INDEX_OPS:
+        return None
+    roots: set[bool] = set()
+    for source in node.inputs:
+        if source is None:
+            continue
+        found = _index_roots(source, depth + 1)
+        if found is None:
+            return None
+        roots |= found
+    return roots
+
+
+def _feeds_codebook(value: ir.Value, depth: int = 0) -> bool:
+    """Whether a value flows through index-unpacking ops into a codebook Gather's indices."""
     if depth > 8:
         return False
     for use in value.uses():
         node = use.node
-        if node.op_type == "Gather" and use.idx == 1:
+        if use.idx == 1 and _is_codebook_gather(node):
             return True
         if node.op_type in _INDEX_OPS and any(
-            _feeds_codebook_indices(out, depth + 1) for out in node.outputs
+            _feeds_codebook(out, depth + 1) for out in node.outputs
         ):
             return True
     return False
 
 
+def _decodes_weight(value: ir.Value | None, depth: int = 0) -> bool:
+    """Whether a value is decoded from an encoded weight.
+
+    That is a codebook Gather's or a DequantizeLinear's output, or one scaled or shifted
+    per channel (Mul, Add, Sub).
+    """
+    node = value.producer() if value is not None else None
+    if node is None or depth > 4:
+        return False
+    if node.op_type in ("Mul", "Add", "Sub"):
+        return any(_decodes_weight(v, depth + 1) for v in node.inputs if v is not value)
+    return node.op_type == "DequantizeLinear" or _is_codebook_gather(node)
+
+
 def _already_clustered(value: ir.Value, integer: bool) -> bool:
-    """A weight this pass (or a quantizer) wrote: DequantizeLinear or codebook Gather inputs."""
+    """A weight this pass (or a quantizer) wrote.
+
+    That is: any input of DequantizeLinear or QuantizeLinear; an integer feeding a
+    codebook Gather's indices; a codebook itself; a per-channel scale, offset or zero
+    point applied (Mul, Add, Sub) to a decoded weight.
+    """
     for use in value.uses():
         node = use.node
         if node.op_type in ("DequantizeLinear", "QuantizeLinear"):
             return True
-        if not integer and node.op_type == "Gather" and use.idx == 0:
-            if len(node.inputs) > 1 and _constant_derived(node.inputs[1]):
-                return True
-    return integer and _feeds_codebook_indices(value)
+        if integer:
+            continue
+        if use.idx == 0 and _is_codebook_gather(node):
+            return True
+        if node.op_type in ("Mul", "Add", "Sub") and any(
+            _decodes_weight(v) for v in node.inputs if v is not value
+        ):
+            return True
+    return integer and _feeds_codebook(value)
 
 
 # ---------------------------------------------------------------- encodings
@@ -801,7 +886,9 @@ def _fit_codebook(
         w = None if weights is None else weights.reshape(1, -1)
         centres, assignment, iterations = kmeans_1d(row, k, w)
         return centres[0], assignment[0], iterations
-    scale, zero, levels = uniform_grid(row, bits, np.float64, search=weights is None)
+    scale, zero, levels = uniform_grid(
+        row, bits, np.float64, search=weights is None, keep_sums=weights is None
+    )
     codebook = (np.arange(1 << bits) - zero[0]) * float(scale[0])
     return codebook, levels[0], None
 
@@ -946,6 +1033,7 @@ class _Plan:
     int4: bool = False
     emulate: bool = False
     changed: bool = False  # the opset settlement changed the plan after its first encoding
+    fallbacks: list[str] = dataclasses.field(default_factory=list)  # stats counted if applied
 
     def needs_opset(self, encoding: str) -> int:
         if encoding != "dequantize":
@@ -1022,6 +1110,7 @@ class ClusterWeightsPass(Pass):
                 continue
             rank = len(tensor.shape)
             notes: list[str] = []
+            fallbacks: list[str] = []
             layout = _Layout("tensor")
             if o.granularity != "tensor":
                 axes, why = _weight_axes(value, rank)
@@ -1031,14 +1120,14 @@ class ClusterWeightsPass(Pass):
                     # Any grouping is valid (the weight's values only get closer); rows of
                     # axis 0 are never coarser than the whole tensor.
                     notes.append(f"groups along axis 0: {why}")
-                    stats["channel-axis-unknown"] += 1
+                    fallbacks.append("channel-axis-unknown")
                     layout = _Layout("channel", 0)
                 elif o.granularity == "channel":
                     layout = _Layout("channel", axes[0])
                 else:
                     layout = _Layout("block", axes[1], o.block_size)
             int4 = o.resolved_encoding == "dequantize" and o.bits <= 4
-            plans.append(_Plan(weight, layout, notes, int4=int4))
+            plans.append(_Plan(weight, layout, notes, int4=int4, fallbacks=fallbacks))
         return plans
 
     def _settle_opset(
@@ -1066,16 +1155,16 @@ class ClusterWeightsPass(Pass):
                     plan.int4 = False
                     plan.notes.append(f"int4 stored as int8: {why}")
                     plan.changed = True
-                    stats["int4-stored-as-int8"] += 1
+                    plan.fallbacks.append("int4-stored-as-int8")
                 if plan.layout.granularity == "block":
                     axes, _ = _weight_axes(plan.weight.value, len(plan.weight.tensor.shape))
                     plan.layout = _Layout("channel", axes[0] if axes else 0)
                     plan.notes.append(f"per channel instead of blocks: {why}")
                     plan.changed = True
-                    stats["block-as-channel"] += 1
+                    plan.fallbacks.append("block-as-channel")
             if plan.layout.granularity == "channel" and not allowed(_OPSET_PER_AXIS):
                 plan.emulate = plan.changed = True
-                stats["channel-emulated"] += 1
+                plan.fallbacks.append("channel-emulated")
         target = max((p.needs_opset(encoding) for p in plans if not p.emulate), default=current)
         if target <= current:
             reason = next(iter(blockers.values()))[0] if blockers else ""
@@ -1195,6 +1284,8 @@ class ClusterWeightsPass(Pass):
                 decision["notes"] = "; ".join(notes)
             decisions.append(decision)
             stats["weights-clustered"] += 1
+            for key in plan.fallbacks:
+                stats[key] += 1
             stats["bytes-saved-disk"] += before - encoded.disk_after
             stats["bytes-saved-memory"] += before - encoded.memory_after
             logger.info(

@@ -190,6 +190,29 @@ def test_int4_stored_as_int8_when_opset_cannot_rise():
     check_idempotent(model, "cluster-weights", bits=4, method="uniform", min_elements=SMALL)
 
 
+def test_emulated_per_channel_with_many_channels_is_idempotent():
+    # 4096 output channels at opset 12: zero points and scales (Sub, Mul) are
+    # themselves weights of min-elements size, and must be seen as part of the encoding.
+    w = _weights((4096, 8), seed=15)
+    proto = _model(
+        [
+            helper.make_node("Gemm", ["x", "w"], ["g"], transB=1),
+            helper.make_node("Softmax", ["g"], ["y"], axis=1),
+        ],
+        [_f("x", [3, 8])],
+        [_f("y", [3, 4096])],
+        [_init(w, "w")],
+        opset=12,
+    )
+    model, result = run_pass(proto, "cluster-weights", method="uniform", min_elements=4096)
+    assert result.stats["channel-emulated"] == 1
+    assert _cosine(proto, to_proto(model)) > 0.999
+    second = PassSpec.create("cluster-weights", method="uniform", min_elements=4096)
+    again = second.instantiate().run(model, PassContext())
+    assert not again.modified
+    assert again.stats["skipped-already-clustered"] == 3  # integers, zero points, scales
+
+
 def test_block_granularity_with_a_partial_last_block():
     # Gemm with transB: W is [N, K]; blocks of 32 run along K = 80 (32 + 32 + 16).
     w = _weights((24, 80), seed=4)
@@ -476,10 +499,11 @@ def test_quantized_weights_recognized_as_already_clustered():
 
 def test_hand_made_codebook_recognized_as_already_clustered():
     codebook = _weights((128,)).reshape(128)
-    indices = np.random.default_rng(0).integers(0, 128, (32, 24)).astype(np.int64)
+    indices = np.random.default_rng(0).integers(0, 128, (32, 24)).astype(np.uint8)
     proto = _model(
         [
-            helper.make_node("Gather", ["codebook", "idx"], ["w"]),
+            helper.make_node("Cast", ["idx"], ["idx32"], to=TensorProto.INT32),
+            helper.make_node("Gather", ["codebook", "idx32"], ["w"]),
             helper.make_node("MatMul", ["x", "w"], ["y"]),
         ],
         [_f("x", [3, 32])],
@@ -491,7 +515,64 @@ def test_hand_made_codebook_recognized_as_already_clustered():
     assert result.stats["skipped-already-clustered"] == 2  # the codebook and its indices
 
 
-def test_encoding_that_saves_nothing_is_skipped():
+def test_gather_of_a_weight_with_constant_int64_indices_is_no_codebook():
+    # Gather(table, constant rows) is an ordinary op on a weight, not this pass's format.
+    table = _weights((200,)).reshape(200)
+    rows = np.arange(0, 200, 2, dtype=np.int64)
+    proto = _model(
+        [
+            helper.make_node("Gather", ["table", "rows"], ["picked"]),
+            helper.make_node("Mul", ["x", "picked"], ["y"]),
+        ],
+        [_f("x", [100])],
+        [_f("y", [100])],
+        [_init(table, "table"), _init(rows, "rows")],
+    )
+    model, result = run_pass(proto, "cluster-weights", method="uniform", min_elements=SMALL)
+    assert result.stats["weights-clustered"] == 1
+    assert result.stats["skipped-integer-weights"] == 1  # the int64 row numbers
+    after = to_proto(model)
+    assert _cosine(proto, after) > 0.999
+
+
+def test_per_channel_codebook_with_many_channels_is_idempotent():
+    # 4096 rows: the per-row scales and offsets are themselves weights of min-elements size.
+    table = _weights((4096, 4), seed=14)
+    proto = _model(
+        [helper.make_node("Gather", ["table", "ids"], ["y"])],
+        [_f("ids", [5], TensorProto.INT64)],
+        [_f("y", [5, 4])],
+        [_init(table, "table")],
+    )
+    model, result = run_pass(proto, "cluster-weights", bits=2, min_elements=4096)
+    assert result.stats["weights-clustered"] == 1
+    second = PassSpec.create("cluster-weights", bits=2, min_elements=4096).instantiate()
+    again = second.run(model, PassContext())
+    assert not again.modified
+    assert again.stats["skipped-already-clustered"] == 3  # indices, scales, offsets
+
+
+def test_encoding_that_saves_nothing_is_skipped_and_counts_no_fallback():
+    # Two elements per channel at opset 12: int8 values plus a float zero point and scale
+    # per channel outweigh the floats; the per-channel fallback is not counted either.
+    w = _weights((4096, 2), seed=16)
+    proto = _model(
+        [
+            helper.make_node("Gemm", ["x", "w"], ["g"], transB=1),
+            helper.make_node("Softmax", ["g"], ["y"], axis=1),
+        ],
+        [_f("x", [3, 2])],
+        [_f("y", [3, 4096])],
+        [_init(w, "w")],
+        opset=12,
+    )
+    model, result = run_pass(proto, "cluster-weights", method="uniform", min_elements=4096)
+    assert not result.modified
+    assert result.stats["skipped-no-saving"] == 1
+    assert result.stats["channel-emulated"] == 0
+
+
+def test_codebook_that_saves_nothing_is_skipped():
     # 8 x 8 weights per tensor: a 64-entry codebook plus indices outweighs the floats.
     w = _weights((8, 8))
     proto = _matmul_model(w)
@@ -612,6 +693,18 @@ def test_uniform_grid_has_zero_and_2_to_the_n_levels():
     scale, zero, levels = cw.uniform_grid(rows, 3)
     assert levels.min() >= 0 and levels.max() <= 7
     assert np.all((zero >= 0) & (zero <= 7))  # zero decodes to exactly 0.0
+
+
+def test_uniform_grid_keeps_row_sums_within_half_a_step():
+    rows = np.random.default_rng(2).standard_t(4, size=(8, 3000))
+    for keep in (False, True):
+        scale, zero, levels = cw.uniform_grid(rows, 6, np.float64, search=False, keep_sums=keep)
+        drift = np.abs(np.sum((levels - zero[:, None]) * scale[:, None] - rows, axis=1))
+        if keep:
+            assert np.all(drift <= scale / 2 + 1e-9)
+            assert np.all(levels >= 0) and np.all(levels <= 63)
+        else:
+            assert np.any(drift > scale / 2)  # plain rounding drifts
 
 
 # ---------------------------------------------------------------- opset upgrade check
