@@ -107,6 +107,11 @@ def load(path: str | os.PathLike[str]) -> ir.Model:
         raise BadInputError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from exc
     if proto.ir_version <= 0 or not proto.HasField("graph") or not proto.graph.output:
         raise BadInputError(f"{path}: not a valid ONNX model (no graph or no ir_version)")
+    if has_sparse_initializers(proto):
+        # onnx-ir drops sparse initializers on load: make them dense first.
+        from nnopt_graph.passes.sparse_storage import densify_sparse_initializers
+
+        densify_sparse_initializers(proto)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # the IR rejects malformed protos with many exception types
@@ -115,6 +120,27 @@ def load(path: str | os.PathLike[str]) -> ir.Model:
     ir.external_data.set_base_dir(model.graph, str(path.parent))
     _check_external_data(model, path)
     return model
+
+
+def has_sparse_initializers(proto: onnx.ModelProto) -> bool:
+    """Whether any graph of the model (subgraphs included) has sparse initializers."""
+    stack = [proto.graph]
+    while stack:
+        graph = stack.pop()
+        if graph.sparse_initializer:
+            return True
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    stack.append(attr.g)
+                stack.extend(attr.graphs)
+    return False
+
+
+def _marked_sparse(model: ir.Model) -> bool:
+    from nnopt_graph.passes.sparse_storage import MARKER
+
+    return any(MARKER in t.metadata_props for t in _iter_initializer_tensors(model))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -138,7 +164,11 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
 
 @contextlib.contextmanager
 def staged_save(
-    model: ir.Model, path: str | os.PathLike[str], *, external_data: bool | None = None
+    model: ir.Model,
+    path: str | os.PathLike[str],
+    *,
+    external_data: bool | None = None,
+    write_sparse: bool = True,
 ) -> Iterator[Path]:
     """Write the model into a staging folder beside ``path``; publish it only on success.
 
@@ -167,6 +197,11 @@ def staged_save(
             ir.save(model, staged, external_data=data_name, size_threshold_bytes=1024)
         else:
             ir.save(model, staged)
+        if write_sparse and _marked_sparse(model):
+            # store-sparse marks tensors; the sparse form is written on the saved proto.
+            from nnopt_graph.passes.sparse_storage import write_sparse_initializers
+
+            write_sparse_initializers(staged)
         yield staged
         if external_data:
             os.replace(stage / data_name, path.parent / data_name)
@@ -177,9 +212,17 @@ def staged_save(
 
 
 def save(
-    model: ir.Model, path: str | os.PathLike[str], *, external_data: bool | None = None
+    model: ir.Model,
+    path: str | os.PathLike[str],
+    *,
+    external_data: bool | None = None,
+    write_sparse: bool = True,
 ) -> Path:
-    """Write the model atomically: a failed write leaves nothing at ``path``."""
-    with staged_save(model, path, external_data=external_data):
+    """Write the model atomically: a failed write leaves nothing at ``path``.
+
+    Tensors marked by ``store-sparse`` are written as sparse initializers unless
+    ``write_sparse`` is False.
+    """
+    with staged_save(model, path, external_data=external_data, write_sparse=write_sparse):
         pass
     return Path(path)

@@ -40,9 +40,10 @@ from nnopt_graph.pipeline.registry import PRESETS, register_pass
 logger = logging.getLogger(__name__)
 
 # BatchNormalization is folded before dedup: folding refuses weights that dedup made shared.
+# Zero structure is looked for after folding, which can create it.
 DEFAULT_PIPELINE = (
-    "lift-constants,eliminate-no-ops,fold-constants,fold-batchnorm,dedup,cse,"
-    "eliminate-dead-code,sort-topologically,infer-shapes"
+    "lift-constants,eliminate-no-ops,fold-constants,fold-batchnorm,eliminate-zero-structure,"
+    "dedup,cse,eliminate-dead-code,sort-topologically,infer-shapes"
 )
 
 

@@ -324,5 +324,5 @@ def densify_sparse_initializers(proto: onnx.ModelProto) -> int:
 
 def save_sparse(model: ir.Model, path: str | os.PathLike[str]) -> SparseWriteResult:
     """``io.save`` then the post-save step: the model with its marked tensors sparse."""
-    io.save(model, path)
+    io.save(model, path, write_sparse=False)
     return write_sparse_initializers(path)
