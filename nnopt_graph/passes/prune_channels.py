@@ -203,7 +203,7 @@ def _global_ratios(
     options: PruneChannelsOptions,
 ) -> dict[int, float]:
     """Per-group ratios from one ranking of mean-normalized importances across groups."""
-    entries = []
+    entries: list[tuple[float, int]] = []
     total = 0
     for group in groups:
         s = scores[group.id]

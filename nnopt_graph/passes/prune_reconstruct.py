@@ -37,7 +37,7 @@ class Sink:
 
     Attributes:
         node: the Conv, Gemm or MatMul.
-        kind: ``conv``, ``gemm`` or ``matmul``.
+        kind: ``conv``, ``convt`` (ConvTranspose), ``gemm`` or ``matmul``.
         x: its data input (pruned channels removed).
         out: the output whose original values are the target.
         out_keep: per pruned axis of ``out``, the original indices it still produces.
@@ -97,6 +97,13 @@ def find_sinks(
         op = node.op_type
         if op == "Conv" and warr.ndim in (3, 4) and _attr(node, "group", 1) == 1:
             kind = "conv"
+        elif (
+            op == "ConvTranspose"
+            and warr.ndim in (3, 4)
+            and _attr(node, "group", 1) == 1
+            and _attr(node, "auto_pad", "NOTSET") in ("NOTSET", b"NOTSET", "VALID", b"VALID")
+        ):
+            kind = "convt"
         elif op == "Gemm" and not _attr(node, "transA", 0):
             kind = "gemm"
         elif op == "MatMul" and warr.ndim == 2:
@@ -201,16 +208,44 @@ def _conv_geometry(
     return kernel, strides, dilations, begins
 
 
+def _convt_geometry(
+    node: ir.Node, w_shape: Sequence[int]
+) -> tuple[list[int], list[int], list[int], list[int], list[int]]:
+    """A ConvTranspose as a stride-1 Conv over its zero-inserted input.
+
+    Returns (kernel, strides=1, dilations, begin pads, insertion strides), 2-D.
+    """
+    spatial = len(w_shape) - 2
+    kernel = list(w_shape[2:])
+    strides = list(_attr(node, "strides", [1] * spatial))  # type: ignore[arg-type]
+    dilations = list(_attr(node, "dilations", [1] * spatial))  # type: ignore[arg-type]
+    pads = list(_attr(node, "pads", [0] * (2 * spatial)))  # type: ignore[arg-type]
+    begins = [dilations[i] * (kernel[i] - 1) - pads[i] for i in range(spatial)]
+    if spatial == 1:
+        return [1, *kernel], [1, 1], [1, *dilations], [0, *begins], [1, *strides]
+    return kernel, [1] * spatial, dilations, begins, strides
+
+
+def _zero_insert(x: np.ndarray, strides: Sequence[int]) -> np.ndarray:
+    """[N, C, H, W] -> [N, C, (H-1)*s+1, (W-1)*s+1] with x at every s-th position."""
+    if x.ndim == 3:
+        x = x[:, :, None, :]
+    n, c, h, w = x.shape
+    out = np.zeros((n, c, (h - 1) * strides[0] + 1, (w - 1) * strides[1] + 1), dtype=x.dtype)
+    out[:, :, :: strides[0], :: strides[1]] = x
+    return out
+
+
 def _rows_of(y: np.ndarray, kind: str) -> int:
     """Number of least-squares rows an output offers (positions x batch, or tokens)."""
-    if kind == "conv":
+    if kind in ("conv", "convt"):
         return int(y.shape[0] * math.prod(y.shape[2:]))
     return int(math.prod(y.shape[:-1]))
 
 
 def _targets(y: np.ndarray, kind: str, pick: np.ndarray) -> np.ndarray:
     """Output rows at flat positions ``pick``: [rows, channels]."""
-    if kind == "conv":
+    if kind in ("conv", "convt"):
         flat = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
     else:
         flat = y.reshape(-1, y.shape[-1])
@@ -218,10 +253,15 @@ def _targets(y: np.ndarray, kind: str, pick: np.ndarray) -> np.ndarray:
 
 
 def _conv_rows(
-    node: ir.Node, x: np.ndarray, w_shape: Sequence[int], y_shape: Sequence[int], pick: np.ndarray
+    node: ir.Node,
+    x: np.ndarray,
+    w_shape: Sequence[int],
+    y_shape: Sequence[int],
+    pick: np.ndarray,
+    geometry: tuple[list[int], list[int], list[int], list[int]] | None = None,
 ) -> np.ndarray:
     """im2col rows of the output positions ``pick`` (flat over batch x spatial)."""
-    kernel, strides, dilations, begins = _conv_geometry(node, x.shape, w_shape, y_shape)
+    kernel, strides, dilations, begins = geometry or _conv_geometry(node, x.shape, w_shape, y_shape)
     if x.ndim == 3:
         x = x[:, :, None, :]
         y_shape = [y_shape[0], y_shape[1], 1, y_shape[2]]
@@ -243,6 +283,12 @@ def _conv_rows(
         jj[:, None, None, :],
     ]
     return patches.reshape(len(pick), -1)
+
+
+def _convt_as_conv(w: np.ndarray) -> np.ndarray:
+    """ConvTranspose weight [C, O, k...] as the equivalent Conv weight [O, C, k...] (flipped)."""
+    flipped = w[(slice(None), slice(None), *[slice(None, None, -1)] * (w.ndim - 2))]
+    return np.swapaxes(flipped, 0, 1)
 
 
 class _System:
@@ -275,6 +321,8 @@ class _System:
         w = self.weight
         if self.sink.kind == "conv":
             return w.reshape(w.shape[0], -1).T
+        if self.sink.kind == "convt":
+            return _convt_as_conv(w).reshape(w.shape[1], -1).T
         if self.sink.kind == "gemm":
             trans_b = _attr(self.sink.node, "transB", 0)
             alpha = float(_attr(self.sink.node, "alpha", 1.0))  # type: ignore[arg-type]
@@ -307,6 +355,18 @@ class _System:
         pick = self.picks[index]
         if self.sink.kind == "conv":
             rows = _conv_rows(self.sink.node, x, self.weight.shape, self.y_shape, pick)
+        elif self.sink.kind == "convt":
+            kernel, strides, dilations, begins, insert = _convt_geometry(
+                self.sink.node, self.weight.shape
+            )
+            rows = _conv_rows(
+                self.sink.node,
+                _zero_insert(x, insert),
+                self.weight.shape,
+                self.y_shape,
+                pick,
+                (kernel, strides, dilations, begins),
+            )
         else:
             rows = x.reshape(-1, x.shape[-1])[pick]
         rows = rows.astype(np.float32)
@@ -338,7 +398,7 @@ class _System:
 def _current_bias(sink: Sink, outputs: int) -> np.ndarray | None:
     """The bias the fit may change (zeros when the layer has none yet), or None."""
     node = sink.node
-    if sink.kind == "conv":
+    if sink.kind in ("conv", "convt"):
         b = (
             const_array(node.inputs[2])
             if len(node.inputs) > 2 and node.inputs[2] is not None
@@ -362,6 +422,12 @@ def _write_back(sink: Sink, system: _System, weight: np.ndarray, bias: np.ndarra
     if sink.kind == "conv":
         w = weight.T.reshape(system.weight.shape)
         set_node_const_input(node, 1, w.astype(dtype), suffix="refit")
+        if bias is not None:
+            set_node_const_input(node, 2, bias.astype(dtype), suffix="refit")
+    elif sink.kind == "convt":
+        shape = system.weight.shape
+        conv = weight.T.reshape(shape[1], shape[0], *shape[2:])
+        set_node_const_input(node, 1, _convt_as_conv(conv).astype(dtype), suffix="refit")
         if bias is not None:
             set_node_const_input(node, 2, bias.astype(dtype), suffix="refit")
     elif sink.kind == "gemm":

@@ -596,3 +596,54 @@ def test_property_refit_gives_a_valid_model(spec, ratio):
     pruned = _valid(model)
     out = ort_run(pruned, {"x": _data(proto, 2, seed=3).arrays["x"]})[0]
     assert out.shape == (2, 3) and np.all(np.isfinite(out))
+
+
+@pytest.mark.parametrize(
+    ("op", "w_shape", "attrs", "x_shape"),
+    [
+        (
+            "Conv",
+            [5, 3, 3, 3],
+            {"strides": [2, 2], "pads": [1, 0, 1, 2], "dilations": [1, 2]},
+            [2, 3, 9, 8],
+        ),
+        ("Conv", [5, 3, 3, 3], {"auto_pad": "SAME_UPPER", "strides": [2, 2]}, [2, 3, 7, 7]),
+        ("Conv", [4, 3, 3], {"pads": [1, 1]}, [2, 3, 10]),
+        ("ConvTranspose", [3, 5, 2, 2], {"strides": [2, 2]}, [2, 3, 4, 5]),
+        (
+            "ConvTranspose",
+            [3, 4, 3, 3],
+            {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]},
+            [2, 3, 4, 4],
+        ),
+    ],
+    ids=["conv-strided-dilated", "conv-same", "conv1d", "convt-k2s2", "convt-padded"],
+)
+def test_refit_rows_reproduce_the_layer(op, w_shape, attrs, x_shape):
+    """The least-squares rows (im2col, or zero-insertion for ConvTranspose) times the
+    layer's weights give back its output: the refit fits the right system."""
+    from nnopt_graph.passes.prune_reconstruct import Sink, _System
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    b = rng.standard_normal(w_shape[1] if op == "ConvTranspose" else w_shape[0]).astype(np.float32)
+    proto = _finish(
+        [helper.make_node(op, ["x", "w", "b"], ["y"], **attrs)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * len(x_shape))],
+    )
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    y = ort_run(proto, {"x": x})[0]
+    model = ir.serde.deserialize_model(proto)
+    node = model.graph.node(0)
+    sink = Sink(
+        node, "convt" if op == "ConvTranspose" else "conv", node.inputs[0], node.outputs[0], {}
+    )
+    system = _System(sink, w, b, budget=10_000)
+    system.sample(0, y, total_batches=1, rng=rng)
+    system.add(0, x)
+    # Exact targets: the least-squares solution is the layer's own weights and bias.
+    solved, bias = system.solve(ridge=1e-9)
+    np.testing.assert_allclose(solved, system.flat_weight(), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(bias, b, rtol=1e-3, atol=1e-3)
