@@ -11,6 +11,7 @@ __all__ = [
     "const_array",
     "drop_if_unused",
     "ensure_opset",
+    "name_of",
     "node_order",
     "split_names",
     "subgraph_nodes",
@@ -29,6 +30,11 @@ from nnopt_graph.pipeline.base import PassContext
 from nnopt_graph.runtime.data import Dataset, input_specs, random_dataset, resolve_shapes
 
 logger = logging.getLogger(__name__)
+
+
+def name_of(item: ir.Value | ir.Node | None) -> str:
+    """The name of a value or node ("" when it has none: graphs name all they hold)."""
+    return (item.name if item is not None else None) or ""
 
 
 def const_array(value: ir.Value | None) -> np.ndarray | None:
@@ -93,9 +99,10 @@ def drop_if_unused(graph: ir.Graph, value: ir.Value | None) -> int:
     """Remove an unused initializer, or an unused Constant node; the bytes freed."""
     if value is None or value.uses() or value.is_graph_output():
         return 0
-    if value.is_initializer() and value.name in graph.initializers and not value.is_graph_input():
+    name = name_of(value)
+    if value.is_initializer() and name in graph.initializers and not value.is_graph_input():
         size = value.const_value.nbytes if value.const_value is not None else 0
-        graph.initializers.pop(value.name)
+        graph.initializers.pop(name)
         return size
     producer = value.producer()
     if producer is not None and producer.op_type == "Constant" and producer.graph is graph:

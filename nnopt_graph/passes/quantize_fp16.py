@@ -22,6 +22,7 @@ from nnopt_graph.passes.quantize_common import (
     commit,
     const_array,
     drop_if_unused,
+    name_of,
     split_names,
 )
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
@@ -165,9 +166,9 @@ def _floats(values: Any) -> list[ir.Value]:
 
 def _sweep(model: ir.Model, data: Any) -> tuple[dict[str, float], dict[str, tuple[int, ...]]]:
     """Largest |value| of every float main-graph value and the shape it had, in one sweep."""
-    names = [v.name for v in model.graph.inputs if v.dtype in (_F32, _F16)]
+    names = [name_of(v) for v in model.graph.inputs if v.dtype in (_F32, _F16)]
     for node in model.graph:
-        names.extend(o.name for o in node.outputs if o.dtype in (_F32, _F16) and o.name)
+        names.extend(name_of(o) for o in node.outputs if o.dtype in (_F32, _F16) and name_of(o))
     absmax: dict[str, float] = {}
     shapes: dict[str, tuple[int, ...]] = {}
 
@@ -212,7 +213,8 @@ class QuantizeFp16Pass(Pass):
         remaining = [n for n in ranking if n not in excluded]
         if not remaining:
             return None
-        step = max(1, len(ranking) - len(remaining))
+        done = len(ranking) - len(remaining)
+        step = max(1, done // 2)  # 1, 1, 1, 1, 2, 3, 4, 6, 9, ...: about x1.5 a step
         weaker = QuantizeFp16Pass(
             dataclasses.replace(self.options, exclude=",".join(excluded + remaining[:step]))
         )
@@ -260,18 +262,18 @@ class QuantizeFp16Pass(Pass):
                 continue
             if reason is None and any(v is not None and v.dtype is None for v in node.inputs):
                 reason = "unknown-types"  # e.g. after a custom op: cannot tell what to cast
-            elif reason is None and node.name in exclude:
+            elif reason is None and name_of(node) in exclude:
                 reason = "excluded"
-            elif reason is None and any(v.name in too_big for v in [*floats_in, *floats_out]):
+            elif reason is None and any(name_of(v) in too_big for v in [*floats_in, *floats_out]):
                 reason = "overflow"
             elif reason is None and node.op_type in _REDUCTIONS and floats_in:
-                shape = shapes.get(floats_in[0].name)
+                shape = shapes.get(name_of(floats_in[0]))
                 if (
                     shape is None
                     and floats_in[0].shape is not None
                     and floats_in[0].shape.is_static()
                 ):
-                    shape = tuple(int(d) for d in floats_in[0].shape)
+                    shape = tuple(d for d in floats_in[0].shape if isinstance(d, int))
                 if shape is None or _reduced_elements(node, shape) > options.reduction_limit:
                     reason = "large-reductions"
             if reason is None:
@@ -280,7 +282,7 @@ class QuantizeFp16Pass(Pass):
                 modes[id(node)] = "float"
                 if floats_out or floats_in:
                     skipped[f"skipped-{reason}"] += 1
-                logger.debug("%s '%s' stays float32: %s", node.op_type, node.name, reason)
+                logger.debug("%s '%s' stays float32: %s", node.op_type, name_of(node), reason)
         return modes, skipped
 
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
@@ -295,7 +297,7 @@ class QuantizeFp16Pass(Pass):
             cache.absmax, cache.shapes = _sweep(work, data)
             # Back-off order: nodes with the largest float outputs first (range, then precision).
             peak = {
-                n.name: max((cache.absmax.get(o.name, 0.0) for o in n.outputs), default=0.0)
+                name_of(n): max((cache.absmax.get(name_of(o), 0.0) for o in n.outputs), default=0.0)
                 for n in graph
             }
             cache.ranking = sorted((n for n in peak if peak[n] > 0), key=lambda n: -peak[n])
@@ -342,14 +344,14 @@ class QuantizeFp16Pass(Pass):
                 return casts[key]
             tag = "fp16" if to == _F16 else "fp32"
             out = ir.Value(
-                name=names(f"{value.name}_{tag}"), type=ir.TensorType(to), shape=value.shape
+                name=names(f"{name_of(value)}_{tag}"), type=ir.TensorType(to), shape=value.shape
             )
             node = ir.node(
                 "Cast",
                 [value],
                 attributes={"to": to.value},
                 outputs=[out],
-                name=names(f"{value.name}_Cast_{tag}"),
+                name=names(f"{name_of(value)}_Cast_{tag}"),
             )
             producer = value.producer()
             if producer is not None and producer.graph is graph:
@@ -372,9 +374,10 @@ class QuantizeFp16Pass(Pass):
                     if any(v is not None and v.dtype == _F16 for v in node.inputs)
                     else "float"
                 )
-            for i, value in enumerate(list(node.inputs)):
-                if value is None:
+            for i, maybe in enumerate(list(node.inputs)):
+                if maybe is None:
                     continue
+                value = maybe
                 if (
                     mode == "half"
                     and value.dtype == _F32
@@ -384,7 +387,7 @@ class QuantizeFp16Pass(Pass):
                     if array is None:
                         node.replace_input_with(i, cast(value, _F16))
                         continue
-                    key = value.name or str(id(value))
+                    key = name_of(value) or str(id(value))
                     if key not in halves:
                         clipped = np.clip(array, -FP16_MAX, FP16_MAX).astype(np.float16)
                         halves[key] = add_initializer(graph, names, f"{key}_fp16", clipped)
@@ -405,7 +408,7 @@ class QuantizeFp16Pass(Pass):
             for index, value in enumerate(list(graph.outputs)):
                 if value.dtype != _F16 or value.producer() is None:
                     continue
-                name = value.name
+                name = name_of(value)
                 value.name = names(f"{name}_fp16")
                 restored = cast(value, _F32)
                 graph.outputs[index] = restored
@@ -417,7 +420,8 @@ class QuantizeFp16Pass(Pass):
             source = node.inputs[0]
             producer = source.producer() if source is not None else None
             if (
-                producer is not None
+                source is not None
+                and producer is not None
                 and producer.op_type == "Cast"
                 and producer.inputs[0] is not None
                 and producer.inputs[0].dtype == _F16

@@ -30,6 +30,7 @@ from nnopt_graph.passes.quantize_common import (
     const_array,
     drop_if_unused,
     ensure_opset,
+    name_of,
     split_names,
     subgraph_nodes,
 )
@@ -145,7 +146,7 @@ def _targets(
         if weight.size < options.min_elements:
             skipped["skipped-below-size-threshold"] += 1
             continue
-        if node.name in exclude:
+        if name_of(node) in exclude:
             skipped["skipped-excluded"] += 1
             continue
         bias = None
@@ -174,7 +175,7 @@ def _activation_samples(
     model: ir.Model, targets: list[_Target], data: Any
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per MatMul input: mean |x| per channel and a reservoir of rows (one sweep)."""
-    names = sorted({t.node.inputs[0].name for t in targets})
+    names = sorted({name_of(t.node.inputs[0]) for t in targets})
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = collections.defaultdict(int)
     rows: dict[str, list[np.ndarray]] = collections.defaultdict(list)
@@ -257,7 +258,8 @@ class QuantizeInt4Pass(Pass):
         remaining = [n for n in ranking if n not in excluded]
         if not remaining:
             return None
-        step = max(1, len(ranking) - len(remaining))
+        done = len(ranking) - len(remaining)
+        step = max(1, done // 2)  # 1, 1, 1, 1, 2, 3, 4, 6, 9, ...: about x1.5 a step
         weaker = QuantizeInt4Pass(
             dataclasses.replace(self.options, exclude=",".join(excluded + remaining[:step]))
         )
@@ -282,14 +284,14 @@ class QuantizeInt4Pass(Pass):
             return PassResult({"matmuls-int4": 0, **skipped})
         cache = self._cache
         samples: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        missing = [t for t in targets if t.node.name not in cache.scales]
+        missing = [t for t in targets if name_of(t.node) not in cache.scales]
         if missing and (options.method == "awq" or options.fallback):
             data = calibration_data(work, context, options.samples)
             samples = _activation_samples(work, missing, data)
         for t in missing:
-            sample = samples.get(t.node.inputs[0].name)
+            sample = samples.get(name_of(t.node.inputs[0]))
             if sample is None:
-                cache.scales[t.node.name] = None
+                cache.scales[name_of(t.node)] = None
                 continue
             mean_abs, rows = sample
             w = t.weight.astype(np.float64)
@@ -301,8 +303,8 @@ class QuantizeInt4Pass(Pass):
                     None,
                     _quant_error(rows, w, dequantize_nbits(codes, scale, zero, w.shape[0])),
                 )
-            cache.scales[t.node.name] = s
-            cache.errors[t.node.name] = err
+            cache.scales[name_of(t.node)] = s
+            cache.errors[name_of(t.node)] = err
         if cache.ranking is None:
             cache.ranking = sorted(cache.errors, key=lambda n: -cache.errors[n])
         names = NameScope(graph)
@@ -313,18 +315,20 @@ class QuantizeInt4Pass(Pass):
             x = node.inputs[0]
             assert x is not None
             dtype = np.float16 if x.dtype == ir.DataType.FLOAT16 else np.float32
-            s = cache.scales.get(node.name)
+            s = cache.scales.get(name_of(node))
             w = t.weight.astype(np.float64)
             if s is not None:
-                key = (x.name, s.tobytes())
+                key = (name_of(x), s.tobytes())
                 if key not in smooth_inputs:
                     inv = add_initializer(
-                        graph, names, f"{x.name}_awq_inverse", (1.0 / s).astype(dtype)
+                        graph, names, f"{name_of(x)}_awq_inverse", (1.0 / s).astype(dtype)
                     )
-                    out = ir.Value(name=names(f"{x.name}_awq"), type=x.type, shape=x.shape)
+                    out = ir.Value(name=names(f"{name_of(x)}_awq"), type=x.type, shape=x.shape)
                     graph.insert_before(
                         node,
-                        ir.node("Mul", [x, inv], outputs=[out], name=names(f"{x.name}_AwqScale")),
+                        ir.node(
+                            "Mul", [x, inv], outputs=[out], name=names(f"{name_of(x)}_AwqScale")
+                        ),
                     )
                     smooth_inputs[key] = out
                 x = smooth_inputs[key]
@@ -332,7 +336,7 @@ class QuantizeInt4Pass(Pass):
                 stats["matmuls-awq-scaled"] += 1
             k, n = w.shape
             codes, scale, zero = quantize_blockwise(w, options.block_size, options.symmetric)
-            base = node.name or "matmul"
+            base = name_of(node) or "matmul"
             if options.format == "matmulnbits":
                 packed, zp = pack_matmul_nbits(codes, zero)
                 inputs: list[ir.Value | None] = [
@@ -407,7 +411,7 @@ class QuantizeInt4Pass(Pass):
             logger.info(
                 "%s '%s': int4 weights (%d x %d, blocks of %d)",
                 node.op_type,
-                node.name,
+                name_of(node),
                 k,
                 n,
                 options.block_size,

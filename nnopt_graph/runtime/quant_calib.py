@@ -273,7 +273,9 @@ def mse_range(hist: HistogramStats, levels: int = 256) -> tuple[float, float]:
         {
             min(
                 hist.high,
-                float(edges[min(np.searchsorted(cdf, 1.0 - t, side="left") + 1, len(edges) - 1)]),
+                float(
+                    edges[min(int(np.searchsorted(cdf, 1.0 - t, side="left")) + 1, len(edges) - 1)]
+                ),
             )
             for t in _TAILS
         }
