@@ -70,8 +70,8 @@ class PruneChannelsOptions:
     Attributes:
         ratio: fraction of each prunable group's units to remove (channels, neurons, heads).
         round_to: keep channel counts a multiple of this (groups of single channels).
-        importance: l1 | l2 (weight magnitude over the group), bn-scale, activation
-            (mean |activation| x weight norm on calibration data).
+        importance: activation (mean |activation| x weight norm on calibration data;
+            l2 without data), l1 | l2 (weight magnitude over the group), bn-scale.
         scope: local (the same ratio in every group) or global (one ranking of
             normalized importances across groups).
         max_layer_ratio: never remove more than this fraction of a group.
@@ -87,7 +87,9 @@ class PruneChannelsOptions:
 
     ratio: float = 0.25
     round_to: int = 1
-    importance: str = dataclasses.field(default="l2", metadata={"choices": IMPORTANCE_KINDS})
+    importance: str = dataclasses.field(
+        default="activation", metadata={"choices": IMPORTANCE_KINDS}
+    )
     scope: str = dataclasses.field(default="local", metadata={"choices": ("local", "global")})
     max_layer_ratio: float = 0.75
     protect_first: bool = True
@@ -430,7 +432,7 @@ class PruneChannelsPass(Pass):
         means = None
         if kind == "activation":
             if dataset is None:
-                logger.warning(
+                logger.info(
                     "prune-channels: importance=activation needs calibration data; using l2"
                 )
             else:

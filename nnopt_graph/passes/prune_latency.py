@@ -148,10 +148,11 @@ def choose_width(
     Candidates are ``target`` and the multiples of ``step`` within one step of it (never
     below ``low`` nor above the group's width). Each is built as a small model of the
     group's producer and consumers with the model's shapes and timed interleaved
-    (runtime.bench, 2 threads on CPU). The pick is the widest candidate whose median
-    latency is within ``tolerance`` of the fastest: more channels when they cost nothing,
-    fewer when an aligned count is clearly faster. None when the group's layers are not
-    plain Conv/Gemm/MatMul with static shapes (the width is then left as planned).
+    (runtime.bench, 2 threads on CPU). A wider candidate is taken when its median latency
+    is within ``tolerance`` of the planned width's (channels at no cost); otherwise a
+    narrower one only when its latency falls by more than its channel count does (the
+    planned width hits a slow kernel). None when the group's layers are not plain
+    Conv/Gemm/MatMul with static shapes (the width is then left as planned).
     """
     high = group.num_units
     candidates = {target}
@@ -178,14 +179,21 @@ def choose_width(
             logger.debug("latency: timing '%s' failed", group.name, exc_info=True)
             return None
     latency = {w: r.latency_ms["p50"] for w, r in zip(widths, results, strict=True) if r.available}
-    if len(latency) != len(widths):
+    if len(latency) != len(widths) or target not in latency:
         return None
-    fastest = min(latency.values())
-    width = max(w for w, t in latency.items() if t <= fastest * (1 + tolerance))
-    reason = (
-        "as planned"
-        if width == target
-        else ("wider at no cost" if width > target else "narrower is faster")
-    )
+    planned = latency[target]
+    width, reason = target, "as planned"
+    wider = [w for w in widths if w > target and latency[w] <= planned * (1 + tolerance)]
+    if wider:
+        width, reason = max(wider), "wider at no cost"
+    else:
+        # Narrower only when latency falls by more than the channel count does.
+        faster = [
+            w
+            for w in widths
+            if w < target and (planned - latency[w]) / planned > (target - w) / target + tolerance
+        ]
+        if faster:
+            width, reason = max(faster), "narrower is disproportionately faster"
     logger.info("latency: '%s' %d -> %d channels (%s)", group.name, target, width, reason)
     return WidthChoice(width, latency, reason)

@@ -41,7 +41,6 @@ def _model(signature: str, inits: str, body: str, opset: int = 17) -> ir.Model:
     return ir.serde.deserialize_model(proto)
 
 
-
 def _names(group) -> set[tuple[str, int]]:
     return {s.key for s in group.spaces}
 
@@ -545,3 +544,36 @@ def test_roles_name_sources_and_sinks():
     assert [r.role for r in source.roles] == [ROLE_OUT]
     assert [r.role for r in sink.roles] == [ROLE_IN]
     assert sink.roles[0].data[0].name == "r"
+
+
+def test_gemm_without_transpose_and_row_bias():
+    model = _model(
+        "(float[N,5] x) => (float[N,3] y)",
+        _weights(w1=[5, 6], c1=[1, 6], w2=[6, 3]),
+        """a = Gemm (x, w1, c1)
+           r = Relu (a)
+           y = Gemm (r, w2)""",
+    )
+    g = [g for g in find_channel_groups(model) if not g.frozen][0]
+    assert {("w1", 1), ("c1", 1), ("w2", 0)} <= _names(g)
+    _check_removal(model, [(g, np.array([0, 4, 5]))], {"x": _x([4, 5])})
+    assert const_array(model.graph.initializers["c1"]).shape == (1, 3)
+
+
+def test_weights_in_constant_nodes_are_sliced():
+    proto = onnx.parser.parse_model(
+        f"""{HEADER}
+        g (float[N,3,4,4] x) => (float[N,2,4,4] y) <{_weights(w2=[2, 4, 1, 1])}> {{
+            w1 = Constant <value = float[4,3,1,1] {{{", ".join(["0.5", "-1.0", "0.25"] * 4)}}}> ()
+            a = Conv (x, w1)
+            i = Identity (a)
+            d = Dropout (i)
+            y = Conv (d, w2)
+        }}"""
+    )
+    model = ir.serde.deserialize_model(proto)
+    g = [g for g in find_channel_groups(model) if not g.frozen][0]
+    assert g.num_units == 4 and ("w1", 0) in _names(g)
+    _check_removal(model, [(g, np.array([1, 2]))], {"x": _x([2, 3, 4, 4])})
+    constant = [n for n in model.graph if n.op_type == "Constant"][0]
+    assert constant.attributes["value"].as_tensor().shape == (2, 3, 1, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -158,10 +159,11 @@ def _mlp(
 
 
 def _data(proto: onnx.ModelProto, samples: int = 8, seed: int = 0) -> Dataset:
-    shape = [d.dim_value or 1 for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    value = proto.graph.input[0]
+    shape = [d.dim_value or 1 for d in value.type.tensor_type.shape.dim]
     shape[0] = samples
     x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-    return Dataset({"x": x}, "test")
+    return Dataset({value.name: x}, "test")
 
 
 def _prune(proto: onnx.ModelProto, calibration: Dataset | None = None, **options):
@@ -190,7 +192,7 @@ def _assert_kept_channels_match(
     model, result = _prune(proto, calibration, **options)
     pruned = _valid(model)
     assert result.modified == bool(removals)
-    feeds = {"x": _data(proto, 3, seed=7).arrays["x"]}
+    feeds = dict(_data(proto, 3, seed=7).arrays)
     main = {v.name for n in model.graph for v in n.outputs}
     kept: dict[str, list[tuple[int, np.ndarray]]] = {}
     for group, keep in removals:
@@ -204,13 +206,16 @@ def _assert_kept_channels_match(
     masked = masked_copy(original, removals)
     got = run(with_outputs(model, sorted(kept)), feeds)
     want = run(with_outputs(masked, sorted(kept)), feeds)
-    np.testing.assert_allclose(got["y"], want["y"], rtol=1e-4, atol=1e-4)
+    for out in model.graph.outputs:
+        np.testing.assert_allclose(got[out.name], want[out.name], rtol=1e-4, atol=1e-4)
     for name, axes in kept.items():
         ref = want[name]
         for axis, idx in axes:
             ref = np.take(ref, idx, axis=axis)
         np.testing.assert_allclose(got[name], ref, rtol=1e-4, atol=1e-4)
-    assert ort_run(pruned, feeds)[0].shape == (3, 3)
+    before = ort_run(proto, feeds)
+    after = ort_run(pruned, feeds)
+    assert [a.shape for a in after] == [b.shape for b in before]
 
 
 # ---------------------------------------------------------------- options and contract
@@ -450,6 +455,7 @@ def test_bert_heads_and_ffn_are_pruned_and_run():
 
 
 def test_activation_importance_without_data_falls_back_to_l2(caplog):
+    caplog.set_level(logging.INFO, logger="nnopt_graph.passes.prune_channels")
     _, result = _prune(
         _cnn(8, [8, 8]), None, ratio=0.5, importance="activation", protect_first=False
     )
@@ -647,3 +653,14 @@ def test_refit_rows_reproduce_the_layer(op, w_shape, attrs, x_shape):
     solved, bias = system.solve(ridge=1e-9)
     np.testing.assert_allclose(solved, system.flat_weight(), rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(bias, b, rtol=1e-3, atol=1e-3)
+
+
+def test_zoo_cnn_without_cleanup_prunes_to_a_valid_model():
+    """Robust without the default pipeline: a Constant-node weight, unfolded BN,
+    Identity, Dropout, a depthwise and a grouped Conv, residual Adds and a Concat."""
+    proto = zoo.build_cnn()
+    _assert_kept_channels_match(proto, ratio=0.5, protect_first=False)
+
+
+def test_zoo_yolo_block_split_concat_resize_prunes_to_a_valid_model():
+    _assert_kept_channels_match(zoo.build_yolo_block(), ratio=0.3, protect_first=False)
