@@ -515,17 +515,27 @@ def test_hand_made_codebook_recognized_as_already_clustered():
     assert result.stats["skipped-already-clustered"] == 2  # the codebook and its indices
 
 
+def test_vectors_stay_float():
+    bias = _weights((64,)).reshape(64)
+    proto = _model(
+        [helper.make_node("Add", ["x", "b"], ["y"])], [_f("x", [3, 64])], [_f("y", [3, 64])],
+        [_init(bias, "b")],
+    )
+    model, result = run_pass(proto, "cluster-weights", min_elements=SMALL)
+    assert not result.modified and result.stats["skipped-vectors"] == 1
+
+
 def test_gather_of_a_weight_with_constant_int64_indices_is_no_codebook():
     # Gather(table, constant rows) is an ordinary op on a weight, not this pass's format.
-    table = _weights((200,)).reshape(200)
+    table = _weights((200, 4))
     rows = np.arange(0, 200, 2, dtype=np.int64)
     proto = _model(
         [
             helper.make_node("Gather", ["table", "rows"], ["picked"]),
             helper.make_node("Mul", ["x", "picked"], ["y"]),
         ],
-        [_f("x", [100])],
-        [_f("y", [100])],
+        [_f("x", [100, 4])],
+        [_f("y", [100, 4])],
         [_init(table, "table"), _init(rows, "rows")],
     )
     model, result = run_pass(proto, "cluster-weights", method="uniform", min_elements=SMALL)
