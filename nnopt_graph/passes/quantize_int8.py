@@ -77,6 +77,10 @@ _PASSTHROUGH_OPS = frozenset(
     }
 )
 _FLOAT = ir.DataType.FLOAT
+# int8 is kept only when its median latency ratio is below this: timing noise on a shared
+# machine must not let a slower model through.
+_SPEED_MARGIN = 0.97
+_INT32_LIMIT = 2**31 - 1
 
 
 def cpu_int8_features() -> dict[str, Any]:
@@ -120,6 +124,9 @@ class QuantizeInt8Options:
     bins: int = 2048
     matmul_activations: bool = False
     share_concat: bool = True
+    sensitivity: str = dataclasses.field(
+        default="context", metadata={"choices": ("context", "local")}
+    )
     sensitivity_samples: int = 8
     speed_runs: int = 20
 
@@ -203,6 +210,7 @@ class _Cache:
     ranking: list[str] | None = None
     sqnr: dict[str, float] = dataclasses.field(default_factory=dict)
     kinds_off: list[str] | None = None
+    sensitivity_decision: dict[str, Any] = dataclasses.field(default_factory=dict)
     kind_names: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
 
@@ -562,6 +570,14 @@ def _quantize_weight(
     scale = np.where(absmax > 0, absmax / qmax, 1.0).astype(np.float32)
     q = np.clip(np.rint(weight / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
     return q, scale
+
+
+def _requantize(weight: np.ndarray, scale: np.ndarray, axis: int | None, qmax: int) -> np.ndarray:
+    """Symmetric int8 codes of ``weight`` for given scales (per channel along ``axis``)."""
+    shape = [1] * weight.ndim
+    if axis is not None:
+        shape[axis] = -1
+    return np.clip(np.rint(weight / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
 
 
 def _bias_shift(t: _Target, delta: np.ndarray, mean: np.ndarray) -> np.ndarray | None:
@@ -1113,6 +1129,59 @@ def _output_sqnr(reference: Path, candidate: Path, data: Dataset) -> float:
     return 10.0 * math.log10(signal / noise) if signal > 0 else -math.inf
 
 
+def _context_sensitivity(
+    base: ir.Model, quantized: ir.Model, plan: _Plan, data: Dataset, folder: Path
+) -> dict[str, float]:
+    """Noise each region node adds, measured inside the fully quantized model.
+
+    One sweep runs the float and the quantized model side by side with every region
+    node's inputs and output tapped; a node's score is the noise-to-signal ratio of its
+    output minus the largest of its inputs' (errors it introduces rather than inherits).
+    """
+    tracked: dict[str, tuple[list[str], str]] = {}
+    for node in plan.region():
+        relu = plan.folded.get(name_of(node))
+        out = relu.outputs[0] if relu is not None else node.outputs[0]
+        ins = [name_of(v) for v in node.inputs if v is not None and v.dtype == _FLOAT]
+        ins = [n for n in ins if n in plan.tensors or n not in base.graph.initializers]
+        tracked[name_of(node)] = (ins, name_of(out))
+    names = sorted({n for ins, out in tracked.values() for n in [*ins, out]})
+    paths = []
+    for tag, model in (("float", base), ("quantized", quantized)):
+        clone = model.clone()
+        values = {name_of(v): v for v in clone.graph.inputs}
+        for n in clone.graph:
+            values.update((name_of(o), o) for o in n.outputs)
+        for name in names:
+            value = values.get(name)
+            if value is not None and not value.is_graph_output():
+                clone.graph.outputs.append(value)
+        path = folder / f"sensitivity_{tag}.onnx"
+        io.save(clone, path)
+        paths.append(path)
+    sessions = [create_session(p, "cpu", threads=2) for p in paths]
+    outputs = [{o.name for o in session.get_outputs()} for session in sessions]
+    available = [n for n in names if n in outputs[0] and n in outputs[1]]
+    sums = {n: [0.0, 0.0] for n in available}
+    for feed in data.batches():
+        ref = dict(zip(available, sessions[0].run(available, feed), strict=True))
+        got = dict(zip(available, sessions[1].run(available, feed), strict=True))
+        for name in available:
+            r = np.nan_to_num(np.asarray(ref[name], dtype=np.float64))
+            q = np.nan_to_num(np.asarray(got[name], dtype=np.float64))
+            sums[name][0] += float(np.sum(r * r))
+            sums[name][1] += float(np.sum((r - q) ** 2))
+
+    def nsr(name: str) -> float:
+        signal, noise = sums.get(name, (1.0, 0.0))
+        return noise / signal if signal > 0 else 0.0
+
+    return {
+        node: max(0.0, nsr(out) - max((nsr(n) for n in ins), default=0.0))
+        for node, (ins, out) in tracked.items()
+    }
+
+
 def _kind(node: ir.Node) -> str:
     """The speed search's unit: a family of nodes that is kept in int8 or not as a whole."""
     op = node.op_type
@@ -1148,8 +1217,13 @@ def _latency_ratios(
         path = folder / f"bench_{i}.onnx"
         io.save(m, path)
         paths.append(path)
-    result = compare_latency(paths, next(data.batches()), runs=runs, warmup=3, threads=2)
-    return [{**r, "p50-ms": ms} for r, ms in zip(result.ratio, result.p50_ms, strict=True)]
+    result = compare_latency(
+        paths, next(data.batches()), runs=runs, warmup=3, threads=2, min_seconds=1.0
+    )
+    return [
+        {**r, "p50-ms": ms, "runs": result.runs}
+        for r, ms in zip(result.ratio, result.p50_ms, strict=True)
+    ]
 
 
 @register_pass
@@ -1287,14 +1361,25 @@ class QuantizeInt8Pass(Pass):
                         bias = ((bias if bias is not None else 0.0) - shift).astype(np.float32)
             bias_q = b_scale = None
             if bias is not None and fmt.quantize_bias:
-                b_scale = (np.float32(params[name_of(t.node.inputs[0])].scale) * scale).astype(
+                x_scale = np.float32(params[name_of(t.node.inputs[0])].scale)
+                # int32 holds the bias only if x_scale * w_scale >= |bias| / (2**31 - 1):
+                # widen the weight scale of channels with tiny weights and a large bias
+                # (else their bias would saturate).
+                need = (np.abs(bias).astype(np.float64) / (float(x_scale) * _INT32_LIMIT)).astype(
                     np.float32
                 )
+                if options.per_channel and np.any(scale < need):
+                    scale = np.maximum(scale, need)
+                    q = _requantize(t.weight, scale, t.axis, fmt.weight_max)
+                elif not options.per_channel and scale < need.max():
+                    scale = np.maximum(scale, need.max()).astype(np.float32)
+                    q = _requantize(t.weight, scale, None, fmt.weight_max)
+                b_scale = (x_scale * scale).astype(np.float32)
                 # A zero product scale (an all-zero weight channel) holds no bias: 0 there.
-                safe = np.where(b_scale > 0, b_scale, np.float32(1.0))
-                bias_q = np.where(
-                    b_scale > 0, np.clip(np.rint(bias / safe), -(2**31) + 1, 2**31 - 1), 0
-                ).astype(np.int32)
+                safe = np.where(b_scale > 0, b_scale, np.float32(1.0)).astype(np.float64)
+                codes = np.nan_to_num(np.rint(bias.astype(np.float64) / safe), nan=0.0)
+                limit = _INT32_LIMIT
+                bias_q = np.where(b_scale > 0, np.clip(codes, -limit, limit), 0).astype(np.int32)
             weights[name_of(t.node)] = _QWeight(q, scale, bias, bias_q, b_scale)
         return params, weights, bias_adds
 
@@ -1347,7 +1432,10 @@ class QuantizeInt8Pass(Pass):
         stats["biases-corrected"] = sum(1 for r in editor.weights if r.corrected)
         stats["skipped-unfused-qdq-removed"] = editor.removed_edges
         stats["bytes-saved"] = max(freed, 0)
-        return _Build(work, stats, fusion, bool(editor.weights or editor.acts))
+        # Worth keeping only when a weighted node (or a MatMul of two activations) runs in
+        # int8: QLinear ops alone just add Quantize/Dequantize.
+        act_matmuls = any(t.weight is None for t in plan.targets) and bool(editor.acts)
+        return _Build(work, stats, fusion, bool(editor.weights) or act_matmuls)
 
     def _speed_search(
         self,
@@ -1408,13 +1496,62 @@ class QuantizeInt8Pass(Pass):
                 return None, decision
         ratio = _latency_ratios([model, current.work], data, runs, folder)[1]
         decision["speed-check"] = (
-            f"CPU EP, 2 threads, spinning off, {runs} interleaved runs after 3 warm-up"
+            f"CPU EP, 2 threads, spinning off, >= {runs} interleaved runs (>= 1 s) after 3 warm-up"
         )
         decision["latency-ratio"] = {k: round(v, 4) for k, v in ratio.items()}
-        if not ratio["median"] < 1.0:
-            decision["result"] = f"int8 not faster (median ratio {ratio['median']:.3f}): float kept"
+        if not ratio["median"] < _SPEED_MARGIN:
+            decision["result"] = (
+                f"int8 not faster (median ratio {ratio['median']:.3f} >= {_SPEED_MARGIN}): "
+                "float kept"
+            )
             return None, decision
         return current, decision
+
+    def _rank(
+        self,
+        base: ir.Model,
+        plan: _Plan,
+        ranges: dict[str, tuple[float, float]],
+        fmt: _Format,
+        data: Dataset,
+        target: str,
+        exclude: set[str],
+    ) -> None:
+        """Order the region's nodes for back-off, most sensitive first (cached)."""
+        options = self.options
+        cache = self._cache
+        sample = data.take(max(1, options.sensitivity_samples))
+        try:
+            if options.sensitivity == "context":
+                with tempfile.TemporaryDirectory(prefix="nnopt-int8-sens-") as tmp:
+                    full = self._build(base, target, fmt, exclude, ranges, None)
+                    added = _context_sensitivity(base, full.work, plan, sample, Path(tmp))
+                cache.sqnr = {
+                    n: (10 * math.log10(1 / v) if v > 0 else math.inf) for n, v in added.items()
+                }
+                how = (
+                    "in-context: noise-to-signal each node adds (its output's minus its "
+                    "inputs') inside the fully quantized model"
+                )
+            else:
+                params, weights, _ = self._quantities(plan, ranges, fmt)
+                cache.sqnr = _sensitivity(base, plan, params, weights, options.per_channel, sample)
+                how = (
+                    "local SQNR: each node's own output with only that node's inputs, "
+                    "weights and output quantized"
+                )
+            cache.ranking = sorted(cache.sqnr, key=lambda n: cache.sqnr[n])
+        except Exception as exc:  # advisory: back off in plan order
+            logger.warning("per-node sensitivity failed (%s): back-off follows plan order", exc)
+            cache.ranking = [name_of(n) for n in plan.region()]
+            how = f"failed ({type(exc).__name__}); plan order"
+        cache.sensitivity_decision = {
+            "sensitivity": f"{how} ({sample.num_samples} calibration samples, one sweep); "
+            "back-off leaves the most sensitive in float first",
+            "most-sensitive-db": [
+                [n, round(cache.sqnr.get(n, math.nan), 2)] for n in cache.ranking[:8]
+            ],
+        }
 
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
         """Plan, calibrate, insert QDQ, keep what fuses and is faster; see the README."""
@@ -1483,28 +1620,9 @@ class QuantizeInt8Pass(Pass):
             }
         )
         if options.fallback and self._cache.ranking is None:
-            params, weights, _ = self._quantities(plan, ranges, fmt)
-            try:
-                sens_data = data.take(max(1, options.sensitivity_samples))
-                sqnr = _sensitivity(base, plan, params, weights, options.per_channel, sens_data)
-                self._cache.sqnr = sqnr
-                self._cache.ranking = sorted(sqnr, key=lambda n: sqnr[n])
-            except Exception as exc:  # sensitivity is advisory: back off in plan order
-                logger.warning("per-node sensitivity failed (%s): back-off follows plan order", exc)
-                self._cache.ranking = [name_of(n) for n in plan.region()]
+            self._rank(base, plan, ranges, fmt, data, target, exclude)
         if self._cache.ranking:
-            decisions.append(
-                {
-                    "sensitivity": "local SQNR: each quantized node's own output with only "
-                    "that node's inputs, weights and output quantized "
-                    f"({options.sensitivity_samples} samples, one sweep); back-off leaves the "
-                    "lowest in float first",
-                    "lowest-sqnr-db": [
-                        [n, round(self._cache.sqnr.get(n, math.nan), 2)]
-                        for n in self._cache.ranking[:8]
-                    ],
-                }
-            )
+            decisions.append(self._cache.sensitivity_decision)
         with tempfile.TemporaryDirectory(prefix="nnopt-int8-") as tmp:
             folder = Path(tmp)
             check = folder if target == "cpu" else None

@@ -54,18 +54,28 @@ def compare_latency(
     warmup: int = 3,
     threads: int = 2,
     spinning: bool = False,
+    min_seconds: float = 0.0,
+    max_runs: int = 400,
 ) -> LatencyComparison:
     """Time the models on one feed, alternating their order every round (A B C, C B A, ...).
 
     Every model reads the same inputs; each round runs each model once. With spinning
     off, a session's pool threads sleep between runs, so no session slows the next.
+    ``min_seconds`` raises the round count (up to ``max_runs``) until the first model
+    has run about that long, so sub-millisecond models get enough rounds to compare.
     """
     sessions = [_session(p, threads, spinning) for p in paths]
     names = [[o.name for o in s.get_outputs()] for s in sessions]
     feed = dict(feed)
+    warm: list[float] = []
     for session, outs in zip(sessions, names, strict=False):
         for _ in range(warmup):
+            start = time.perf_counter()
             session.run(outs, feed)
+            warm.append(time.perf_counter() - start)
+    if min_seconds > 0 and warm:
+        per_run = max(statistics.median(warm[:warmup] or warm), 1e-6)
+        runs = max(runs, min(max_runs, int(min_seconds / per_run) + 1))
     times: list[list[float]] = [[] for _ in sessions]
     order = list(range(len(sessions)))
     for round_ in range(runs):

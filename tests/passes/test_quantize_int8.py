@@ -291,13 +291,17 @@ def test_old_opset_is_upgraded_for_per_channel_qdq():
     assert _relative_error(proto, to_proto(model)) < 0.05
 
 
-def test_sensitivity_ranks_nodes_and_back_off_excludes_them():
+@pytest.mark.parametrize("how", ["context", "local"])
+def test_sensitivity_ranks_nodes_and_back_off_excludes_them(how):
     proto = conv_net()
-    model, result, pass_, _ = _run(proto, fallback=True)
+    model, result, pass_, _ = _run(proto, fallback=True, sensitivity=how)
     sens = next(d for d in result.decisions if "sensitivity" in d)
-    assert len(sens["lowest-sqnr-db"]) >= 3
+    assert sens["sensitivity"].startswith("in-context" if how == "context" else "local")
+    ranked = sens["most-sensitive-db"]
+    assert len(ranked) >= 3 and all(isinstance(v, float) for _, v in ranked)
+    assert [v for _, v in ranked] == sorted(v for _, v in ranked)
     first = pass_.back_off()
-    assert first is not None and first.options.exclude == sens["lowest-sqnr-db"][0][0]
+    assert first is not None and first.options.exclude == ranked[0][0]
     second = first.back_off()
     assert len(second.options.exclude.split(",")) == 2
     third = second.back_off()
@@ -412,8 +416,10 @@ def test_ops_after_the_last_weighted_node_stay_float():
 
 
 def test_activation_matmul_quantized_when_asked(tmp_path):
-    nodes = [helper.make_node("MatMul", ["a", "b"], ["m"], name="mm"),
-             helper.make_node("Relu", ["m"], ["y"], name="relu")]
+    nodes = [
+        helper.make_node("MatMul", ["a", "b"], ["m"], name="mm"),
+        helper.make_node("Relu", ["m"], ["y"], name="relu"),
+    ]
     proto = _model(nodes, [_vi("a", [2, 4, 8]), _vi("b", [2, 8, 4])], [_vi("y", [2, 4, 4])], [])
     model, result, _, _ = _run(proto, matmul_activations=True)
     assert result.stats["values-quantized"] == 2
