@@ -1364,10 +1364,10 @@ class QuantizeInt8Pass(Pass):
                 x_scale = np.float32(params[name_of(t.node.inputs[0])].scale)
                 # int32 holds the bias only if x_scale * w_scale >= |bias| / (2**31 - 1):
                 # widen the weight scale of channels with tiny weights and a large bias
-                # (else their bias would saturate).
-                need = (np.abs(bias).astype(np.float64) / (float(x_scale) * _INT32_LIMIT)).astype(
-                    np.float32
-                )
+                # (else their bias would saturate), with 2x headroom for float32 rounding.
+                need = (
+                    np.abs(bias).astype(np.float64) / (float(x_scale) * _INT32_LIMIT / 2)
+                ).astype(np.float32)
                 if options.per_channel and np.any(scale < need):
                     scale = np.maximum(scale, need)
                     q = _requantize(t.weight, scale, t.axis, fmt.weight_max)

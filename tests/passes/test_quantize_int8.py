@@ -436,3 +436,35 @@ def test_compare_latency_times_models_interleaved(tmp_path):
     assert result.runs == 4 and len(result.p50_ms) == 2
     assert result.ratio[0] == {"min": 1.0, "median": 1.0, "max": 1.0}
     assert result.ratio[1]["min"] <= result.ratio[1]["median"] <= result.ratio[1]["max"]
+
+
+def test_large_bias_on_a_tiny_weight_channel_does_not_saturate():
+    w = (RNG.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32)
+    w[2] *= 1e-7  # a nearly dead channel ...
+    b = np.array([0.1, -0.2, 100.0, 0.3], np.float32)  # ... that outputs its bias
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b"), _w("w2", 4, 4, 1, 1)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["c", "w2"], ["c2"], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["y"], name="relu"),
+    ]
+    proto = _model(nodes, [_vi("x", ["N", 3, 8, 8])], [_vi("y", ["N", 4, 8, 8])], inits)
+    model, result, _, _ = _run(proto)
+    bias_q = model.graph.initializers["conv_bias_quantized"].const_value.numpy()
+    assert np.abs(bias_q.astype(np.int64)).max() < 2**31 - 1
+    assert _relative_error(proto, to_proto(model)) < 0.05
+
+
+def test_streaming_stats_keep_per_channel_sums_bounded():
+    from nnopt_graph.runtime.quant_calib import TensorStats
+
+    stats = TensorStats(channel_axis=1)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        stats.add(
+            rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+            + np.array([0, 5, -5])[None, :, None, None]
+        )
+    assert stats.channel_sum.shape == (3,) and stats.channel_count == 5 * 2 * 16 * 16
+    np.testing.assert_allclose(stats.channel_mean, [0, 5, -5], atol=0.1)
+    assert stats.low < -5 < 5 < stats.high
