@@ -697,7 +697,11 @@ class _Analyzer:
         if handler is None:
             self.freeze(key, f"unsupported op: {node.op_type}")
             return
-        handler(node, port, index, axis, key)
+        try:
+            handler(node, port, index, axis, key)
+        except Exception:  # noqa: BLE001  (an op the handler cannot read is not understood)
+            logger.debug("channels: %s '%s' not followed", node.op_type, node.name, exc_info=True)
+            self.freeze(key, f"unsupported op: {node.op_type} (not followed)")
 
     # -------------------------------------------------------- helpers for handlers
 

@@ -577,3 +577,15 @@ def test_weights_in_constant_nodes_are_sliced():
     _check_removal(model, [(g, np.array([1, 2]))], {"x": _x([2, 3, 4, 4])})
     constant = [n for n in model.graph if n.op_type == "Constant"][0]
     assert constant.attributes["value"].as_tensor().shape == (2, 3, 1, 1)
+
+
+def test_a_handler_that_fails_freezes_instead_of_raising(monkeypatch):
+    from nnopt_graph.analysis import channels
+
+    def broken(self, node, port, index, axis, key):
+        raise ValueError("cannot read this node")
+
+    monkeypatch.setattr(channels._Analyzer, "_unary", broken)
+    groups = find_channel_groups(_model(*CHAIN))
+    g = [g for g in groups if ("w1", 0) in _names(g)][0]
+    assert g.frozen and "unsupported op: Relu (not followed)" in g.frozen_reasons
