@@ -129,6 +129,7 @@ class QuantizeInt8Options:
     )
     sensitivity_samples: int = 8
     speed_runs: int = 20
+    speed_batch: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1205,12 +1206,13 @@ class _Build:
 
 
 def _latency_ratios(
-    models: list[ir.Model], data: Dataset, runs: int, folder: Path
+    models: list[ir.Model], data: Dataset, runs: int, folder: Path, batch: int = 1
 ) -> list[dict[str, float]]:
     """Median/min/max latency ratios of each model to the first.
 
     CPU EP, 2 threads, interleaved, pool spinning off so that alternating sessions do
-    not slow each other down.
+    not slow each other down; on the first calibration feed (``batch`` samples when the
+    data is sliced along a batch axis).
     """
     paths = []
     for i, m in enumerate(models):
@@ -1218,7 +1220,7 @@ def _latency_ratios(
         io.save(m, path)
         paths.append(path)
     result = compare_latency(
-        paths, next(data.batches()), runs=runs, warmup=3, threads=2, min_seconds=1.0
+        paths, next(data.batches(batch)), runs=runs, warmup=3, threads=2, min_seconds=1.0
     )
     return [
         {**r, "p50-ms": ms, "runs": result.runs}
@@ -1466,7 +1468,11 @@ class QuantizeInt8Pass(Pass):
                     if not candidate.quantized:
                         continue
                     ratios = _latency_ratios(
-                        [model, current.work, candidate.work], data, runs, folder
+                        [model, current.work, candidate.work],
+                        data,
+                        runs,
+                        folder,
+                        self.options.speed_batch,
                     )
                     with_kind, without = ratios[1]["median"], ratios[2]["median"]
                     trials.append(
@@ -1494,9 +1500,12 @@ class QuantizeInt8Pass(Pass):
             decision = {"speed-search": "reused", "dropped": cache.kinds_off}
             if not current.quantized:
                 return None, decision
-        ratio = _latency_ratios([model, current.work], data, runs, folder)[1]
+        ratio = _latency_ratios(
+            [model, current.work], data, runs, folder, self.options.speed_batch
+        )[1]
         decision["speed-check"] = (
-            f"CPU EP, 2 threads, spinning off, >= {runs} interleaved runs (>= 1 s) after 3 warm-up"
+            f"CPU EP, 2 threads, spinning off, >= {runs} interleaved runs (>= 1 s) after 3 "
+            f"warm-up, first calibration feed (batch {self.options.speed_batch} when sliced)"
         )
         decision["latency-ratio"] = {k: round(v, 4) for k, v in ratio.items()}
         if not ratio["median"] < _SPEED_MARGIN:

@@ -468,3 +468,15 @@ def test_streaming_stats_keep_per_channel_sums_bounded():
     assert stats.channel_sum.shape == (3,) and stats.channel_count == 5 * 2 * 16 * 16
     np.testing.assert_allclose(stats.channel_mean, [0, 5, -5], atol=0.1)
     assert stats.low < -5 < 5 < stats.high
+
+
+@pytest.mark.slow
+def test_speed_check_keeps_int8_only_when_measured_faster():
+    proto = conv_net()
+    model, result, _, _ = _run(proto, speed_check=True)
+    speed = next(d for d in result.decisions if "speed-check" in d)
+    ratio = speed["latency-ratio"]["median"]
+    if result.modified:
+        assert ratio < 0.97
+    else:
+        assert op_types(model) == op_types(proto) and result.stats["skipped-not-faster-or-unfused"]
