@@ -189,7 +189,7 @@ def main() -> None:
         lines.append(
             f"| {r['model']} | {r['preset']} | {_fmt(r, 'size_ratio')} | {_fmt(r, 'params_ratio')} | {_fmt(r, 'flops_ratio')} | "
             + (f"{r['cosine_min']:.5f}" if r.get("cosine_min") is not None else "-")
-            + f" | {cpu['p50_ms']:.3f} | " if cpu.get("p50_ms") else " | - | "
+            + (f" | {cpu['p50_ms']:.3f} | " if cpu.get("p50_ms") else " | - | ")
             + (f"{ratio['median']:.3f} ({ratio['min']:.2f}–{ratio['max']:.2f})" if ratio else "")
             + " |"
         )
