@@ -1220,7 +1220,13 @@ def _latency_ratios(
         io.save(m, path)
         paths.append(path)
     result = compare_latency(
-        paths, next(data.batches(batch)), runs=runs, warmup=3, threads=2, min_seconds=1.0
+        paths,
+        next(data.batches(batch)),
+        runs=runs,
+        warmup=3,
+        threads=2,
+        min_seconds=1.0,
+        max_runs=5000,
     )
     return [
         {**r, "p50-ms": ms, "runs": result.runs}
