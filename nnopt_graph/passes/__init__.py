@@ -1,13 +1,29 @@
-"""Built-in passes; importing this package registers them all."""
+"""Built-in passes; importing this package registers them all, in pipeline order."""
 
-from nnopt_graph.passes import cleanup  # noqa: F401
-from nnopt_graph.passes import cse as cse
-from nnopt_graph.passes import dedup as dedup
-from nnopt_graph.passes import sparsify as sparsify
-from nnopt_graph.passes import cluster_weights as cluster_weights
-from nnopt_graph.passes import sparse_storage as sparse_storage
-from nnopt_graph.passes import prune_channels as prune_channels
-from nnopt_graph.passes import zero_structure as zero_structure
-from nnopt_graph.passes import quantize_int8  # noqa: F401
-from nnopt_graph.passes import quantize_fp16  # noqa: F401
-from nnopt_graph.passes import quantize_int4  # noqa: F401
+from nnopt_graph.passes import (
+    cleanup,
+    cluster_weights,
+    cse,
+    dedup,
+    prune_channels,
+    quantize_fp16,
+    quantize_int4,
+    quantize_int8,
+    sparse_storage,
+    sparsify,
+    zero_structure,
+)
+
+__all__ = [
+    "cleanup",
+    "cluster_weights",
+    "cse",
+    "dedup",
+    "prune_channels",
+    "quantize_fp16",
+    "quantize_int4",
+    "quantize_int8",
+    "sparse_storage",
+    "sparsify",
+    "zero_structure",
+]
