@@ -182,6 +182,7 @@ def staged_save(
         external_data: force weights into a ``<name>.data`` side file (True), inline
             (False), or decide (None): external when the input used it or the weights
             reach protobuf's 2 GiB limit.
+        write_sparse: write tensors marked by ``store-sparse`` as sparse initializers.
     """
     path = check_output_path(path)
     if external_data is None:

@@ -216,7 +216,9 @@ def optimize(
         all_instruments: list[Instrument] = [VerifyEachInstrument()] if verify_each else []
         all_instruments.extend(instruments)
         context = PassContext(
-            target=target, input_shapes={k: list(v) for k, v in (input_shapes or {}).items()}, calibration=calibration
+            target=target,
+            input_shapes={k: list(v) for k, v in (input_shapes or {}).items()},
+            calibration=calibration,
         )
         manager = PassManager(
             resolved,
