@@ -73,10 +73,10 @@ def test_lift_constants_keeps_constant_that_is_graph_output():
 
 def test_lift_constants_leaves_functions_alone():
     proto = model_from_text(
-        f"""<ir_version: 8, opset_import: ["" : 17, "local" : 1]>
-        g (float[N,4] x) => (float[N,4] y) {{ y = local.AddOne (x) }}
+        """<ir_version: 8, opset_import: ["" : 17, "local" : 1]>
+        g (float[N,4] x) => (float[N,4] y) { y = local.AddOne (x) }
         <domain: "local", opset_import: ["" : 17]>
-        AddOne (a) => (b) {{ one = Constant <value = float {{1.0}}> () b = Add (a, one) }}"""
+        AddOne (a) => (b) { one = Constant <value = float {1.0}> () b = Add (a, one) }"""
     )
     model, result = run_pass(proto, "lift-constants")
     assert not result.modified

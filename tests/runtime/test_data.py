@@ -10,7 +10,13 @@ from onnx import numpy_helper
 
 from nnopt_graph.errors import BadInputError
 from nnopt_graph.runtime.calibrate import MinMaxStats, run_with_taps
-from nnopt_graph.runtime.data import InputSpec, SampleFile, load_dataset, random_dataset, resolve_shapes
+from nnopt_graph.runtime.data import (
+    InputSpec,
+    SampleFile,
+    load_dataset,
+    random_dataset,
+    resolve_shapes,
+)
 
 SPECS = [InputSpec("x", np.dtype(np.float32), ("N", 3)), InputSpec("state", np.dtype(np.float32), (2, 4))]
 
