@@ -67,10 +67,13 @@ class EliminateZeroStructureOptions:
         round_to: keep a multiple of this many channels in each group (zero channels
             are kept to fill up), for runtimes whose fast kernels want channel counts
             that are multiples of 8 or 16 (ONNX Runtime's CPU NCHWc convolutions).
+        max_weight_elements: weights larger than this are not read (so a multi-GB
+            model's weights stay on disk); zero structure in them is not looked for.
     """
 
     max_rounds: int = 8
     round_to: int = 1
+    max_weight_elements: int = 1 << 24
 
 
 def _per_unit(
@@ -282,7 +285,13 @@ def _keep_units(group: ChannelGroup, removable: np.ndarray, round_to: int) -> np
     return np.nonzero(keep)[0]
 
 
-def _may_hold_zero_structure(model: ir.Model) -> bool:
+def _small_enough(value: ir.Value | None, limit: int) -> bool:
+    """Whether a weight is small enough to read whole (a multi-GB model is never loaded)."""
+    tensor = value.const_value if value is not None else None
+    return tensor is None or tensor.size <= limit
+
+
+def _may_hold_zero_structure(model: ir.Model, limit: int) -> bool:
     """Cheap screen: a weight with a zero row, column or everything, or a constant zero factor.
 
     Every channel the pass can remove needs one of these, so a model without any is
@@ -292,6 +301,8 @@ def _may_hold_zero_structure(model: ir.Model) -> bool:
         if node.domain not in STANDARD_DOMAINS:
             continue
         if node.op_type in _WEIGHT_OPS and len(node.inputs) > 1:
+            if not _small_enough(node.inputs[1], limit):
+                continue
             w = const_array(node.inputs[1])
             if w is None or w.ndim < 2 or w.size == 0:
                 continue
@@ -308,11 +319,12 @@ def _may_hold_zero_structure(model: ir.Model) -> bool:
     return False
 
 
-def _zero_weight(node: ir.Node) -> bool:
+def _zero_weight(node: ir.Node, limit: int) -> bool:
     if (
         node.domain not in STANDARD_DOMAINS
         or node.op_type not in _WEIGHT_OPS
         or len(node.inputs) < 2
+        or not _small_enough(node.inputs[1], limit)
     ):
         return False
     array = const_array(node.inputs[1])
@@ -398,7 +410,7 @@ class EliminateZeroStructurePass(Pass):
         decisions = []
         for graph in model.graphs():
             for node in list(graph):
-                if not _zero_weight(node):
+                if not _zero_weight(node, self.options.max_weight_elements):
                     continue
                 why = _replace_zero_op(node, opset, taken)
                 if why is not None:
@@ -426,7 +438,8 @@ class EliminateZeroStructurePass(Pass):
         stats["skipped-functions"] = len(model.functions)
         decisions = self._replace_zero_ops(model, stats)
         frozen = 0
-        rounds = max(1, self.options.max_rounds) if _may_hold_zero_structure(model) else 0
+        screen = _may_hold_zero_structure(model, self.options.max_weight_elements)
+        rounds = max(1, self.options.max_rounds) if screen else 0
         if not rounds:
             logger.debug("zero-structure: no zero rows, columns or factors: nothing to analyze")
         for _ in range(rounds):
