@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 __all__ = [
     "NameScope",
+    "ranked_back_off",
     "annotate_types",
     "add_initializer",
     "calibration_data",
@@ -173,3 +177,25 @@ def commit(model: ir.Model, work: ir.Model) -> None:
     """Make ``model`` hold ``work``'s graph (passes change the model object in place)."""
     model.graph = work.graph
     model.ir_version = max(model.ir_version, work.ir_version)
+
+
+def ranked_back_off(pass_: Any, ranking: list[str] | None) -> Any:
+    """The same pass with the next nodes of ``ranking`` (worst first) excluded, or None.
+
+    Shared by the quantize passes: each attempt leaves about 1.5x as many nodes in float
+    as the one before (1, 1, 1, 1, 2, 3, 4, 6, 9, ...), so the guard converges in a
+    logarithmic number of measurements. The new pass shares the old one's ``_cache``
+    (calibration sweeps and the ranking are not recomputed).
+    """
+    if not pass_.options.fallback or not ranking:
+        return None
+    excluded = split_names(pass_.options.exclude)
+    remaining = [n for n in ranking if n not in excluded]
+    if not remaining:
+        return None
+    step = max(1, (len(ranking) - len(remaining)) // 2)
+    weaker = type(pass_)(
+        dataclasses.replace(pass_.options, exclude=",".join(excluded + remaining[:step]))
+    )
+    weaker._cache = pass_._cache
+    return weaker

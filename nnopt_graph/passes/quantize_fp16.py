@@ -23,6 +23,7 @@ from nnopt_graph.passes.quantize_common import (
     const_array,
     drop_if_unused,
     name_of,
+    ranked_back_off,
     split_names,
 )
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
@@ -206,20 +207,7 @@ class QuantizeFp16Pass(Pass):
 
     def back_off(self) -> Pass | None:
         """The same pass with the next nodes of largest output magnitude kept in float32."""
-        ranking = self._cache.ranking
-        if not self.options.fallback or not ranking:
-            return None
-        excluded = split_names(self.options.exclude)
-        remaining = [n for n in ranking if n not in excluded]
-        if not remaining:
-            return None
-        done = len(ranking) - len(remaining)
-        step = max(1, done // 2)  # 1, 1, 1, 1, 2, 3, 4, 6, 9, ...: about x1.5 a step
-        weaker = QuantizeFp16Pass(
-            dataclasses.replace(self.options, exclude=",".join(excluded + remaining[:step]))
-        )
-        weaker._cache = self._cache
-        return weaker
+        return ranked_back_off(self, self._cache.ranking)
 
     def _decide(
         self, graph: ir.Graph, absmax: dict[str, float], shapes: dict[str, tuple[int, ...]]

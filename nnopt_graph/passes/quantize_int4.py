@@ -31,6 +31,7 @@ from nnopt_graph.passes.quantize_common import (
     drop_if_unused,
     ensure_opset,
     name_of,
+    ranked_back_off,
     split_names,
     subgraph_nodes,
 )
@@ -251,20 +252,7 @@ class QuantizeInt4Pass(Pass):
 
     def back_off(self) -> Pass | None:
         """The same pass with the MatMuls of largest int4 output error left in float first."""
-        ranking = self._cache.ranking
-        if not self.options.fallback or not ranking:
-            return None
-        excluded = split_names(self.options.exclude)
-        remaining = [n for n in ranking if n not in excluded]
-        if not remaining:
-            return None
-        done = len(ranking) - len(remaining)
-        step = max(1, done // 2)  # 1, 1, 1, 1, 2, 3, 4, 6, 9, ...: about x1.5 a step
-        weaker = QuantizeInt4Pass(
-            dataclasses.replace(self.options, exclude=",".join(excluded + remaining[:step]))
-        )
-        weaker._cache = self._cache
-        return weaker
+        return ranked_back_off(self, self._cache.ranking)
 
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
         """Replace each large MatMul/Gemm weight by int4 blocks; see the README."""

@@ -32,6 +32,7 @@ from nnopt_graph.passes.quantize_common import (
     ensure_opset,
     name_of,
     node_order,
+    ranked_back_off,
     split_names,
     subgraph_nodes,
 )
@@ -1248,20 +1249,7 @@ class QuantizeInt8Pass(Pass):
 
     def back_off(self) -> Pass | None:
         """The same pass with more of the most sensitive nodes in float (about x1.5 a step)."""
-        ranking = self._cache.ranking
-        if not self.options.fallback or not ranking:
-            return None
-        excluded = split_names(self.options.exclude)
-        remaining = [n for n in ranking if n not in excluded]
-        if not remaining:
-            return None
-        done = len(ranking) - len(remaining)
-        step = max(1, done // 2)  # 1, 1, 1, 1, 2, 3, 4, 6, 9, ...: about x1.5 a step
-        weaker = QuantizeInt8Pass(
-            dataclasses.replace(self.options, exclude=",".join(excluded + remaining[:step]))
-        )
-        weaker._cache = self._cache
-        return weaker
+        return ranked_back_off(self, self._cache.ranking)
 
     def _calibrate(
         self, work: ir.Model, plan: _Plan, data: Dataset, calibrator: str
