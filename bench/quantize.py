@@ -187,7 +187,7 @@ def _class_score_cosine(reference: Path, candidate: Path, held: Path) -> float:
         a = ref.run(None, feed)[0][:, 4:].astype(np.float64).ravel()
         b = cand.run(None, feed)[0][:, 4:].astype(np.float64).ravel()
         dot, rr, cc = dot + float(a @ b), rr + float(a @ a), cc + float(b @ b)
-    return dot / (rr * cc) ** 0.5
+    return dot / (rr * cc) ** 0.5 if rr > 0 and cc > 0 else 0.0  # all-zero scores: 0
 
 
 def _first_feed(held: Path, model: Path, batch: int) -> dict[str, np.ndarray]:
@@ -302,6 +302,7 @@ def run_cpu(
             json.dumps({k: v for k, v in row.items() if k != "nnopt"}, default=str)[:1500],
             flush=True,
         )
+        write_cpu(rows, runs)  # after every model, so a failure keeps what was measured
         if "nnopt" in row and "stats" in row["nnopt"]:
             print("nnopt", row["nnopt"]["guard_action"], row["nnopt"]["stats"], flush=True)
     return rows
@@ -666,8 +667,7 @@ def main() -> None:
             run_rss(args.rss_samples, work)
         if args.target == "cpu":
             names = args.models.split(",") if args.models else CPU_MODELS
-            rows = run_cpu(names, args.samples, args.heldout, args.runs, work)
-            write_cpu(rows, args.runs)
+            run_cpu(names, args.samples, args.heldout, args.runs, work)
         elif args.target == "cuda":
             names = args.models.split(",") if args.models else CUDA_MODELS
             write_cuda(
