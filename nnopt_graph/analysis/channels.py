@@ -1206,26 +1206,40 @@ class _Analyzer:
         if bound("start", 0) <= axis < bound("end", rank):
             self.freeze(key, "shape read: Shape")
 
-    def _conv(self, node: ir.Node, port: str, index: int, axis: int, key: _Key) -> None:
-        x, w, b, y = self._in(node, 0), self._in(node, 1), self._in(node, 2), self._out(node, 0)
+    def _conv_axes_handled(
+        self, node: ir.Node, port: str, index: int, axis: int, key: _Key
+    ) -> bool:
+        """Axes Conv and ConvTranspose treat alike; True when this axis was dealt with here.
+
+        A computed weight freezes, the batch axis passes through, spatial and kernel
+        axes freeze.
+        """
+        x, w, y = self._in(node, 0), self._in(node, 1), self._out(node, 0)
+        op = node.op_type
         if w is None or x is None or y is None or not _is_const(w):
-            self.freeze(key, "unsupported op: Conv with a computed weight")
-            return
-        wd, xd = self.dims(w), self.dims(x)
-        if wd is None or xd is None or not isinstance(xd[1], int):
-            self.freeze(key, "unknown shape: Conv")
-            return
-        # Batch axis passes through; spatial and kernel axes are not channels.
+            self.freeze(key, f"unsupported op: {op} with a computed weight")
+            return True
         if (port, index) in (("in", 0), ("out", 0)) and axis == 0:
             self.link(key, x if port == "in" else y, 0, y if port == "in" else x, 0)
-            return
+            return True
         if (
             (port, index) in (("in", 0), ("out", 0))
             and axis != 1
             or (port, index) == ("in", 1)
             and axis > 1
         ):
-            self.freeze(key, "spatial axis: Conv")
+            self.freeze(key, f"spatial axis: {op}")
+            return True
+        return False
+
+    def _conv(self, node: ir.Node, port: str, index: int, axis: int, key: _Key) -> None:
+        x, w, b, y = self._in(node, 0), self._in(node, 1), self._in(node, 2), self._out(node, 0)
+        if self._conv_axes_handled(node, port, index, axis, key):
+            return
+        assert x is not None and w is not None and y is not None  # checked just above
+        wd, xd = self.dims(w), self.dims(x)
+        if wd is None or xd is None or not isinstance(xd[1], int):
+            self.freeze(key, "unknown shape: Conv")
             return
         group = _attr_int(node, "group", 1)
         cin, cout = int(xd[1]), int(wd[0])
@@ -1260,20 +1274,9 @@ class _Analyzer:
 
     def _conv_transpose(self, node: ir.Node, port: str, index: int, axis: int, key: _Key) -> None:
         x, w, b, y = self._in(node, 0), self._in(node, 1), self._in(node, 2), self._out(node, 0)
-        if w is None or x is None or y is None or not _is_const(w):
-            self.freeze(key, "unsupported op: ConvTranspose with a computed weight")
+        if self._conv_axes_handled(node, port, index, axis, key):
             return
-        if (port, index) in (("in", 0), ("out", 0)) and axis == 0:
-            self.link(key, x if port == "in" else y, 0, y if port == "in" else x, 0)
-            return
-        if (
-            (port, index) in (("in", 0), ("out", 0))
-            and axis != 1
-            or (port, index) == ("in", 1)
-            and axis > 1
-        ):
-            self.freeze(key, "spatial axis: ConvTranspose")
-            return
+        assert x is not None and w is not None and y is not None  # checked just above
         if _attr_int(node, "group", 1) != 1:
             self.freeze(key, "unsupported op: grouped ConvTranspose")
             return
