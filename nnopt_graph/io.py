@@ -24,6 +24,11 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from nnopt_graph.errors import BadInputError
+from nnopt_graph.opaque_types import (
+    ir_has_opaque_types,
+    restore_opaque_types,
+    strip_opaque_types,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +117,7 @@ def load(path: str | os.PathLike[str]) -> ir.Model:
         from nnopt_graph.passes.sparse_storage import densify_sparse_initializers
 
         densify_sparse_initializers(proto)
+    strip_opaque_types(proto)  # Map/Sequence(Map) types: onnx-ir cannot hold them
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # the IR rejects malformed protos with many exception types
@@ -203,6 +209,8 @@ def staged_save(
             from nnopt_graph.passes.sparse_storage import write_sparse_initializers
 
             write_sparse_initializers(staged)
+        if ir_has_opaque_types(model):
+            restore_opaque_types(staged)
         yield staged
         if external_data:
             os.replace(stage / data_name, path.parent / data_name)
