@@ -53,6 +53,7 @@ def _cmd_opt(args: argparse.Namespace) -> int:
     )
     from nnopt_graph.pipeline.manager import Instrument
     from nnopt_graph.report import print_summary
+    from nnopt_graph.tracking import log_run, parse_log_spec
 
     _existing_file(args.input)
     instruments: list[Instrument] = []
@@ -69,6 +70,7 @@ def _cmd_opt(args: argparse.Namespace) -> int:
         instruments.append(StatsInstrument())
     if args.report and not Path(args.report).parent.resolve().is_dir():
         raise BadInputError(f"{args.report}: report folder does not exist")
+    log_spec = parse_log_spec(args.log) if args.log else None  # bad --log: exit 2 up front
     result = optimize(
         args.input,
         args.output,
@@ -84,6 +86,8 @@ def _cmd_opt(args: argparse.Namespace) -> int:
         report=args.report,
     )
     print_summary(result.report)
+    if log_spec is not None:
+        print(f"logged to {log_run(result.report, log_spec)}")
     return 0
 
 
@@ -264,6 +268,11 @@ def _build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,...")
     opt.add_argument("--guard", metavar="EXPR")
     opt.add_argument("--report", metavar="FILE.json|FILE.html")
+    opt.add_argument(
+        "--log",
+        metavar="tensorboard:DIR|wandb[:PROJECT]",
+        help="record the run in TensorBoard or W&B (offline unless WANDB_MODE is set)",
+    )
     opt.add_argument("--verify-each", action="store_true")
     opt.add_argument("--time-passes", action="store_true")
     opt.add_argument("--stats", action="store_true")
