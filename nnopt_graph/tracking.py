@@ -133,6 +133,7 @@ def _log_wandb(report: dict[str, Any], project: str) -> Path:
         folder = Path(run.dir).parent
     finally:
         run.finish()
+        wandb.teardown()  # the service writes the offline run file completely only on teardown
     logger.info("logged the run to W&B (%s mode) in %s", mode, folder)
     return folder
 
