@@ -1,5 +1,6 @@
 """nnopt-graph: a compiler-style ONNX graph optimizer with verified, guarded passes."""
 
+from nnopt_graph._version import __version__
 from nnopt_graph.errors import BadInputError, CheckFailedError, NnoptError, PassFailedError
 from nnopt_graph.io import load, save
 from nnopt_graph.optimize import OptimizeResult, optimize
@@ -23,7 +24,7 @@ __all__ = [
     "load",
     "optimize",
     "register_pass",
+    "__version__",
     "save",
 ]
 
-__version__ = "0.1.0"
