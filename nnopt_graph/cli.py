@@ -44,6 +44,7 @@ def _existing_file(path: str) -> Path:
 
 
 def _cmd_opt(args: argparse.Namespace) -> int:
+    from nnopt_graph.io import check_job_paths
     from nnopt_graph.optimize import optimize
     from nnopt_graph.pipeline.instruments import (
         DumpDirInstrument,
@@ -55,20 +56,24 @@ def _cmd_opt(args: argparse.Namespace) -> int:
     from nnopt_graph.report import print_summary
 
     _existing_file(args.input)
+    data = [d for d in (args.calib, args.eval) if d]
+    check_job_paths(
+        args.input,
+        args.output,
+        report=args.report,
+        dump_dir=args.dump_dir,
+        in_place=args.in_place,
+        extra_inputs=data,
+    )
     instruments: list[Instrument] = []
     if args.print_ir_after:
         instruments.append(PrintIRAfterInstrument(set(args.print_ir_after.split(","))))
     if args.dump_dir:
-        dump = Path(args.dump_dir)
-        if not dump.is_dir():
-            raise BadInputError(f"{dump}: --dump-dir folder does not exist")
-        instruments.append(DumpDirInstrument(dump))
+        instruments.append(DumpDirInstrument(Path(args.dump_dir)))
     if args.time_passes:
         instruments.append(TimePassesInstrument())
     if args.stats:
         instruments.append(StatsInstrument())
-    if args.report and not Path(args.report).parent.resolve().is_dir():
-        raise BadInputError(f"{args.report}: report folder does not exist")
     result = optimize(
         args.input,
         args.output,
@@ -82,6 +87,7 @@ def _cmd_opt(args: argparse.Namespace) -> int:
         verify_each=args.verify_each,
         instruments=instruments,
         report=args.report,
+        in_place=args.in_place,
     )
     print_summary(result.report)
     return 0
@@ -270,6 +276,7 @@ def _build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--print-ir-after", metavar="NAMES", help="comma-separated pass names, or all")
     opt.add_argument("--dump-dir", metavar="DIR")
     opt.add_argument("--no-check", action="store_true", help="skip verification of the output")
+    opt.add_argument("--in-place", action="store_true", help="allow OUT to be IN (overwrite it)")
     opt.set_defaults(func=_cmd_opt)
 
     lp = sub.add_parser("list-passes", parents=[common], help="list passes and presets")

@@ -160,6 +160,7 @@ def optimize(
     instruments: Sequence[Instrument] = (),
     report: str | os.PathLike[str] | None = None,
     verify_samples: int = 4,
+    in_place: bool = False,
 ) -> OptimizeResult:
     """Optimize a model and, given ``output``, write it atomically and verify it.
 
@@ -182,6 +183,7 @@ def optimize(
         instruments: extra instruments (timing, stats, IR printing, dumps).
         report: write a JSON (or .html) report here.
         verify_samples: generated feeds to compare when no data is given.
+        in_place: allow ``output`` to be the input model itself.
 
     Raises:
         BadInputError: unusable input, pipeline, shapes or data (exit code 2).
@@ -191,10 +193,12 @@ def optimize(
     from nnopt_graph.pipeline.instruments import VerifyEachInstrument
 
     start = time.perf_counter()
-    resolved = resolve_pipeline(pipeline, target)
-    if output is not None:
-        io.check_output_path(output)
     input_path = Path(model) if isinstance(model, (str, os.PathLike)) else None
+    data_paths = [d for d in (calib, eval_data) if isinstance(d, (str, os.PathLike))]
+    io.check_job_paths(
+        input_path, output, report=report, in_place=in_place, extra_inputs=data_paths
+    )
+    resolved = resolve_pipeline(pipeline, target)
     if isinstance(model, (str, os.PathLike)):
         ir_model = io.load(model)
         _check_input(ir_model, Path(model))
