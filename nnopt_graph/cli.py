@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -34,6 +34,21 @@ def _input_shapes(values: Sequence[str] | None) -> dict[str, list[int]]:
         name, dims = parse_input_shape(text)
         shapes[name] = dims
     return shapes
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside the allowed range [{lo}, {hi}]")
+        return value
+
+    return parse
 
 
 def _existing_file(path: str) -> Path:
@@ -94,7 +109,7 @@ def _cmd_opt(args: argparse.Namespace) -> int:
 
 
 def _cmd_list_passes(args: argparse.Namespace) -> int:
-    from nnopt_graph.pipeline.grammar import PassSpec, option_fields
+    from nnopt_graph.pipeline.grammar import PassSpec, describe_options, option_fields
     from nnopt_graph.pipeline.registry import PRESETS, registered_passes
 
     passes = registered_passes()
@@ -105,6 +120,8 @@ def _cmd_list_passes(args: argparse.Namespace) -> int:
         print(f"  {name:<{width}}  {kind}  {cls.summary()}")
         if option_fields(cls):
             print(f"  {'':<{width}}            {PassSpec.create(name)}")
+            if describe_options(cls):
+                print(f"  {'':<{width}}            where {describe_options(cls)}")
     print("presets:")
     for name, text in PRESETS.items():
         print(f"  {name} = {text}")
@@ -293,16 +310,18 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("b", metavar="B.onnx")
     cmp_.add_argument("--calib", metavar="DATA")
     cmp_.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,...")
-    cmp_.add_argument("--samples", type=int, default=8, help="random feeds without --calib")
+    cmp_.add_argument(
+        "--samples", type=_int_in(1, 100_000), default=8, help="random feeds without --calib"
+    )
     cmp_.add_argument("--json", action="store_true")
     cmp_.set_defaults(func=_cmd_compare)
     bench = sub.add_parser("bench", parents=[common], help="latency on ONNX Runtime EPs")
     bench.add_argument("models", nargs="+", metavar="MODEL")
     bench.add_argument("--ep", default="cpu", help="comma-separated: cpu,cuda,tensorrt")
     bench.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,...")
-    bench.add_argument("--runs", type=int, default=20)
-    bench.add_argument("--warmup", type=int, default=5)
-    bench.add_argument("--threads", type=int, default=2, help="CPU intra-op threads")
+    bench.add_argument("--runs", type=_int_in(1, 1_000_000), default=20)
+    bench.add_argument("--warmup", type=_int_in(0, 1_000_000), default=5)
+    bench.add_argument("--threads", type=_int_in(1, 1024), default=2, help="CPU intra-op threads")
     bench.add_argument("--json", metavar="FILE")
     bench.set_defaults(func=_cmd_bench)
     return parser
