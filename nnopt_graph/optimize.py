@@ -34,6 +34,8 @@ from nnopt_graph.runtime.data import (
     random_dataset,
     resolve_shapes,
 )
+from nnopt_graph.runtime.isolate import run_isolated
+from nnopt_graph.runtime.session import load_problem
 from nnopt_graph.verify import LOSSLESS_MIN_COSINE, VerifyResult, verify_written
 
 logger = logging.getLogger(__name__)
@@ -142,6 +144,9 @@ def _check_input(model: ir.Model, path: Path) -> None:
     except Exception as exc:
         text = " ".join(str(exc).split()) or type(exc).__name__
         raise BadInputError(f"{path}: invalid model: {text[:300]}") from exc
+    problem = run_isolated(load_problem, path, what="loading the input")
+    if problem is not None:  # opset 99, an op of an unknown domain: not ours to optimize
+        raise BadInputError(f"{path}: ONNX Runtime cannot load the input model: {problem}")
 
 
 def optimize(
@@ -248,7 +253,8 @@ def optimize(
         if output is not None:
             with io.staged_save(ir_model, output) as staged:
                 if check:
-                    fidelity = verify_written(
+                    fidelity = run_isolated(  # an ORT segfault: exit 1, nothing written
+                        verify_written,
                         original,
                         staged,
                         held_out,

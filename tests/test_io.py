@@ -657,3 +657,43 @@ def test_same_content_twice_keeps_one_side_file(tmp_path: Path) -> None:
     assert len(referenced_data_files(out)) == 1
     assert sorted(p.name for p in tmp_path.iterdir())[0] == "m.onnx"
     assert len(list(tmp_path.iterdir())) == 2
+
+
+# Empty optional outputs survive a save.
+
+
+def _split_model(with_if: bool) -> onnx.ModelProto:
+    split = helper.make_node("Split", ["X"], ["Y", ""], axis=0, num_outputs=2)
+    nodes = [split]
+    if with_if:  # the same node inside a subgraph
+        body = helper.make_graph(
+            [helper.make_node("Split", ["X"], ["Z", ""], axis=0, num_outputs=2)],
+            "then",
+            [],
+            [helper.make_tensor_value_info("Z", TensorProto.FLOAT, [2, 6])],
+        )
+        nodes.append(helper.make_node("If", ["c"], ["W"], then_branch=body, else_branch=body))
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [4, 6])]
+    outputs = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 6])]
+    if with_if:
+        inputs.append(helper.make_tensor_value_info("c", TensorProto.BOOL, []))
+        outputs.append(helper.make_tensor_value_info("W", TensorProto.FLOAT, [2, 6]))
+    graph = helper.make_graph(nodes, "split", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+
+@pytest.mark.parametrize("with_if", [False, True])
+def test_save_keeps_trailing_empty_optional_outputs(tmp_path: Path, with_if: bool) -> None:
+    out = tmp_path / "m.onnx"
+    save(ir.serde.deserialize_model(_split_model(with_if)), out)
+    proto = onnx.load(out)
+    assert list(proto.graph.node[0].output) == ["Y", ""]
+    if with_if:
+        assert list(proto.graph.node[1].attribute[0].g.node[0].output) == ["Z", ""]
+    onnx.checker.check_model(proto, full_check=True)
+
+
+def test_plain_ir_serializer_drops_them(tmp_path: Path) -> None:
+    # Why io.save restores them: the IR's serializer alone drops the empty output.
+    proto = ir.serde.serialize_model(ir.serde.deserialize_model(_split_model(False)))
+    assert list(proto.graph.node[0].output) == ["Y"]
