@@ -82,6 +82,9 @@ def _cmd_opt(args: argparse.Namespace) -> int:
         verify_each=args.verify_each,
         instruments=instruments,
         report=args.report,
+        fail_on_rollback=args.fail_on_rollback,
+        speed_check=args.speed_check,
+        seed=args.seed,
     )
     print_summary(result.report)
     return 0
@@ -147,10 +150,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from nnopt_graph.check.compare import compare_models
+    from nnopt_graph.check.equality import LOSSLESS
+    from nnopt_graph.check.guard import parse_guard
     from nnopt_graph.io import load
+    from nnopt_graph.report import strict_json
     from nnopt_graph.runtime.data import input_specs, load_dataset, random_dataset, resolve_shapes
-    from nnopt_graph.verify import compare_models
 
+    conditions = parse_guard(args.tolerance) if args.tolerance else None
     a, b = _existing_file(args.a), _existing_file(args.b)
     model = load(a)
     load(b)  # reports a bad second file as bad input, before any work
@@ -162,25 +169,40 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         dataset = random_dataset(
             specs, resolve_shapes(specs, _input_shapes(args.input_shape)), args.samples
         )
-    result = compare_models(a, b, dataset)
+    result = compare_models(a, b, dataset, tolerance=None if conditions else LOSSLESS)
+    if conditions is None:
+        same = bool(result.equal)
+        why = result.problems[:1] + [f"{o.name}: {', '.join(o.problems)}" for o in result.outputs if o.problems]
+        rule = f"equal ({LOSSLESS})"
+    else:
+        failed = []
+        for c in conditions:
+            value = result.metric(c.metric, c.reduction)
+            if not result.shapes_match or not c.holds(value):
+                failed.append(f"{c} (measured {value:.6g})")
+        same = not failed
+        why = failed
+        rule = args.tolerance
+    verdict = {"same": same, "rule": rule, "reasons": why}
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
-        return 0
-    table = Table(title=f"{a.name} vs {b.name} ({result.samples} feeds)")
-    for col in ("output", "cosine", "max_abs", "rel_l2", "sqnr dB", "top1", "shape"):
-        table.add_column(col, justify="right" if col != "output" else "left")
-    for o in result.outputs:
-        table.add_row(
-            o.name,
-            f"{o.cosine:.6f}",
-            f"{o.max_abs:.3g}",
-            f"{o.rel_l2:.3g}",
-            f"{o.sqnr:.1f}",
-            "-" if o.top1 is None else f"{o.top1:.4f}",
-            "same" if o.shape_match else "DIFFERENT",
-        )
-    Console().print(table)
-    return 0
+        print(strict_json({**result.to_json(), "verdict": verdict}))
+    else:
+        table = Table(title=f"{a.name} vs {b.name} ({result.samples} samples; worst sample per metric)")
+        for col in ("output", "cosine min", "rel_l2 max", "max_abs", "sqnr min dB", "top1", "shape"):
+            table.add_column(col, justify="right" if col != "output" else "left")
+        for o in result.outputs:
+            table.add_row(
+                o.name,
+                f"{o.cosine:.6f}",
+                f"{o.rel_l2:.3g}",
+                f"{o.max_abs:.3g}",
+                f"{o.sqnr:.1f}",
+                "-" if o.top1 is None else f"{o.top1:.4f}",
+                "same" if o.shape_match and o.dtype_match else "DIFFERENT",
+            )
+        Console().print(table)
+        print(("same" if same else "DIFFERENT") + f" under {rule}" + ("" if same else f": {why[0]}"))
+    return 0 if same else 1
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -270,6 +292,22 @@ def _build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--print-ir-after", metavar="NAMES", help="comma-separated pass names, or all")
     opt.add_argument("--dump-dir", metavar="DIR")
     opt.add_argument("--no-check", action="store_true", help="skip verification of the output")
+    opt.add_argument(
+        "--fail-on-rollback",
+        action="store_true",
+        help="exit 1 and write nothing when the guard rolls a lossy pass back "
+        "(default: write the best model that meets the guard, warn, exit 0)",
+    )
+    opt.add_argument(
+        "--speed-check",
+        choices=["model", "measure"],
+        default="model",
+        help="how speed decisions are made: a deterministic cost model (default) or "
+        "timed interleaved runs with a margin",
+    )
+    opt.add_argument(
+        "--seed", type=int, default=0, help="seed of generated data and randomized choices (default 0)"
+    )
     opt.set_defaults(func=_cmd_opt)
 
     lp = sub.add_parser("list-passes", parents=[common], help="list passes and presets")
@@ -287,6 +325,12 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--calib", metavar="DATA")
     cmp_.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,...")
     cmp_.add_argument("--samples", type=int, default=8, help="random feeds without --calib")
+    cmp_.add_argument(
+        "--tolerance",
+        metavar="EXPR",
+        help="budget like 'rel_l2.max<=1e-4,cosine.min>=0.999' (default: strict equality); "
+        "exit 1 when it does not hold",
+    )
     cmp_.add_argument("--json", action="store_true")
     cmp_.set_defaults(func=_cmd_compare)
     bench = sub.add_parser("bench", parents=[common], help="latency on ONNX Runtime EPs")
@@ -326,7 +370,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NnoptError as exc:
         if debug:
             traceback.print_exc()
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        from nnopt_graph.errors import one_line
+
+        print(f"{PROG}: error: {one_line(exc, limit=1000)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{PROG}: error: interrupted", file=sys.stderr)
@@ -334,8 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # an internal bug: still one line unless --debug
         if debug:
             traceback.print_exc()
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        print(f"{PROG}: error: internal error: {type(exc).__name__}: {first}", file=sys.stderr)
+        from nnopt_graph.errors import one_line
+
+        print(f"{PROG}: error: internal error: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
         return 1
 
 

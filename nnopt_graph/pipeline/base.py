@@ -26,6 +26,9 @@ class PassResult:
 
     stats: dict[str, int] = dataclasses.field(default_factory=dict)
     decisions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # What the user must hear about even when the run succeeds ("int8 kept float: not
+    # faster", "fusion could not be checked"); the CLI prints them in its summary.
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def modified(self) -> bool:
@@ -41,6 +44,10 @@ class PassContext:
     input_shapes: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     # A runtime.data.Dataset for calibration (never the guard's held-out part), or None.
     calibration: Any = None
+    # How speed decisions are made: "model" (deterministic cost model) or "measure".
+    speed_check: str = "model"
+    # Seed of every randomized choice (sampling, initialization): same seed, same output.
+    seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

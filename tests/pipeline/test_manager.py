@@ -10,6 +10,7 @@ import onnx.parser
 import onnx_ir as ir
 import pytest
 
+from nnopt_graph.check.instruments import VerifyEachInstrument
 from nnopt_graph.errors import PassFailedError
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
 from nnopt_graph.pipeline.grammar import Pipeline
@@ -18,7 +19,6 @@ from nnopt_graph.pipeline.instruments import (
     PrintIRAfterInstrument,
     StatsInstrument,
     TimePassesInstrument,
-    VerifyEachInstrument,
 )
 from nnopt_graph.pipeline.manager import PassManager
 from nnopt_graph.pipeline.registry import register_pass
