@@ -6,7 +6,6 @@ __all__ = ["main"]
 
 import argparse
 import contextlib
-import json
 import logging
 import sys
 import traceback
@@ -116,7 +115,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     summary = summarize(_existing_file(args.model), _input_shapes(args.input_shape))
     if args.json:
-        print(json.dumps(summary.to_json(), indent=2))
+        from nnopt_graph.report import strict_json
+
+        print(strict_json(summary.to_json()))
         return 0
     console = Console()
     console.print(
@@ -172,7 +173,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     result = compare_models(a, b, dataset, tolerance=None if conditions else LOSSLESS)
     if conditions is None:
         same = bool(result.equal)
-        why = result.problems[:1] + [f"{o.name}: {', '.join(o.problems)}" for o in result.outputs if o.problems]
+        why = result.problems[:1] + [
+            f"{o.name}: {', '.join(o.problems)}" for o in result.outputs if o.problems
+        ]
         rule = f"equal ({LOSSLESS})"
     else:
         failed = []
@@ -187,8 +190,18 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.json:
         print(strict_json({**result.to_json(), "verdict": verdict}))
     else:
-        table = Table(title=f"{a.name} vs {b.name} ({result.samples} samples; worst sample per metric)")
-        for col in ("output", "cosine min", "rel_l2 max", "max_abs", "sqnr min dB", "top1", "shape"):
+        table = Table(
+            title=f"{a.name} vs {b.name} ({result.samples} samples; worst sample per metric)"
+        )
+        for col in (
+            "output",
+            "cosine min",
+            "rel_l2 max",
+            "max_abs",
+            "sqnr min dB",
+            "top1",
+            "shape",
+        ):
             table.add_column(col, justify="right" if col != "output" else "left")
         for o in result.outputs:
             table.add_row(
@@ -201,7 +214,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                 "same" if o.shape_match and o.dtype_match else "DIFFERENT",
             )
         Console().print(table)
-        print(("same" if same else "DIFFERENT") + f" under {rule}" + ("" if same else f": {why[0]}"))
+        print(
+            ("same" if same else "DIFFERENT") + f" under {rule}" + ("" if same else f": {why[0]}")
+        )
     return 0 if same else 1
 
 
@@ -306,7 +321,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "timed interleaved runs with a margin",
     )
     opt.add_argument(
-        "--seed", type=int, default=0, help="seed of generated data and randomized choices (default 0)"
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of generated data and randomized choices (default 0)",
     )
     opt.set_defaults(func=_cmd_opt)
 
@@ -382,7 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         from nnopt_graph.errors import one_line
 
-        print(f"{PROG}: error: internal error: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
+        print(
+            f"{PROG}: error: internal error: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr
+        )
         return 1
 
 

@@ -18,8 +18,8 @@ import onnx
 import onnx_ir as ir
 
 from nnopt_graph import io
-from nnopt_graph.analysis.stats import ModelSummary, summarize
 from nnopt_graph._version import __version__
+from nnopt_graph.analysis.stats import ModelSummary, summarize
 from nnopt_graph.check.compare import Comparison
 from nnopt_graph.check.equality import LOSSLESS
 from nnopt_graph.check.guard import DEFAULT_GUARD, Guard, MetricFn

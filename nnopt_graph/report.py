@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["build_report", "guard_verdict", "print_summary", "strict_json", "write_json", "write_report"]
+__all__ = [
+    "build_report",
+    "guard_verdict",
+    "print_summary",
+    "strict_json",
+    "write_json",
+    "write_report",
+]
 
 import html
 import json
@@ -17,8 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from nnopt_graph.analysis.stats import ModelSummary
-from nnopt_graph.pipeline.manager import PassRecord
 from nnopt_graph.check.compare import Comparison
+from nnopt_graph.pipeline.manager import PassRecord
 
 
 def _model_entry(summary: ModelSummary | None) -> dict[str, Any] | None:
@@ -216,7 +223,7 @@ def _fmt_bytes(n: int | None) -> str:
 
 def print_summary(report: dict[str, Any], stream: TextIO | None = None) -> None:
     """A compact before/after table for the terminal."""
-    console = Console(file=stream or sys.stdout)
+    console = Console(file=stream or sys.stdout, soft_wrap=True)
     before, after = report["input"] or {}, report["output"] or {}
     table = Table(title="nnopt-graph", show_edge=False)
     table.add_column("")
@@ -249,7 +256,8 @@ def print_summary(report: dict[str, Any], stream: TextIO | None = None) -> None:
         detail = f": {entry['detail']}" if entry["detail"] else ""
         console.print(f"  {entry['pass']}: {entry['outcome']}{detail}", markup=False)
         for note in entry["notes"]:
-            console.print(f"    note: {note}", markup=False)
+            if note not in entry["detail"]:
+                console.print(f"    note: {note}", markup=False)
     fidelity = report["fidelity"]
     if fidelity:
         worst = fidelity["worst"]

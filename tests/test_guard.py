@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 
 from nnopt_graph import optimize
-from nnopt_graph.errors import BadInputError, CheckFailedError
 from nnopt_graph.check.guard import parse_guard
+from nnopt_graph.errors import BadInputError, CheckFailedError
 from nnopt_graph.pipeline import registry
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
 

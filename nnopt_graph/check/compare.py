@@ -99,7 +99,9 @@ class Comparison:
 def _flat(value: Any) -> np.ndarray:
     """A tensor, or a Sequence/Map output flattened (maps in key order) for the metrics."""
     if isinstance(value, dict):
-        return np.concatenate([_flat(value[k]).ravel() for k in sorted(value, key=str)] or [np.zeros(0)])
+        return np.concatenate(
+            [_flat(value[k]).ravel() for k in sorted(value, key=str)] or [np.zeros(0)]
+        )
     if isinstance(value, list):
         return np.concatenate([_flat(v).ravel() for v in value] or [np.zeros(0)])
     return np.asarray(value)
@@ -171,6 +173,8 @@ def compare_models(
     )
 
 
-def fidelity_of_arrays(reference: list[np.ndarray], candidate: list[np.ndarray]) -> list[SampleMetrics]:
+def fidelity_of_arrays(
+    reference: list[np.ndarray], candidate: list[np.ndarray]
+) -> list[SampleMetrics]:
     """Metrics of already-computed output lists (one entry per output)."""
     return [sample_metrics(r, c) for r, c in zip(reference, candidate, strict=True)]

@@ -121,7 +121,8 @@ def parse_guard(text: str) -> list[Condition]:
             pct = _PERCENTILE.match(reduction)
             if not pct or not 0 < float(pct.group(1)) < 100:
                 raise _bad(
-                    part, f"unknown reduction '{reduction}' (min, max, mean, median, pN with 0<N<100)"
+                    part,
+                    f"unknown reduction '{reduction}' (min, max, mean, median, pN with 0<N<100)",
                 )
         try:
             threshold = float(number)
@@ -231,4 +232,3 @@ class Guard:
         """Measure an in-memory candidate (written to a temporary file for ONNX Runtime)."""
         with scratch_file(model) as path:
             return self.measure_path(path)
-

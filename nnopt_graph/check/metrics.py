@@ -173,9 +173,7 @@ class OutputFidelity:
     def worst_index(self, metric: str) -> int | None:
         """Index of the worst sample for a metric (NaN counts as worst)."""
         values = [getattr(s, metric) for s in self.samples]
-        scored = [
-            (i, v) for i, v in enumerate(values) if v is not None
-        ]
+        scored = [(i, v) for i, v in enumerate(values) if v is not None]
         if not scored:
             return None
         higher_better = METRICS[metric]
@@ -213,8 +211,10 @@ class OutputFidelity:
     def top1(self) -> float | None:
         """Agreement rate of the argmax over samples (None without a class axis)."""
         values = self.values("top1")
-        return float(np.mean(values)) if values and self.shape_match else (
-            0.0 if not self.shape_match else None
+        return (
+            float(np.mean(values))
+            if values and self.shape_match
+            else (0.0 if not self.shape_match else None)
         )
 
     def summary(self, metric: str) -> dict[str, Any]:

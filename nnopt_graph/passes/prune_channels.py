@@ -27,6 +27,7 @@ from nnopt_graph.analysis.channels import (
     const_array,
 )
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
+from nnopt_graph.check.metrics import sample_metrics
 from nnopt_graph.passes.prune_importance import (
     IMPORTANCE_KINDS,
     activation_taps,
@@ -38,7 +39,6 @@ from nnopt_graph.passes.prune_reconstruct import find_sinks, reconstruct_sinks
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
 from nnopt_graph.pipeline.registry import register_pass
 from nnopt_graph.runtime.data import Dataset
-from nnopt_graph.check.metrics import sample_metrics
 from nnopt_graph.runtime.session import available_eps, create_session
 
 logger = logging.getLogger(__name__)

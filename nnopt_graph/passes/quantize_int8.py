@@ -36,6 +36,13 @@ from nnopt_graph.passes.quantize_common import (
     split_names,
     subgraph_nodes,
 )
+from nnopt_graph.passes.quantize_cost import (
+    DROP_BELOW,
+    KEEP_BELOW,
+    CostModel,
+    largest_activation,
+    node_macs,
+)
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
 from nnopt_graph.pipeline.registry import PRESETS, register_pass
 from nnopt_graph.runtime.calibrate import run_with_taps
@@ -814,22 +821,35 @@ class _Editor:
             self.acts.remove(record)
 
 
-def _optimized_node_names(model: ir.Model, folder: Path) -> set[str]:
-    """Node names in the graph ONNX Runtime's CPU EP runs after all its optimizations."""
+def _optimized_node_names(
+    model: ir.Model, folder: Path, standalone: list[str] | None = None
+) -> set[str]:
+    """Node names in the graph ONNX Runtime's CPU EP runs after all its optimizations.
+
+    ``standalone`` receives the float-side value of every Quantize/Dequantize node left
+    in the main graph (what the cost model charges for).
+    """
     source, optimized = folder / "check.onnx", folder / "check.optimized.onnx"
     io.save(model, source)
     create_session(source, "cpu", threads=1, optimized_model_path=str(optimized))
     proto = onnx.load(str(optimized), load_external_data=False)
     names: set[str] = set()
     stack = [proto.graph]
+    main = True
     while stack:
         graph = stack.pop()
         for node in graph.node:
             names.add(name_of(node))
+            if main and standalone is not None and node.domain in ("", "ai.onnx"):
+                if node.op_type == "QuantizeLinear":
+                    standalone.append(node.input[0])
+                elif node.op_type == "DequantizeLinear":
+                    standalone.append(node.output[0])
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.GRAPH:
                     stack.append(attr.g)
                 stack.extend(attr.graphs)
+        main = False
     return names
 
 
@@ -842,8 +862,10 @@ def _fusion_check(model: ir.Model, editor: _Editor, folder: Path) -> dict[str, A
     """
     unfused: list[str] = []
     rounds = 0
+    standalone: list[str] = []
     for rounds in range(1, 9):  # noqa: B007  (reported after the loop)
-        names = _optimized_node_names(model, folder)
+        standalone = []
+        names = _optimized_node_names(model, folder, standalone)
         changed = False
         for record in list(editor.weights):
             if record.dq.name in names:
@@ -869,6 +891,7 @@ def _fusion_check(model: ir.Model, editor: _Editor, folder: Path) -> dict[str, A
         "rounds": rounds,
         "unfused-weighted-nodes": unfused[:20],
         "unfused-count": len(unfused),
+        "standalone-qdq": standalone,
     }
 
 
@@ -1204,6 +1227,7 @@ class _Build:
     stats: collections.Counter[str]
     fusion: dict[str, Any] | None
     quantized: bool
+    int8_nodes: set[str] = dataclasses.field(default_factory=set)
 
 
 def _latency_ratios(
@@ -1431,7 +1455,18 @@ class QuantizeInt8Pass(Pass):
         # Worth keeping only when a weighted node (or a MatMul of two activations) runs in
         # int8: QLinear ops alone just add Quantize/Dequantize.
         act_matmuls = any(t.weight is None for t in plan.targets) and bool(editor.acts)
-        return _Build(work, stats, fusion, bool(editor.weights) or act_matmuls)
+        int8_nodes = {name_of(r.node) for r in editor.weights}
+        return _Build(work, stats, fusion, bool(editor.weights) or act_matmuls, int8_nodes)
+
+    def _modelled_ratio(self, candidate: _Build, costs: CostModel) -> dict[str, Any]:
+        """The cost model's int8/float ratio for a built, fusion-checked candidate."""
+        values = {v.name: v for n in candidate.work.graph for v in n.outputs}
+        values.update({v.name: v for v in candidate.work.graph.inputs})
+        fusion = candidate.fusion or {}
+        standalone = [values.get(name) for name in fusion.get("standalone-qdq", [])]
+        return costs.cost(
+            candidate.work.graph, candidate.int8_nodes, standalone, largest_activation(costs.macs)
+        )
 
     def _speed_search(
         self,
@@ -1441,10 +1476,30 @@ class QuantizeInt8Pass(Pass):
         build: Any,
         data: Dataset,
         folder: Path,
+        measure: bool,
     ) -> tuple[_Build | None, dict[str, Any]]:
-        """Keep the node families whose int8 form measures faster; None when nothing is."""
+        """Keep the node families whose int8 form is faster; None when nothing is.
+
+        By default "faster" is the deterministic cost model (quantize_cost); with
+        ``measure`` it is timed, interleaved, and must win by a margin.
+        """
         runs = self.options.speed_runs
         cache = self._cache
+        feed = next(data.batches(self.options.speed_batch))
+        costs = None
+        if not measure:
+            shapes = {k: list(v.shape) for k, v in feed.items()}
+            costs = CostModel(node_macs(base, shapes), bool(cpu_int8_features()["vnni"]))
+
+        def ratios(candidates: list[_Build]) -> list[float]:
+            if costs is not None:
+                return [self._modelled_ratio(c, costs)["ratio"] for c in candidates]
+            timed = _latency_ratios(
+                [model, *(c.work for c in candidates)], data, runs, folder, self.options.speed_batch
+            )
+            return [r["median"] for r in timed[1:]]
+
+        drop_below = DROP_BELOW if costs is not None else 0.97
         if cache.kinds_off is None:
             current = build(set())
             if not current.quantized:
@@ -1456,19 +1511,12 @@ class QuantizeInt8Pass(Pass):
             trials = []
             if len(kinds) > 1:
                 # Largest families first: they move latency the most.
-                for kind in sorted(kinds, key=lambda k: -len(kinds[k])):
+                for kind in sorted(kinds, key=lambda k: (-len(kinds[k]), k)):
                     names = {n for k in [*off, kind] for n in kinds[k]}
                     candidate = build(names)
                     if not candidate.quantized:
                         continue
-                    ratios = _latency_ratios(
-                        [model, current.work, candidate.work],
-                        data,
-                        runs,
-                        folder,
-                        self.options.speed_batch,
-                    )
-                    with_kind, without = ratios[1]["median"], ratios[2]["median"]
+                    with_kind, without = ratios([current, candidate])
                     trials.append(
                         {
                             "without": kind,
@@ -1476,14 +1524,15 @@ class QuantizeInt8Pass(Pass):
                             "without-ratio": round(without, 4),
                         }
                     )
-                    if without < with_kind * 0.97:
+                    if without < with_kind * drop_below:
                         off.append(kind)
                         current = candidate
             cache.kinds_off = off
             cache.kind_names = {k: kinds[k] for k in off}
             decision: dict[str, Any] = {
-                "speed-search": "node families dropped from int8 when the "
-                "model measured >= 3% faster without them",
+                "speed-search": f"node families dropped from int8 when the model "
+                f"{'measured' if costs is None else 'is modelled'} >= "
+                f"{100 * (1 - drop_below):.0f}% faster without them",
                 "families": {k: len(v) for k, v in kinds.items()},
                 "dropped": off,
                 "trials": trials,
@@ -1494,19 +1543,29 @@ class QuantizeInt8Pass(Pass):
             decision = {"speed-search": "reused", "dropped": cache.kinds_off}
             if not current.quantized:
                 return None, decision
-        ratio = _latency_ratios(
-            [model, current.work], data, runs, folder, self.options.speed_batch
-        )[1]
-        decision["speed-check"] = (
-            f"CPU EP, 2 threads, spinning off, >= {runs} interleaved runs (>= 1 s) after 3 "
-            f"warm-up, first calibration feed (batch {self.options.speed_batch} when sliced)"
-        )
-        decision["latency-ratio"] = {k: round(v, 4) for k, v in ratio.items()}
-        if not ratio["median"] < _SPEED_MARGIN:
-            decision["result"] = (
-                f"int8 not faster (median ratio {ratio['median']:.3f} >= {_SPEED_MARGIN}): "
-                "float kept"
+        if costs is not None:
+            modelled = self._modelled_ratio(current, costs)
+            decision["speed-check"] = (
+                "cost model (deterministic): MACs at the calibration feed's shapes over int8 "
+                "speedups per kernel, plus standalone Quantize/Dequantize elements, both "
+                "read off ONNX Runtime's optimized graph"
             )
+            decision["modelled"] = modelled
+            ratio, bound = modelled["ratio"], KEEP_BELOW
+        else:
+            timed = _latency_ratios(
+                [model, current.work], data, runs, folder, self.options.speed_batch
+            )[1]
+            decision["speed-check"] = (
+                f"measured: CPU EP, 2 threads, spinning off, >= {runs} interleaved runs "
+                f"(>= 1 s) after 3 warm-up, first calibration feed (batch "
+                f"{self.options.speed_batch} when sliced)"
+            )
+            decision["latency-ratio"] = {k: round(v, 4) for k, v in timed.items()}
+            ratio, bound = timed["median"], _SPEED_MARGIN
+        if not ratio < bound:
+            how = "modelled cost" if costs is not None else "median latency"
+            decision["result"] = f"int8 not faster ({how} ratio {ratio:.3f} >= {bound}): float kept"
             return None, decision
         return current, decision
 
@@ -1634,7 +1693,8 @@ class QuantizeInt8Pass(Pass):
                 return self._build(base, target, fmt, exclude | extra, ranges, check)
 
             if target == "cpu" and options.speed_check:
-                chosen, speed = self._speed_search(model, base, plan, build, data, folder)
+                measure = context.speed_check == "measure"
+                chosen, speed = self._speed_search(model, base, plan, build, data, folder, measure)
                 decisions.append(speed)
             else:
                 chosen = build(set())
@@ -1645,10 +1705,21 @@ class QuantizeInt8Pass(Pass):
                 else:
                     decisions.append({"speed-check": "not possible here: no TensorRT EP"})
         if chosen is not None and chosen.fusion is not None:
-            decisions.append(chosen.fusion)
+            fusion = dict(chosen.fusion)
+            fusion["standalone-qdq"] = len(fusion.get("standalone-qdq", []))
+            decisions.append(fusion)
+        if target == "tensorrt":
+            result.notes.append(
+                "TensorRT fusion could not be checked: no TensorRT execution provider here; "
+                "QDQ placed by TensorRT's rules, unverified on the target"
+            )
         if chosen is None:
             result.stats = {**unchanged, "skipped-not-faster-or-unfused": 1}
             result.decisions = decisions
+            why = next((d["result"] for d in decisions if "result" in d), None)
+            result.notes.append(
+                f"int8 kept float: {why}" if why else "int8 kept float: nothing fused on the target"
+            )
             return result
         stats = chosen.stats
         stats["skipped-nodes-in-subgraphs"] = skipped_sub

@@ -72,7 +72,9 @@ def _stats_text(stats: dict[str, int], limit: int = 4) -> str:
 def _skip_reason(result: PassResult) -> str:
     if result.notes:
         return "; ".join(result.notes)
-    skips = [f"{k[len('skipped-'):]} ({v})" for k, v in result.stats.items() if v and is_skip_stat(k)]
+    skips = [
+        f"{k[len('skipped-') :]} ({v})" for k, v in result.stats.items() if v and is_skip_stat(k)
+    ]
     return "nothing to do" + (f": skipped {', '.join(skips)}" if skips else "")
 
 
@@ -166,8 +168,10 @@ class PassManager:
             if weaker is None:
                 result.stats = {k: 0 for k in result.stats}
                 result.decisions.append({"guard": "rolled back", "failed": outcome.failed})
-                detail = first_failure if attempt is pass_ else (
-                    f"{first_failure}; the weakest setting still failed {failure}"
+                detail = (
+                    first_failure
+                    if attempt is pass_
+                    else (f"{first_failure}; the weakest setting still failed {failure}")
                 )
                 return model, attempt, result, outcome.to_json(), "rolled back", detail
             attempt = weaker
@@ -189,9 +193,7 @@ class PassManager:
             action = None
             ran = pass_
             if pass_.lossy and self.guard is not None:
-                model, ran, result, fidelity, action, detail = self._run_guarded(
-                    pass_, model, done
-                )
+                model, ran, result, fidelity, action, detail = self._run_guarded(pass_, model, done)
                 outcome = action
             else:
                 result = self._run_one(pass_, model, done)

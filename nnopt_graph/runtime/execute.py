@@ -32,10 +32,14 @@ def _session(source: ModelSource, label: str, threads: int | None) -> Any:
     try:
         return create_session(source, "cpu", threads=threads)
     except Exception as exc:
-        raise CheckFailedError(f"ONNX Runtime cannot load the {label} model: {one_line(exc)}") from exc
+        raise CheckFailedError(
+            f"ONNX Runtime cannot load the {label} model: {one_line(exc)}"
+        ) from exc
 
 
-def _run(session: Any, names: list[str], feed: dict[str, Any], label: str, source: str) -> list[Any]:
+def _run(
+    session: Any, names: list[str], feed: dict[str, Any], label: str, source: str
+) -> list[Any]:
     try:
         return list(session.run(names, feed))
     except Exception as exc:
@@ -72,12 +76,16 @@ def paired_outputs(
     ref_sess = _session(reference, "input", threads)
     names = [o.name for o in ref_sess.get_outputs()]
     if weights_size(reference) > ONE_SESSION_AT_A_TIME_BYTES:
-        ref_outputs = [_run(ref_sess, names, f, "input", source) for f in dataset.batches(batch_size)]
+        ref_outputs = [
+            _run(ref_sess, names, f, "input", source) for f in dataset.batches(batch_size)
+        ]
         del ref_sess
         cand_sess = _session(candidate, "output", threads)
         _check_names(names, cand_sess)
         feeds = dataset.batches(batch_size)
-        for feed, ref_out in zip(feeds, track(ref_outputs, "verifying", len(ref_outputs)), strict=True):
+        for feed, ref_out in zip(
+            feeds, track(ref_outputs, "verifying", len(ref_outputs)), strict=True
+        ):
             yield names, ref_out, _run(cand_sess, names, feed, "output", source)
         return
     cand_sess = _session(candidate, "output", threads)

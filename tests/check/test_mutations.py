@@ -29,7 +29,9 @@ def _model(extra_nodes=(), extra_inits=(), rename=None) -> onnx.ModelProto:
         helper.make_node("Identity", ["prob2_0"], ["prob2"]),
         helper.make_node("Identity", ["idx0"], ["idx"]),
     ]
-    nodes = [n for n in nodes if n.output[0] not in {e.output[0] for e in extra_nodes}] + list(extra_nodes)
+    nodes = [n for n in nodes if n.output[0] not in {e.output[0] for e in extra_nodes}] + list(
+        extra_nodes
+    )
     outputs = [
         helper.make_tensor_value_info("big", TensorProto.FLOAT, list(BIG)),
         helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 1000]),
@@ -57,19 +59,33 @@ def _mutants() -> dict[str, onnx.ModelProto]:
     nan = np.zeros((1, 1000), np.float32)
     nan[0, 7] = np.nan
     return {
-        "output x2": _model([helper.make_node("Mul", ["big0", "two"], ["big"])],
-                            [numpy_helper.from_array(np.array(2, np.float32), "two")]),
-        "output + 1e-2 |mean|": _model([helper.make_node("Add", ["prob0", "shift"], ["prob"])],
-                                       # the outputs' mean is about 0.5
-                                       [numpy_helper.from_array(np.array(0.005, np.float32), "shift")]),
-        "one element of 10^6 changed": _model([helper.make_node("Add", ["big0", "one"], ["big"])],
-                                              [numpy_helper.from_array(one, "one")]),
-        "two outputs swapped": _model([helper.make_node("Identity", ["prob2_0"], ["prob"]),
-                                       helper.make_node("Identity", ["prob0"], ["prob2"])]),
-        "NaN injected": _model([helper.make_node("Add", ["prob0", "nan"], ["prob"])],
-                               [numpy_helper.from_array(nan, "nan")]),
-        "int output off by one": _model([helper.make_node("Add", ["idx0", "plus"], ["idx"])],
-                                        [numpy_helper.from_array(np.array([[1]], np.int64), "plus")]),
+        "output x2": _model(
+            [helper.make_node("Mul", ["big0", "two"], ["big"])],
+            [numpy_helper.from_array(np.array(2, np.float32), "two")],
+        ),
+        "output + 1e-2 |mean|": _model(
+            [helper.make_node("Add", ["prob0", "shift"], ["prob"])],
+            # the outputs' mean is about 0.5
+            [numpy_helper.from_array(np.array(0.005, np.float32), "shift")],
+        ),
+        "one element of 10^6 changed": _model(
+            [helper.make_node("Add", ["big0", "one"], ["big"])],
+            [numpy_helper.from_array(one, "one")],
+        ),
+        "two outputs swapped": _model(
+            [
+                helper.make_node("Identity", ["prob2_0"], ["prob"]),
+                helper.make_node("Identity", ["prob0"], ["prob2"]),
+            ]
+        ),
+        "NaN injected": _model(
+            [helper.make_node("Add", ["prob0", "nan"], ["prob"])],
+            [numpy_helper.from_array(nan, "nan")],
+        ),
+        "int output off by one": _model(
+            [helper.make_node("Add", ["idx0", "plus"], ["idx"])],
+            [numpy_helper.from_array(np.array([[1]], np.int64), "plus")],
+        ),
     }
 
 
@@ -80,8 +96,11 @@ def files(tmp_path_factory):
     onnx.save(_model(), ref)
     rng = np.random.default_rng(0)
     data = folder / "data.npz"
-    np.savez(data, x=rng.standard_normal((3, 1, 1000)).astype(np.float32),
-             x2=rng.standard_normal((3, 1, 1000)).astype(np.float32))
+    np.savez(
+        data,
+        x=rng.standard_normal((3, 1, 1000)).astype(np.float32),
+        x2=rng.standard_normal((3, 1, 1000)).astype(np.float32),
+    )
     paths = {}
     for i, (name, model) in enumerate(_mutants().items()):
         paths[name] = folder / f"m{i}.onnx"
@@ -110,7 +129,9 @@ def test_verify_rejects(files, mutation):
 @pytest.mark.parametrize("mutation", list(_mutants()))
 def test_compare_tolerance_rejects(files, mutation):
     ref, data, paths = files
-    proc = run_cli("compare", ref, paths[mutation], "--calib", data, "--tolerance", "rel_l2.max<=1e-4")
+    proc = run_cli(
+        "compare", ref, paths[mutation], "--calib", data, "--tolerance", "rel_l2.max<=1e-4"
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "DIFFERENT under rel_l2.max<=1e-4" in proc.stdout
 
