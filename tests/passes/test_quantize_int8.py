@@ -332,7 +332,7 @@ def test_guard_drives_fallback_end_to_end(tmp_path):
         path, tmp_path / "out.onnx", pipeline, target="cpu", calib=data, guard="cosine>=0.99"
     )
     record = result.records[0]
-    assert record.guard_action == "kept" and record.modified
+    assert record.guard_action == "applied" and record.modified
 
 
 def test_bias_correction_is_applied_and_recorded():
