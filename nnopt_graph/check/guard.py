@@ -219,7 +219,7 @@ class Guard:
                 why = (
                     "no output has a class axis"
                     if c.metric == "top1" and not any(o.values("top1") for o in fidelity.outputs)
-                    else "not measurable (NaN/Inf where the original is finite)"
+                    else "not measurable: a sample has no finite values to compare (NaN/Inf)"
                 )
                 failed.append(f"{c}: {why}")
             elif not c.holds(value):

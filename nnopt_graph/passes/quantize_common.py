@@ -144,7 +144,9 @@ def calibration_data(model: ir.Model, context: PassContext, samples: int) -> Dat
         logger.warning("no calibration data: calibrating on random inputs")
         specs = input_specs(model)
         shapes = resolve_shapes(specs, context.input_shapes, warn=False)
-        data = random_dataset(specs, shapes, num_samples=max(1, min(samples or 8, 8)))
+        data = random_dataset(
+            specs, shapes, num_samples=max(1, min(samples or 8, 8)), seed=context.seed
+        )
     if samples and data.num_samples > samples:
         data = data.take(samples)
     return data

@@ -122,3 +122,17 @@ def test_two_ruined_samples_of_64_fail_the_default_guard_that_pooled_cosine_pass
     print(
         f"pooled cosine {pooled:.4f}; worst sample cosine {values['min']:.4f} (sample {values['worst_index']})"
     )
+
+
+def test_nan_held_out_data_is_never_a_free_pass(tmp_path):
+    """All-NaN inputs make both models output NaN: no finite value to compare, so the guard fails."""
+    from nnopt_graph.check.guard import Guard
+    from nnopt_graph.runtime.data import Dataset
+
+    src = tmp_path / "lin.onnx"
+    onnx.save(_model(), src)
+    nan = np.full((4, 1, 16), np.nan, np.float32)
+    guard = Guard("cosine>=0.99", src, Dataset({"x": nan}, "given", frozenset({"x"})))
+    outcome = guard.measure_path(src)  # even the model against itself
+    assert not outcome.passed
+    assert outcome.failed == ["cosine.min>=0.99: not measurable: a sample has no finite values to compare (NaN/Inf)"]
