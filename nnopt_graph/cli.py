@@ -292,20 +292,50 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, required=True)
 
     opt = sub.add_parser("opt", parents=[common], help="optimize a model")
-    opt.add_argument("input", metavar="IN.onnx")
-    opt.add_argument("output", metavar="OUT.onnx")
-    opt.add_argument("-p", "--pipeline", help="pipeline text, e.g. 'default,infer-shapes'")
-    opt.add_argument("--target", choices=["cpu", "cuda", "tensorrt"])
-    opt.add_argument("--calib", metavar="DATA", help=".npz or test_data_set folder")
-    opt.add_argument("--eval", metavar="DATA", help="held-out data for the guard")
-    opt.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,...")
-    opt.add_argument("--guard", metavar="EXPR")
-    opt.add_argument("--report", metavar="FILE.json|FILE.html")
-    opt.add_argument("--verify-each", action="store_true")
-    opt.add_argument("--time-passes", action="store_true")
-    opt.add_argument("--stats", action="store_true")
+    opt.add_argument("input", metavar="IN.onnx", help="the model to optimize")
+    opt.add_argument("output", metavar="OUT.onnx", help="where to write the result (atomically)")
+    opt.add_argument(
+        "-p",
+        "--pipeline",
+        help="pipeline text, e.g. 'dedup,prune-channels{ratio=0.3}' (default: the lossless "
+        "default pipeline, or the --target preset)",
+    )
+    opt.add_argument(
+        "--target",
+        choices=["cpu", "cuda", "tensorrt"],
+        help="execution provider the output is for; alone, selects its compression preset",
+    )
+    opt.add_argument(
+        "--calib",
+        metavar="DATA",
+        help=".npz (one array per input, samples on axis 0) or test_data_set folder; "
+        "without --eval its last 20%% is held out for the guard",
+    )
+    opt.add_argument("--eval", metavar="DATA", help="held-out data the guard measures on")
+    opt.add_argument(
+        "--input-shape",
+        action="append",
+        metavar="NAME:D0,D1,...",
+        help="concrete shape for a dynamic input (repeatable), e.g. input:1,3,224,224",
+    )
+    opt.add_argument(
+        "--guard",
+        metavar="EXPR",
+        help="budget of lossy passes over per-sample metrics, e.g. 'cosine.min>=0.99,top1>=0.98' "
+        "(default for lossy pipelines: cosine.min>=0.99)",
+    )
+    opt.add_argument(
+        "--report", metavar="FILE", help="write the report as JSON, or HTML for a .html name"
+    )
+    opt.add_argument(
+        "--verify-each",
+        action="store_true",
+        help="structural checks and the ONNX checker after every pass",
+    )
+    opt.add_argument("--time-passes", action="store_true", help="print each pass's wall time")
+    opt.add_argument("--stats", action="store_true", help="print every pass's statistics")
     opt.add_argument("--print-ir-after", metavar="NAMES", help="comma-separated pass names, or all")
-    opt.add_argument("--dump-dir", metavar="DIR")
+    opt.add_argument("--dump-dir", metavar="DIR", help="write the model after each pass to DIR")
     opt.add_argument("--no-check", action="store_true", help="skip verification of the output")
     opt.add_argument(
         "--fail-on-rollback",
@@ -324,7 +354,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--seed",
         type=int,
         default=0,
-        help="seed of generated data and randomized choices (default 0)",
+        help="seed of generated data and randomized choices",
     )
     opt.set_defaults(func=_cmd_opt)
 
@@ -332,33 +362,52 @@ def _build_parser() -> argparse.ArgumentParser:
     lp.set_defaults(func=_cmd_list_passes)
 
     ins = sub.add_parser("inspect", parents=[common], help="opsets, I/O, ops, params, FLOPs")
-    ins.add_argument("model", metavar="MODEL")
-    ins.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,...")
-    ins.add_argument("--json", action="store_true")
+    ins.add_argument("model", metavar="MODEL", help="the model to describe")
+    ins.add_argument(
+        "--input-shape",
+        action="append",
+        metavar="NAME:D0,D1,...",
+        help="concrete shape for a dynamic input (repeatable), e.g. input:1,3,224,224",
+    )
+    ins.add_argument("--json", action="store_true", help="print strict JSON instead of tables")
     ins.set_defaults(func=_cmd_inspect)
 
     cmp_ = sub.add_parser("compare", parents=[common], help="output fidelity of B against A")
-    cmp_.add_argument("a", metavar="A.onnx")
-    cmp_.add_argument("b", metavar="B.onnx")
-    cmp_.add_argument("--calib", metavar="DATA")
-    cmp_.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,...")
-    cmp_.add_argument("--samples", type=int, default=8, help="random feeds without --calib")
+    cmp_.add_argument("a", metavar="A.onnx", help="the reference model")
+    cmp_.add_argument("b", metavar="B.onnx", help="the candidate model")
+    cmp_.add_argument(
+        "--calib", metavar="DATA", help="inputs to compare on (.npz or test_data_set folder)"
+    )
+    cmp_.add_argument(
+        "--input-shape",
+        action="append",
+        metavar="NAME:D0,D1,...",
+        help="concrete shape for a dynamic input (repeatable), e.g. input:1,3,224,224",
+    )
+    cmp_.add_argument(
+        "--samples", type=int, default=8, help="generated feeds when there is no --calib"
+    )
     cmp_.add_argument(
         "--tolerance",
         metavar="EXPR",
         help="budget like 'rel_l2.max<=1e-4,cosine.min>=0.999' (default: strict equality); "
         "exit 1 when it does not hold",
     )
-    cmp_.add_argument("--json", action="store_true")
+    cmp_.add_argument("--json", action="store_true", help="print strict JSON instead of a table")
     cmp_.set_defaults(func=_cmd_compare)
     bench = sub.add_parser("bench", parents=[common], help="latency on ONNX Runtime EPs")
-    bench.add_argument("models", nargs="+", metavar="MODEL")
+    bench.add_argument("models", nargs="+", metavar="MODEL", help="models to time, interleaved")
     bench.add_argument("--ep", default="cpu", help="comma-separated: cpu,cuda,tensorrt")
-    bench.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,...")
-    bench.add_argument("--runs", type=int, default=20)
-    bench.add_argument("--warmup", type=int, default=5)
+    bench.add_argument(
+        "--input-shape",
+        action="append",
+        metavar="NAME:D0,D1,...",
+        help="concrete shape for a dynamic input (repeatable), e.g. input:1,3,224,224",
+    )
+    bench.add_argument("--runs", type=int, default=20, help="timed interleaved rounds")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed runs per model first")
     bench.add_argument("--threads", type=int, default=2, help="CPU intra-op threads")
-    bench.add_argument("--json", metavar="FILE")
+    bench.add_argument("--json", metavar="FILE", help="also write the results as strict JSON")
     bench.set_defaults(func=_cmd_bench)
     return parser
 
