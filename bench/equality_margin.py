@@ -54,7 +54,9 @@ def _measure(src: Path, calib: Path, tmp: Path) -> dict[str, float]:
             worst["rel_l2"] = max(worst["rel_l2"], rel)
             worst["max_abs"] = max(worst["max_abs"], float(diff.max()) if diff.size else 0.0)
             need = diff - RTOL * np.abs(r64)
-            worst["atol_needed"] = max(worst["atol_needed"], float(need.max()) if need.size else 0.0)
+            worst["atol_needed"] = max(
+                worst["atol_needed"], float(need.max()) if need.size else 0.0
+            )
     return {**worst, "samples": samples}
 
 
@@ -111,9 +113,11 @@ def main() -> None:
             f"{max(r['atol_needed'], 0.0):.2e} |"
         )
     worst_rel = max(r["rel_l2"] for r in rows)
-    lines += ["", f"Largest rel-L2 over all models: {worst_rel:.2e}" + (
-        f" ({LOSSLESS.rel_l2 / worst_rel:.0f}x below the default bound)." if worst_rel else "."
-    )]
+    lines += [
+        "",
+        f"Largest rel-L2 over all models: {worst_rel:.2e}"
+        + (f" ({LOSSLESS.rel_l2 / worst_rel:.0f}x below the default bound)." if worst_rel else "."),
+    ]
     (out / "equality_margin.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
