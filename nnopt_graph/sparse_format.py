@@ -60,7 +60,7 @@ def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
 def _marker(tensor: onnx.TensorProto) -> str | None:
     for entry in tensor.metadata_props:
         if entry.key == MARKER:
-            return entry.value
+            return str(entry.value)
     return None
 
 
