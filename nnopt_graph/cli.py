@@ -35,6 +35,24 @@ def _input_shapes(values: Sequence[str] | None) -> dict[str, list[int]]:
     return shapes
 
 
+def _check_pass_names(names: set[str], flag: str) -> None:
+    """Refuse names that are no registered pass (with the closest one as a suggestion).
+
+    Raises:
+        BadInputError: an unknown name.
+    """
+    import difflib
+
+    from nnopt_graph.pipeline.registry import pass_names
+
+    known = [*pass_names(), "all"]
+    for name in sorted(names):
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else " (see 'nnopt-graph list-passes')"
+            raise BadInputError(f"{flag}: unknown pass '{name}'{hint}")
+
+
 def _existing_file(path: str) -> Path:
     p = Path(path)
     if not p.exists():
@@ -56,7 +74,9 @@ def _cmd_opt(args: argparse.Namespace) -> int:
     _existing_file(args.input)
     instruments: list[Instrument] = []
     if args.print_ir_after:
-        instruments.append(PrintIRAfterInstrument(set(args.print_ir_after.split(","))))
+        names = {n.strip() for n in args.print_ir_after.split(",") if n.strip()}
+        _check_pass_names(names, "--print-ir-after")
+        instruments.append(PrintIRAfterInstrument(names))
     if args.dump_dir:
         dump = Path(args.dump_dir)
         if not dump.is_dir():
@@ -268,6 +288,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             f"{r.load_s:.3f}",
         )
     Console(width=200).print(table)
+    available = [r for r in results if r.available]
     if args.json:
         from nnopt_graph.report import write_json
 
@@ -279,6 +300,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 "results": [r.to_json() for r in results],
             },
             args.json,
+        )
+    if not available:
+        raise NnoptError(
+            f"none of the requested execution providers ({', '.join(eps)}) is available in "
+            "this onnxruntime build; install nnopt-graph[gpu] for cuda/tensorrt"
         )
     return 0
 
@@ -429,7 +455,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ("onnx_ir", "onnxscript"):
             logging.getLogger(name).setLevel(logging.ERROR)
     try:
+        if not [a for a in argv if a != "--debug"]:
+            # A bare command is a question: answer with the usage and the commands.
+            _build_parser().print_help(sys.stderr)
+            return 2
         args = _build_parser().parse_args(argv)
+        if debug:
+            import onnxruntime
+
+            onnxruntime.set_default_logger_severity(0)
         from nnopt_graph import progress
 
         with progress.enable() if sys.stderr.isatty() else contextlib.nullcontext():

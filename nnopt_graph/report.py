@@ -200,11 +200,19 @@ def write_json(data: Any, path: str | os.PathLike[str]) -> None:
     _write_text(strict_json(data) + "\n", Path(path))
 
 
+def _umask_mode() -> int:
+    """0o666 less the user's umask: what an ordinary open() would create."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _write_text(text: str, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; reports are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
