@@ -9,7 +9,7 @@ import contextlib
 import logging
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -53,6 +53,21 @@ def _check_pass_names(names: set[str], flag: str) -> None:
             raise BadInputError(f"{flag}: unknown pass '{name}'{hint}")
 
 
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside the allowed range [{lo}, {hi}]")
+        return value
+
+    return parse
+
+
 def _existing_file(path: str) -> Path:
     p = Path(path)
     if not p.exists():
@@ -61,6 +76,7 @@ def _existing_file(path: str) -> Path:
 
 
 def _cmd_opt(args: argparse.Namespace) -> int:
+    from nnopt_graph.io import check_job_paths
     from nnopt_graph.optimize import optimize
     from nnopt_graph.pipeline.instruments import (
         DumpDirInstrument,
@@ -72,22 +88,26 @@ def _cmd_opt(args: argparse.Namespace) -> int:
     from nnopt_graph.report import print_summary
 
     _existing_file(args.input)
+    data = [d for d in (args.calib, args.eval) if d]
+    check_job_paths(
+        args.input,
+        args.output,
+        report=args.report,
+        dump_dir=args.dump_dir,
+        in_place=args.in_place,
+        extra_inputs=data,
+    )
     instruments: list[Instrument] = []
     if args.print_ir_after:
         names = {n.strip() for n in args.print_ir_after.split(",") if n.strip()}
         _check_pass_names(names, "--print-ir-after")
         instruments.append(PrintIRAfterInstrument(names))
     if args.dump_dir:
-        dump = Path(args.dump_dir)
-        if not dump.is_dir():
-            raise BadInputError(f"{dump}: --dump-dir folder does not exist")
-        instruments.append(DumpDirInstrument(dump))
+        instruments.append(DumpDirInstrument(Path(args.dump_dir)))
     if args.time_passes:
         instruments.append(TimePassesInstrument())
     if args.stats:
         instruments.append(StatsInstrument())
-    if args.report and not Path(args.report).parent.resolve().is_dir():
-        raise BadInputError(f"{args.report}: report folder does not exist")
     result = optimize(
         args.input,
         args.output,
@@ -104,13 +124,14 @@ def _cmd_opt(args: argparse.Namespace) -> int:
         fail_on_rollback=args.fail_on_rollback,
         speed_check=args.speed_check,
         seed=args.seed,
+        in_place=args.in_place,
     )
     print_summary(result.report)
     return 0
 
 
 def _cmd_list_passes(args: argparse.Namespace) -> int:
-    from nnopt_graph.pipeline.grammar import PassSpec, option_fields
+    from nnopt_graph.pipeline.grammar import PassSpec, describe_options, option_fields
     from nnopt_graph.pipeline.registry import PRESETS, registered_passes
 
     passes = registered_passes()
@@ -121,6 +142,8 @@ def _cmd_list_passes(args: argparse.Namespace) -> int:
         print(f"  {name:<{width}}  {kind}  {cls.summary()}")
         if option_fields(cls):
             print(f"  {'':<{width}}            {PassSpec.create(name)}")
+            if describe_options(cls):
+                print(f"  {'':<{width}}            where {describe_options(cls)}")
     print("presets:")
     for name, text in PRESETS.items():
         print(f"  {name} = {text}")
@@ -382,6 +405,7 @@ def _build_parser() -> argparse.ArgumentParser:
         default=0,
         help="seed of generated data and randomized choices",
     )
+    opt.add_argument("--in-place", action="store_true", help="allow OUT to be IN (overwrite it)")
     opt.set_defaults(func=_cmd_opt)
 
     lp = sub.add_parser("list-passes", parents=[common], help="list passes and presets")
@@ -411,7 +435,10 @@ def _build_parser() -> argparse.ArgumentParser:
         help="concrete shape for a dynamic input (repeatable), e.g. input:1,3,224,224",
     )
     cmp_.add_argument(
-        "--samples", type=int, default=8, help="generated feeds when there is no --calib"
+        "--samples",
+        type=_int_in(1, 100_000),
+        default=8,
+        help="generated feeds when there is no --calib",
     )
     cmp_.add_argument(
         "--tolerance",
@@ -430,9 +457,13 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="NAME:D0,D1,...",
         help="concrete shape for a dynamic input (repeatable), e.g. input:1,3,224,224",
     )
-    bench.add_argument("--runs", type=int, default=20, help="timed interleaved rounds")
-    bench.add_argument("--warmup", type=int, default=5, help="untimed runs per model first")
-    bench.add_argument("--threads", type=int, default=2, help="CPU intra-op threads")
+    bench.add_argument(
+        "--runs", type=_int_in(1, 1_000_000), default=20, help="timed interleaved rounds"
+    )
+    bench.add_argument(
+        "--warmup", type=_int_in(0, 1_000_000), default=5, help="untimed runs per model first"
+    )
+    bench.add_argument("--threads", type=_int_in(1, 1024), default=2, help="CPU intra-op threads")
     bench.add_argument("--json", metavar="FILE", help="also write the results as strict JSON")
     bench.set_defaults(func=_cmd_bench)
     return parser

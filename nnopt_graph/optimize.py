@@ -178,6 +178,7 @@ def optimize(
     fail_on_rollback: bool = False,
     speed_check: str = "model",
     seed: int = 0,
+    in_place: bool = False,
 ) -> OptimizeResult:
     """Optimize a model and, given ``output``, write it atomically and verify it.
 
@@ -206,6 +207,7 @@ def optimize(
         speed_check: how speed decisions are made: ``model`` (a deterministic cost
             model, the default) or ``measure`` (timed, interleaved, with a margin).
         seed: seed of generated inputs and of every randomized choice in the passes.
+        in_place: allow ``output`` to be the input model itself.
 
     Raises:
         BadInputError: unusable input, pipeline, shapes or data (exit code 2).
@@ -220,10 +222,12 @@ def optimize(
         raise BadInputError(
             f"unknown --speed-check '{speed_check}' (choose from {', '.join(SPEED_CHECKS)})"
         )
-    resolved = resolve_pipeline(pipeline, target)
-    if output is not None:
-        io.check_output_path(output)
     input_path = Path(model) if isinstance(model, (str, os.PathLike)) else None
+    data_paths = [d for d in (calib, eval_data) if isinstance(d, (str, os.PathLike))]
+    io.check_job_paths(
+        input_path, output, report=report, in_place=in_place, extra_inputs=data_paths
+    )
+    resolved = resolve_pipeline(pipeline, target)
     if isinstance(model, (str, os.PathLike)):
         ir_model = io.load(model)
         _check_input(ir_model, Path(model))

@@ -5,10 +5,15 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from conftest import make_tiny_model, run_cli
 from onnx import TensorProto, helper
+
+import nnopt_graph
+from nnopt_graph.cli import main
+from nnopt_graph.errors import BadInputError
 
 PREFIX = "nnopt-graph: error: "
 
@@ -267,3 +272,111 @@ def test_debug_prints_traceback(tmp_path: Path, out_dir: Path) -> None:
     assert "Traceback" in proc.stderr
     assert proc.stderr.splitlines()[-1].startswith(PREFIX)
     assert list(out_dir.iterdir()) == []
+
+
+# Paths checked before any work (in-process: the same main() the command runs).
+
+
+def _main(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str]:
+    """Run the CLI in this process; (exit code, the single stderr error line)."""
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    if code != 0:
+        assert len(lines) == 1, err
+        assert lines[0].startswith(PREFIX), err
+        assert "Traceback" not in err
+        return code, lines[0]
+    return code, err
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_output_is_inputs_external_data_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = _external_model(tmp_path / "m")
+    before = _snapshot(model.parent)
+    code, line = _main(capsys, "opt", model, model.parent / "w.data")
+    assert code == 2
+    assert "external-data file of the input" in line
+    assert _snapshot(model.parent) == before, "the input must be untouched"
+
+
+def test_output_is_input_needs_in_place(tiny_model_path: Path, capsys) -> None:
+    before = tiny_model_path.read_bytes()
+    code, line = _main(capsys, "opt", tiny_model_path, tiny_model_path)
+    assert code == 2
+    assert "--in-place" in line
+    assert tiny_model_path.read_bytes() == before
+    # The control: with --in-place the same command works and rewrites the file.
+    code, _ = _main(capsys, "opt", tiny_model_path, tiny_model_path, "--in-place")
+    assert code == 0
+    onnx.checker.check_model(onnx.load(tiny_model_path))
+
+
+def test_output_is_input_through_a_symlink(tiny_model_path: Path, out_dir: Path, capsys) -> None:
+    link = out_dir / "link.onnx"
+    link.symlink_to(tiny_model_path)
+    code, line = _main(capsys, "opt", tiny_model_path, link)
+    assert code == 2 and "the input model" in line
+
+
+def test_output_is_calibration_file(tiny_model_path: Path, tmp_path: Path, capsys) -> None:
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.zeros((2, 1, 3, 8, 8), np.float32))
+    before = calib.read_bytes()
+    code, line = _main(capsys, "opt", tiny_model_path, calib, "--calib", calib)
+    assert code == 2 and "input data file" in line
+    assert calib.read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["directory", "missing-folder", "the-input", "the-output"])
+def test_bad_report_path_writes_nothing(
+    tiny_model_path: Path, out_dir: Path, tmp_path: Path, capsys, kind: str
+) -> None:
+    out = out_dir / "out.onnx"
+    report = {
+        "directory": out_dir,
+        "missing-folder": tmp_path / "nosuch" / "r.json",
+        "the-input": tiny_model_path,
+        "the-output": out,
+    }[kind]
+    before = tiny_model_path.read_bytes()
+    code, line = _main(capsys, "opt", tiny_model_path, out, "--report", report)
+    assert code == 2, line
+    assert "report" in line
+    assert list(out_dir.iterdir()) == [], "OUT must not be published before a report fails"
+    assert tiny_model_path.read_bytes() == before
+
+
+def test_dump_dir_missing_writes_nothing(tiny_model_path: Path, out_dir: Path, capsys) -> None:
+    code, line = _main(capsys, "opt", tiny_model_path, out_dir / "o.onnx", "--dump-dir", "nosuch")
+    assert code == 2 and "--dump-dir" in line
+    assert list(out_dir.iterdir()) == []
+
+
+def test_dump_dir_is_a_file(tiny_model_path: Path, out_dir: Path, tmp_path: Path, capsys) -> None:
+    dump = tmp_path / "file"
+    dump.write_text("x")
+    code, line = _main(capsys, "opt", tiny_model_path, out_dir / "o.onnx", "--dump-dir", dump)
+    assert code == 2 and "--dump-dir" in line
+
+
+def test_good_report_path_is_written(tiny_model_path: Path, out_dir: Path, capsys) -> None:
+    # The control for the report tests above.
+    code, _ = _main(
+        capsys, "opt", tiny_model_path, out_dir / "o.onnx", "--report", out_dir / "r.json"
+    )
+    assert code == 0
+    assert sorted(p.name for p in out_dir.iterdir()) == ["o.onnx", "r.json"]
+
+
+def test_api_refuses_output_equal_to_input(tiny_model_path: Path) -> None:
+    with pytest.raises(BadInputError, match="in-place"):
+        nnopt_graph.optimize(tiny_model_path, tiny_model_path)
+    with pytest.raises(BadInputError, match="report path is a directory"):
+        nnopt_graph.optimize(tiny_model_path, None, report=tiny_model_path.parent)

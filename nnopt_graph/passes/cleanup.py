@@ -204,9 +204,13 @@ class EliminateNoOpsPass(Pass):
 class FoldConstantsOptions:
     """Options of fold-constants."""
 
-    max_input_elements: int = 1 << 24
-    small_output_elements: int = 64
-    max_rounds: int = 4
+    max_input_elements: int = dataclasses.field(
+        default=1 << 24, metadata={"range": (1, None, True, True)}
+    )
+    small_output_elements: int = dataclasses.field(
+        default=64, metadata={"range": (0, None, True, True)}
+    )
+    max_rounds: int = dataclasses.field(default=4, metadata={"range": (1, None, True, True)})
 
 
 @register_pass

@@ -993,16 +993,16 @@ class ClusterWeightsOptions:
         block_size: block length for granularity=block.
     """
 
-    bits: int = 8
+    bits: int = dataclasses.field(default=8, metadata={"range": (1, 8, True, True)})
     method: str = dataclasses.field(default="kmeans", metadata={"choices": ("kmeans", "uniform")})
-    min_elements: int = 4096
+    min_elements: int = dataclasses.field(default=4096, metadata={"range": (1, None, True, True)})
     granularity: str = dataclasses.field(
         default="channel", metadata={"choices": ("tensor", "channel", "block")}
     )
     encoding: str = dataclasses.field(
         default="auto", metadata={"choices": ("auto", "dequantize", "codebook")}
     )
-    block_size: int = 32
+    block_size: int = dataclasses.field(default=32, metadata={"range": (2, None, True, True)})
 
     def problem(self) -> str | None:
         """Why these options cannot run together, or None."""

@@ -85,21 +85,23 @@ class PruneChannelsOptions:
         min_ratio: back-off stops below this ratio.
     """
 
-    ratio: float = 0.25
-    round_to: int = 1
+    ratio: float = dataclasses.field(default=0.25, metadata={"range": (0.0, 1.0, True, False)})
+    round_to: int = dataclasses.field(default=1, metadata={"range": (1, None, True, True)})
     importance: str = dataclasses.field(
         default="activation", metadata={"choices": IMPORTANCE_KINDS}
     )
     scope: str = dataclasses.field(default="local", metadata={"choices": ("local", "global")})
-    max_layer_ratio: float = 0.75
+    max_layer_ratio: float = dataclasses.field(
+        default=0.75, metadata={"range": (0.0, 1.0, True, True)}
+    )
     protect_first: bool = True
     protect_last: bool = True
     reconstruct: bool = True
-    ridge: float = 1e-3
-    calib_samples: int = 64
+    ridge: float = dataclasses.field(default=1e-3, metadata={"range": (0.0, None, True, True)})
+    calib_samples: int = dataclasses.field(default=64, metadata={"range": (1, None, True, True)})
     search: bool = False
     latency_aware: bool = False
-    min_ratio: float = 0.05
+    min_ratio: float = dataclasses.field(default=0.05, metadata={"range": (0.0, 1.0, True, False)})
 
 
 def _dataset_shapes(dataset: Dataset | None) -> dict[str, list[int]]:

@@ -103,9 +103,13 @@ class QuantizeFp16Options:
     keep_io: bool = True
     block: str = ""
     exclude: str = ""
-    reduction_limit: int = 4096
-    overflow_margin: float = 0.5
-    samples: int = 8
+    reduction_limit: int = dataclasses.field(
+        default=4096, metadata={"range": (0, None, True, True)}
+    )
+    overflow_margin: float = dataclasses.field(
+        default=0.5, metadata={"range": (0.0, 1.0, False, True)}
+    )
+    samples: int = dataclasses.field(default=8, metadata={"range": (0, None, True, True)})
     fallback: bool = True
 
 

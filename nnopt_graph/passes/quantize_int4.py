@@ -58,10 +58,12 @@ class QuantizeInt4Options:
     format: str = dataclasses.field(
         default="matmulnbits", metadata={"choices": ("matmulnbits", "qdq")}
     )
-    min_elements: int = 1 << 18
-    accuracy_level: int = 0
+    min_elements: int = dataclasses.field(
+        default=1 << 18, metadata={"range": (0, None, True, True)}
+    )
+    accuracy_level: int = dataclasses.field(default=0, metadata={"choices": (0, 1, 2, 3, 4)})
     exclude: str = ""
-    samples: int = 16
+    samples: int = dataclasses.field(default=16, metadata={"range": (0, None, True, True)})
     fallback: bool = True
 
 

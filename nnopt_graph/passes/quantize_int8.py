@@ -115,7 +115,9 @@ class QuantizeInt8Options:
     calibrator: str = dataclasses.field(
         default="auto", metadata={"choices": ("auto", *CALIBRATORS)}
     )
-    percentile: float = 99.99
+    percentile: float = dataclasses.field(
+        default=99.99, metadata={"range": (0.0, 100.0, False, True)}
+    )
     per_channel: bool = True
     activations: str = dataclasses.field(
         default="auto", metadata={"choices": ("auto", "uint8", "int8")}
@@ -126,18 +128,20 @@ class QuantizeInt8Options:
     fallback: bool = True
     speed_check: bool = True
     bias_correction: bool = True
-    smooth_quant: float = 0.0
+    smooth_quant: float = dataclasses.field(default=0.0, metadata={"range": (0.0, 1.0, True, True)})
     exclude: str = ""
-    samples: int = 0
-    bins: int = 2048
+    samples: int = dataclasses.field(default=0, metadata={"range": (0, None, True, True)})
+    bins: int = dataclasses.field(default=2048, metadata={"range": (2, None, True, True)})
     matmul_activations: bool = False
     share_concat: bool = True
     sensitivity: str = dataclasses.field(
         default="context", metadata={"choices": ("context", "local")}
     )
-    sensitivity_samples: int = 8
-    speed_runs: int = 20
-    speed_batch: int = 1
+    sensitivity_samples: int = dataclasses.field(
+        default=8, metadata={"range": (1, None, True, True)}
+    )
+    speed_runs: int = dataclasses.field(default=20, metadata={"range": (1, None, True, True)})
+    speed_batch: int = dataclasses.field(default=1, metadata={"range": (1, None, True, True)})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -67,8 +67,8 @@ class StoreSparseOptions:
             ONNX Runtime reads int8/16/32 indices, the ONNX checker rejects them).
     """
 
-    threshold: float = 0.5
-    min_elements: int = 64
+    threshold: float = dataclasses.field(default=0.5, metadata={"range": (0.0, 1.0, False, True)})
+    min_elements: int = dataclasses.field(default=64, metadata={"range": (0, None, True, True)})
     index_type: str = dataclasses.field(default="int64", metadata={"choices": _INDEX_TYPES})
 
 

@@ -71,9 +71,11 @@ class EliminateZeroStructureOptions:
             model's weights stay on disk); zero structure in them is not looked for.
     """
 
-    max_rounds: int = 8
-    round_to: int = 1
-    max_weight_elements: int = 1 << 24
+    max_rounds: int = dataclasses.field(default=8, metadata={"range": (1, None, True, True)})
+    round_to: int = dataclasses.field(default=1, metadata={"range": (1, None, True, True)})
+    max_weight_elements: int = dataclasses.field(
+        default=1 << 24, metadata={"range": (0, None, True, True)}
+    )
 
 
 def _per_unit(

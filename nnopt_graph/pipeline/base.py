@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-__all__ = ["NoOptions", "Pass", "PassContext", "PassResult", "is_skip_stat"]
+__all__ = [
+    "NoOptions",
+    "OptionRange",
+    "Pass",
+    "PassContext",
+    "PassResult",
+    "is_skip_stat",
+    "option_range",
+]
 
 import abc
 import dataclasses
+import math
 from typing import Any, ClassVar
 
 import onnx_ir as ir
@@ -14,6 +23,48 @@ import onnx_ir as ir
 def is_skip_stat(key: str) -> bool:
     """Whether a statistic counts things a pass left alone rather than changes."""
     return key.startswith("skipped-")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionRange:
+    """The allowed interval of a numeric option; a bound of None is unbounded."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_inclusive: bool = True
+    hi_inclusive: bool = True
+
+    def contains(self, value: float) -> bool:
+        """Whether ``value`` is finite and inside the interval."""
+        if not math.isfinite(value):
+            return False
+        if self.lo is not None and (
+            value < self.lo or (value == self.lo and not self.lo_inclusive)
+        ):
+            return False
+        return not (
+            self.hi is not None
+            and (value > self.hi or (value == self.hi and not self.hi_inclusive))
+        )
+
+    def __str__(self) -> str:
+        lo = "-inf" if self.lo is None else f"{self.lo:g}"
+        hi = "inf" if self.hi is None else f"{self.hi:g}"
+        left = "[" if self.lo_inclusive and self.lo is not None else "("
+        right = "]" if self.hi_inclusive and self.hi is not None else ")"
+        return f"{left}{lo}, {hi}{right}"
+
+
+def option_range(field: dataclasses.Field[Any]) -> OptionRange | None:
+    """The declared range of an option field, or None.
+
+    ``metadata["range"]`` is an OptionRange or a tuple ``(lo, hi, lo_inclusive,
+    hi_inclusive)`` (the flags default to True).
+    """
+    declared = field.metadata.get("range")
+    if declared is None or isinstance(declared, OptionRange):
+        return declared
+    return OptionRange(*declared)
 
 
 @dataclasses.dataclass
@@ -60,7 +111,10 @@ class Pass(abc.ABC):
 
     Subclasses set ``name``, a one-line docstring, and ``Options`` (a frozen dataclass
     whose fields are the pass's typed options, snake_case here and kebab-case in
-    pipeline text; a field's ``metadata["choices"]`` restricts string options).
+    pipeline text; a field's ``metadata["choices"]`` restricts its values and
+    ``metadata["range"]`` — ``(lo, hi, lo_inclusive, hi_inclusive)``, None for no
+    bound — the interval of a number; an ``Options.problem()`` method returning a
+    reason or None checks options that go together).
     """
 
     name: ClassVar[str]

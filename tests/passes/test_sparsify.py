@@ -339,9 +339,10 @@ def test_bad_options_are_rejected_before_running():
         {"exclude": "("},
         {"keep_dense": -1},
     ):
-        pass_ = PassSpec.create("sparsify", **options).instantiate()
         with pytest.raises(BadInputError, match="sparsify"):
-            pass_.requires(model)
+            PassSpec.create("sparsify", **options)  # the grammar refuses them first
+        with pytest.raises(BadInputError, match="sparsify"):
+            SparsifyPass(**options).requires(model)  # and so does a pass built directly
 
 
 # ---------------------------------------------------------------- subgraphs and functions
