@@ -28,7 +28,6 @@ from nnopt_graph.passes.quantize_common import (
 )
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
 from nnopt_graph.pipeline.registry import PRESETS, register_pass
-from nnopt_graph.runtime.calibrate import run_with_taps
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +168,9 @@ def _floats(values: Any) -> list[ir.Value]:
     return [v for v in values if v is not None and v.dtype == _F32]
 
 
-def _sweep(model: ir.Model, data: Any) -> tuple[dict[str, float], dict[str, tuple[int, ...]]]:
+def _sweep(
+    model: ir.Model, data: Any, context: PassContext
+) -> tuple[dict[str, float], dict[str, tuple[int, ...]]]:
     """Largest |value| of every float main-graph value and the shape it had, in one sweep."""
     names = [name_of(v) for v in model.graph.inputs if v.dtype in (_F32, _F16)]
     for node in model.graph:
@@ -193,7 +194,7 @@ def _sweep(model: ir.Model, data: Any) -> tuple[dict[str, float], dict[str, tupl
                 absmax[name] = max(absmax.get(name, 0.0), peak)
 
     if names:
-        run_with_taps(model, names, data, on_batch, threads=2)
+        context.runtime.capture(model, names, data, on_batch, threads=2)
     return absmax, shapes
 
 
@@ -286,7 +287,7 @@ class QuantizeFp16Pass(Pass):
         graph = work.graph
         if cache.absmax is None:
             data = calibration_data(work, context, options.samples)
-            cache.absmax, cache.shapes = _sweep(work, data)
+            cache.absmax, cache.shapes = _sweep(work, data, context)
             # Back-off order: nodes with the largest float outputs first (range, then precision).
             peak = {
                 name_of(n): max((cache.absmax.get(name_of(o), 0.0) for o in n.outputs), default=0.0)

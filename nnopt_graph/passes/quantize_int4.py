@@ -37,7 +37,6 @@ from nnopt_graph.passes.quantize_common import (
 )
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
 from nnopt_graph.pipeline.registry import register_pass
-from nnopt_graph.runtime.calibrate import run_with_taps
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +174,7 @@ def _targets(
 
 
 def _activation_samples(
-    model: ir.Model, targets: list[_Target], data: Any
+    model: ir.Model, targets: list[_Target], data: Any, runtime: Any
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per MatMul input: mean |x| per channel and a reservoir of rows (one sweep)."""
     names = sorted({name_of(t.node.inputs[0]) for t in targets})
@@ -196,7 +195,7 @@ def _activation_samples(
                 merged = np.concatenate(rows[name])
                 rows[name] = [merged[rng.choice(len(merged), _RESERVOIR_ROWS, replace=False)]]
 
-    run_with_taps(model, names, data, on_batch, threads=2)
+    runtime.capture(model, names, data, on_batch, threads=2)
     out = {}
     for name in names:
         if name in sums:
@@ -277,7 +276,7 @@ class QuantizeInt4Pass(Pass):
         missing = [t for t in targets if name_of(t.node) not in cache.scales]
         if missing and (options.method == "awq" or options.fallback):
             data = calibration_data(work, context, options.samples)
-            samples = _activation_samples(work, missing, data)
+            samples = _activation_samples(work, missing, data, context.runtime)
         for t in missing:
             sample = samples.get(name_of(t.node.inputs[0]))
             if sample is None:

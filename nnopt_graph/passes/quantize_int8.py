@@ -9,18 +9,25 @@ import dataclasses
 import logging
 import math
 import platform
-import tempfile
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
-from nnopt_graph import io
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
 from nnopt_graph.passes.cleanup import DEFAULT_PIPELINE
+from nnopt_graph.passes.quantize_calib import (
+    CALIBRATORS,
+    HistogramStats,
+    TensorStats,
+    collect_histograms,
+    collect_stats,
+    entropy_range,
+    mse_range,
+    percentile_range,
+)
 from nnopt_graph.passes.quantize_common import (
     NameScope,
     add_initializer,
@@ -45,20 +52,7 @@ from nnopt_graph.passes.quantize_cost import (
 )
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
 from nnopt_graph.pipeline.registry import PRESETS, register_pass
-from nnopt_graph.runtime.calibrate import run_with_taps
 from nnopt_graph.runtime.data import Dataset
-from nnopt_graph.runtime.quant_bench import compare_latency
-from nnopt_graph.runtime.quant_calib import (
-    CALIBRATORS,
-    HistogramStats,
-    TensorStats,
-    collect_histograms,
-    collect_stats,
-    entropy_range,
-    mse_range,
-    percentile_range,
-)
-from nnopt_graph.runtime.session import create_session
 
 logger = logging.getLogger(__name__)
 
@@ -826,17 +820,14 @@ class _Editor:
 
 
 def _optimized_node_names(
-    model: ir.Model, folder: Path, standalone: list[str] | None = None
+    model: ir.Model, runtime: Any, standalone: list[str] | None = None
 ) -> set[str]:
     """Node names in the graph ONNX Runtime's CPU EP runs after all its optimizations.
 
     ``standalone`` receives the float-side value of every Quantize/Dequantize node left
     in the main graph (what the cost model charges for).
     """
-    source, optimized = folder / "check.onnx", folder / "check.optimized.onnx"
-    io.save(model, source)
-    create_session(source, "cpu", threads=1, optimized_model_path=str(optimized))
-    proto = onnx.load(str(optimized), load_external_data=False)
+    proto = runtime.optimized_graph(model)
     names: set[str] = set()
     stack = [proto.graph]
     main = True
@@ -857,7 +848,7 @@ def _optimized_node_names(
     return names
 
 
-def _fusion_check(model: ir.Model, editor: _Editor, folder: Path) -> dict[str, Any]:
+def _fusion_check(model: ir.Model, editor: _Editor, runtime: Any) -> dict[str, Any]:
     """Remove the QDQ that ONNX Runtime's CPU EP left standalone, until all that stays fuses.
 
     A weight DQ still in the optimized graph means its node runs in float: its weights
@@ -869,7 +860,7 @@ def _fusion_check(model: ir.Model, editor: _Editor, folder: Path) -> dict[str, A
     standalone: list[str] = []
     for rounds in range(1, 9):  # noqa: B007  (reported after the loop)
         standalone = []
-        names = _optimized_node_names(model, folder, standalone)
+        names = _optimized_node_names(model, runtime, standalone)
         changed = False
         for record in list(editor.weights):
             if record.dq.name in names:
@@ -1005,6 +996,7 @@ def _sensitivity(
     weights: dict[str, _QWeight],
     per_channel: bool,
     data: Dataset,
+    runtime: Any,
 ) -> dict[str, float]:
     """Local SQNR (dB) of each region node's output with only that node quantized.
 
@@ -1124,7 +1116,7 @@ def _sensitivity(
                 sums[name][1] += float(err @ err)
 
     taps = sorted({n for node_pairs in pairs.values() for pair in node_pairs for n in pair})
-    run_with_taps(sens, taps, data, on_batch, threads=2)
+    runtime.capture(sens, taps, data, on_batch, threads=2)
     result = {}
     for name, (signal, noise) in sums.items():
         if noise == 0.0:
@@ -1136,20 +1128,16 @@ def _sensitivity(
     return result
 
 
-def _output_sqnr(reference: Path, candidate: Path, data: Dataset) -> float:
+def _output_sqnr(reference: ir.Model, candidate: ir.Model, data: Dataset, runtime: Any) -> float:
     """SQNR (dB) of the candidate's outputs against the reference's, over ``data``."""
-    ref_session = create_session(reference, "cpu", threads=2)
-    cand_session = create_session(candidate, "cpu", threads=2)
-    names = [name_of(o) for o in ref_session.get_outputs()]
     signal = noise = 0.0
-    for feed in data.batches():
-        for ref, cand in zip(
-            ref_session.run(names, feed), cand_session.run(names, feed), strict=False
-        ):
+    for ref_out, cand_out in runtime.outputs([reference, candidate], data):
+        for name, ref in ref_out.items():
+            cand = cand_out.get(name)
             ref = np.asarray(ref, dtype=np.float64)
-            cand = np.asarray(cand, dtype=np.float64)
-            if ref.shape != cand.shape or not np.issubdtype(ref.dtype, np.floating):
+            if cand is None or ref.shape != np.shape(cand):
                 continue
+            cand = np.asarray(cand, dtype=np.float64)
             ref = np.nan_to_num(ref)
             signal += float(np.sum(ref * ref))
             noise += float(np.sum((ref - np.nan_to_num(cand)) ** 2))
@@ -1159,7 +1147,7 @@ def _output_sqnr(reference: Path, candidate: Path, data: Dataset) -> float:
 
 
 def _context_sensitivity(
-    base: ir.Model, quantized: ir.Model, plan: _Plan, data: Dataset, folder: Path
+    base: ir.Model, quantized: ir.Model, plan: _Plan, data: Dataset, runtime: Any
 ) -> dict[str, float]:
     """Noise each region node adds, measured inside the fully quantized model.
 
@@ -1175,8 +1163,8 @@ def _context_sensitivity(
         ins = [n for n in ins if n in plan.tensors or n not in base.graph.initializers]
         tracked[name_of(node)] = (ins, name_of(out))
     names = sorted({n for ins, out in tracked.values() for n in [*ins, out]})
-    paths = []
-    for tag, model in (("float", base), ("quantized", quantized)):
+    clones = []
+    for model in (base, quantized):
         clone = model.clone()
         values = {name_of(v): v for v in clone.graph.inputs}
         for n in clone.graph:
@@ -1185,16 +1173,11 @@ def _context_sensitivity(
             value = values.get(name)
             if value is not None and not value.is_graph_output():
                 clone.graph.outputs.append(value)
-        path = folder / f"sensitivity_{tag}.onnx"
-        io.save(clone, path)
-        paths.append(path)
-    sessions = [create_session(p, "cpu", threads=2) for p in paths]
-    outputs = [{o.name for o in session.get_outputs()} for session in sessions]
+        clones.append(clone)
+    outputs = [set(runtime.output_names(c)) for c in clones]
     available = [n for n in names if n in outputs[0] and n in outputs[1]]
     sums = {n: [0.0, 0.0] for n in available}
-    for feed in data.batches():
-        ref = dict(zip(available, sessions[0].run(available, feed), strict=True))
-        got = dict(zip(available, sessions[1].run(available, feed), strict=True))
+    for ref, got in runtime.outputs(clones, data, available):
         for name in available:
             r = np.nan_to_num(np.asarray(ref[name], dtype=np.float64))
             q = np.nan_to_num(np.asarray(got[name], dtype=np.float64))
@@ -1235,7 +1218,7 @@ class _Build:
 
 
 def _latency_ratios(
-    models: list[ir.Model], data: Dataset, runs: int, folder: Path, batch: int = 1
+    models: list[ir.Model], data: Dataset, runs: int, runtime: Any, batch: int = 1
 ) -> list[dict[str, float]]:
     """Median/min/max latency ratios of each model to the first.
 
@@ -1243,13 +1226,8 @@ def _latency_ratios(
     not slow each other down; on the first calibration feed (``batch`` samples when the
     data is sliced along a batch axis).
     """
-    paths = []
-    for i, m in enumerate(models):
-        path = folder / f"bench_{i}.onnx"
-        io.save(m, path)
-        paths.append(path)
-    result = compare_latency(
-        paths,
+    result = runtime.latency(
+        models,
         next(data.batches(batch)),
         runs=runs,
         warmup=3,
@@ -1274,6 +1252,7 @@ class QuantizeInt8Pass(Pass):
     def __init__(self, options: Any = None, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
         self._cache = _Cache()
+        self._runtime: Any = None  # the job's RuntimeServices, set by run()
 
     def back_off(self) -> Pass | None:
         """The same pass with more of the most sensitive nodes in float (about x1.5 a step)."""
@@ -1290,13 +1269,19 @@ class QuantizeInt8Pass(Pass):
         wanted = list(plan.tensors) + [n for n in axes if n not in plan.tensors]
         missing = [n for n in wanted if n not in cache.stats]
         if missing:
-            cache.stats.update(collect_stats(work, missing, data, channel_axes=axes))
+            cache.stats.update(
+                collect_stats(work, missing, data, channel_axes=axes, capture=self._runtime.capture)
+            )
         if calibrator == "minmax":
             return {n: (cache.stats[n].low, cache.stats[n].high) for n in plan.tensors}
         missing = [n for n in plan.tensors if n not in cache.histograms]
         if missing:
             ranges = {n: (cache.stats[n].low, cache.stats[n].high) for n in missing}
-            cache.histograms.update(collect_histograms(work, ranges, data, bins=self.options.bins))
+            cache.histograms.update(
+                collect_histograms(
+                    work, ranges, data, bins=self.options.bins, capture=self._runtime.capture
+                )
+            )
         out = {}
         for name in plan.tensors:
             hist = cache.histograms[name]
@@ -1328,17 +1313,12 @@ class QuantizeInt8Pass(Pass):
         """
         sample = data.take(max(1, self.options.sensitivity_samples))
         scores: dict[str, float] = {}
-        with tempfile.TemporaryDirectory(prefix="nnopt-int8-cal-") as tmp:
-            reference = Path(tmp, "float.onnx")
-            io.save(model, reference)
-            for name in ("minmax", "percentile-99.99", "percentile-99.9", "entropy"):
-                ranges = self._calibrate(base, plan, data, name)
-                candidate = self._build(base, target, fmt, exclude, ranges, None)
-                if not candidate.quantized:
-                    continue
-                path = Path(tmp, "candidate.onnx")
-                io.save(candidate.work, path)
-                scores[name] = _output_sqnr(reference, path, sample)
+        for name in ("minmax", "percentile-99.99", "percentile-99.9", "entropy"):
+            ranges = self._calibrate(base, plan, data, name)
+            candidate = self._build(base, target, fmt, exclude, ranges, False)
+            if not candidate.quantized:
+                continue
+            scores[name] = _output_sqnr(model, candidate.work, sample, self._runtime)
         best = max(scores, key=lambda n: scores[n]) if scores else "minmax"
         return best, scores
 
@@ -1414,7 +1394,7 @@ class QuantizeInt8Pass(Pass):
         fmt: _Format,
         exclude: set[str],
         ranges: dict[str, tuple[float, float]],
-        folder: Path | None,
+        fusion_check: bool,
     ) -> _Build:
         """A copy of ``base`` with QDQ inserted for the plan minus ``exclude``, fusion-checked."""
         options = self.options
@@ -1445,7 +1425,7 @@ class QuantizeInt8Pass(Pass):
                 add_name, index, corrected_bias = bias_adds[name_of(t.node)]
                 editor.correct_add(record, nodes[add_name], index, corrected_bias)
                 record.corrected = True
-        fusion = _fusion_check(work, editor, folder) if folder is not None else None
+        fusion = _fusion_check(work, editor, self._runtime) if fusion_check else None
         freed = 0
         for record in editor.weights:
             freed += drop_if_unused(graph, record.original)
@@ -1479,7 +1459,6 @@ class QuantizeInt8Pass(Pass):
         plan: _Plan,
         build: Any,
         data: Dataset,
-        folder: Path,
         measure: bool,
     ) -> tuple[_Build | None, dict[str, Any]]:
         """Keep the node families whose int8 form is faster; None when nothing is.
@@ -1499,7 +1478,11 @@ class QuantizeInt8Pass(Pass):
             if costs is not None:
                 return [self._modelled_ratio(c, costs)["ratio"] for c in candidates]
             timed = _latency_ratios(
-                [model, *(c.work for c in candidates)], data, runs, folder, self.options.speed_batch
+                [model, *(c.work for c in candidates)],
+                data,
+                runs,
+                self._runtime,
+                self.options.speed_batch,
             )
             return [r["median"] for r in timed[1:]]
 
@@ -1558,7 +1541,7 @@ class QuantizeInt8Pass(Pass):
             ratio, bound = modelled["ratio"], KEEP_BELOW
         else:
             timed = _latency_ratios(
-                [model, current.work], data, runs, folder, self.options.speed_batch
+                [model, current.work], data, runs, self._runtime, self.options.speed_batch
             )[1]
             decision["speed-check"] = (
                 f"measured: CPU EP, 2 threads, spinning off, >= {runs} interleaved runs "
@@ -1589,9 +1572,8 @@ class QuantizeInt8Pass(Pass):
         sample = data.take(max(1, options.sensitivity_samples))
         try:
             if options.sensitivity == "context":
-                with tempfile.TemporaryDirectory(prefix="nnopt-int8-sens-") as tmp:
-                    full = self._build(base, target, fmt, exclude, ranges, None)
-                    added = _context_sensitivity(base, full.work, plan, sample, Path(tmp))
+                full = self._build(base, target, fmt, exclude, ranges, False)
+                added = _context_sensitivity(base, full.work, plan, sample, self._runtime)
                 cache.sqnr = {
                     n: (10 * math.log10(1 / v) if v > 0 else math.inf) for n, v in added.items()
                 }
@@ -1601,7 +1583,9 @@ class QuantizeInt8Pass(Pass):
                 )
             else:
                 params, weights, _ = self._quantities(plan, ranges, fmt)
-                cache.sqnr = _sensitivity(base, plan, params, weights, options.per_channel, sample)
+                cache.sqnr = _sensitivity(
+                    base, plan, params, weights, options.per_channel, sample, self._runtime
+                )
                 how = (
                     "local SQNR: each node's own output with only that node's inputs, "
                     "weights and output quantized"
@@ -1623,6 +1607,7 @@ class QuantizeInt8Pass(Pass):
         """Plan, calibrate, insert QDQ, keep what fuses and is faster; see the README."""
         target = context.target or "cpu"
         options = self.options
+        self._runtime = context.runtime
         result = PassResult()
         skipped_sub = subgraph_nodes(model, TARGET_OPS)
         if target == "cuda":
@@ -1689,25 +1674,23 @@ class QuantizeInt8Pass(Pass):
             self._rank(base, plan, ranges, fmt, data, target, exclude)
         if self._cache.ranking:
             decisions.append(self._cache.sensitivity_decision)
-        with tempfile.TemporaryDirectory(prefix="nnopt-int8-") as tmp:
-            folder = Path(tmp)
-            check = folder if target == "cpu" else None
+        check = target == "cpu"
 
-            def build(extra: set[str]) -> _Build:
-                return self._build(base, target, fmt, exclude | extra, ranges, check)
+        def build(extra: set[str]) -> _Build:
+            return self._build(base, target, fmt, exclude | extra, ranges, check)
 
-            if target == "cpu" and options.speed_check:
-                measure = context.speed_check == "measure"
-                chosen, speed = self._speed_search(model, base, plan, build, data, folder, measure)
-                decisions.append(speed)
+        if target == "cpu" and options.speed_check:
+            measure = context.speed_check == "measure"
+            chosen, speed = self._speed_search(model, base, plan, build, data, measure)
+            decisions.append(speed)
+        else:
+            chosen = build(set())
+            if not chosen.quantized:
+                chosen = None
+            if target == "cpu":
+                decisions.append({"speed-check": "off (speed-check=false)"})
             else:
-                chosen = build(set())
-                if not chosen.quantized:
-                    chosen = None
-                if target == "cpu":
-                    decisions.append({"speed-check": "off (speed-check=false)"})
-                else:
-                    decisions.append({"speed-check": "not possible here: no TensorRT EP"})
+                decisions.append({"speed-check": "not possible here: no TensorRT EP"})
         if chosen is not None and chosen.fusion is not None:
             fusion = dict(chosen.fusion)
             fusion["standalone-qdq"] = len(fusion.get("standalone-qdq", []))

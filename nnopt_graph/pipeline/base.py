@@ -99,6 +99,15 @@ class PassContext:
     speed_check: str = "model"
     # Seed of every randomized choice (sampling, initialization): same seed, same output.
     seed: int = 0
+    # ONNX Runtime work a pass may ask for (activations, fused graphs, latency): passes never
+    # open sessions or write temporary models themselves.
+    runtime: Any = dataclasses.field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.runtime is None:
+            from nnopt_graph.runtime.services import RuntimeServices
+
+            self.runtime = RuntimeServices()
 
 
 @dataclasses.dataclass(frozen=True)

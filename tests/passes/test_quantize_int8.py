@@ -15,7 +15,7 @@ from nnopt_graph.pipeline.base import PassContext
 from nnopt_graph.pipeline.grammar import PassSpec, Pipeline
 from nnopt_graph.pipeline.registry import PRESETS
 from nnopt_graph.runtime.data import Dataset
-from nnopt_graph.runtime.quant_calib import HistogramStats, entropy_range, percentile_range
+from nnopt_graph.passes.quantize_calib import HistogramStats, entropy_range, percentile_range
 
 FAST = {"speed_check": False, "fallback": False}
 RNG = np.random.default_rng(0)
@@ -456,7 +456,7 @@ def test_large_bias_on_a_tiny_weight_channel_does_not_saturate():
 
 
 def test_streaming_stats_keep_per_channel_sums_bounded():
-    from nnopt_graph.runtime.quant_calib import TensorStats
+    from nnopt_graph.passes.quantize_calib import TensorStats
 
     stats = TensorStats(channel_axis=1)
     rng = np.random.default_rng(0)
