@@ -29,7 +29,7 @@ from nnopt_graph.errors import BadInputError, CheckFailedError
 from nnopt_graph.pipeline.base import PassContext
 from nnopt_graph.pipeline.grammar import Pipeline
 from nnopt_graph.pipeline.manager import Instrument, PassManager, PassRecord
-from nnopt_graph.pipeline.registry import PRESETS
+from nnopt_graph.pipeline.presets import PRESETS
 from nnopt_graph.report import build_report, write_report
 from nnopt_graph.runtime.data import (
     Dataset,
@@ -80,7 +80,6 @@ def resolve_pipeline(pipeline: str | Pipeline | None, target: str | None) -> Pip
         return Pipeline.parse(pipeline)
     if target is None:
         return Pipeline.parse("default")
-    Pipeline.parse("default")  # loads the registry, which fills PRESETS
     preset = f"target-{target}"
     if preset not in PRESETS:
         raise BadInputError(
@@ -215,7 +214,7 @@ def optimize(
             ``fail_on_rollback``; nothing was written (exit 1).
         PassFailedError: a pass failed; nothing was written (exit 1).
     """
-    from nnopt_graph.check.instruments import VerifyEachInstrument
+    from nnopt_graph.pipeline.instruments import VerifyEachInstrument
 
     start = time.perf_counter()
     if speed_check not in SPEED_CHECKS:

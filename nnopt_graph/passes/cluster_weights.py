@@ -23,8 +23,7 @@ import onnx.defs
 import onnx_ir as ir
 
 from nnopt_graph.errors import BadInputError
-from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
-from nnopt_graph.pipeline.registry import register_pass
+from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
 logger = logging.getLogger(__name__)
 

@@ -36,8 +36,7 @@ from nnopt_graph.passes.prune_importance import (
 )
 from nnopt_graph.passes.prune_latency import WidthChoice, choose_width
 from nnopt_graph.passes.prune_reconstruct import find_sinks, reconstruct_sinks
-from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
-from nnopt_graph.pipeline.registry import register_pass
+from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 from nnopt_graph.runtime.data import Dataset
 from nnopt_graph.runtime.session import available_eps, create_session
 

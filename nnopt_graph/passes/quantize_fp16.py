@@ -13,7 +13,6 @@ import numpy as np
 import onnx_ir as ir
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
-from nnopt_graph.passes.cleanup import DEFAULT_PIPELINE
 from nnopt_graph.passes.quantize_common import (
     NameScope,
     add_initializer,
@@ -26,8 +25,7 @@ from nnopt_graph.passes.quantize_common import (
     ranked_back_off,
     split_names,
 )
-from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
-from nnopt_graph.pipeline.registry import PRESETS, register_pass
+from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
 logger = logging.getLogger(__name__)
 
@@ -449,6 +447,3 @@ class QuantizeFp16Pass(Pass):
         commit(model, work)
         logger.info("quantize-fp16: %d nodes in float16", stats["nodes-fp16"])
         return result
-
-
-PRESETS["target-cuda"] = f"{DEFAULT_PIPELINE},quantize-fp16,quantize-int4"

@@ -35,8 +35,7 @@ from nnopt_graph.passes.quantize_common import (
     split_names,
     subgraph_nodes,
 )
-from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
-from nnopt_graph.pipeline.registry import register_pass
+from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from nnopt_graph.passes.cleanup import DEFAULT_PIPELINE
 from nnopt_graph.passes.int8.edit import (
     _act_params,
     _bias_add_of,
@@ -73,8 +72,7 @@ from nnopt_graph.passes.quantize_cost import (
     largest_activation,
     node_macs,
 )
-from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
-from nnopt_graph.pipeline.registry import PRESETS, register_pass
+from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 from nnopt_graph.runtime.data import Dataset
 
 logger = logging.getLogger(__name__)
@@ -612,9 +610,3 @@ class QuantizeInt8Pass(Pass):
         result.stats = dict(stats)
         result.decisions = decisions
         return result
-
-
-# --target cpu / tensorrt alone: lossless cleanup, then int8 for that target (the pass reads
-# the target from the job, so one preset text serves both).
-PRESETS["target-cpu"] = f"{DEFAULT_PIPELINE},quantize-int8"
-PRESETS["target-tensorrt"] = f"{DEFAULT_PIPELINE},quantize-int8"

@@ -29,8 +29,7 @@ import onnx_ir as ir
 from nnopt_graph import io
 from nnopt_graph.errors import BadInputError
 from nnopt_graph.passes.sparse_patterns import sparse_initializer_bytes
-from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
-from nnopt_graph.pipeline.registry import register_pass
+from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 from nnopt_graph.sparse_format import INDEX_TYPES as _INDEX_TYPES
 from nnopt_graph.sparse_format import MARKER, index_dtype
 

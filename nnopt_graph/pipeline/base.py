@@ -15,7 +15,7 @@ __all__ = [
 import abc
 import dataclasses
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import onnx_ir as ir
 
@@ -158,3 +158,19 @@ class Pass(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options})"
+
+
+# Name -> pass class. Filled by ``register_pass``; the registry (pipeline/registry.py)
+# reads it. Here, beside the contract, so a pass module imports nothing above it.
+_REGISTRY: dict[str, type[Pass]] = {}
+
+P = TypeVar("P", bound=type[Pass])
+
+
+def register_pass(cls: P) -> P:
+    """Class decorator: make the pass known under its ``name``."""
+    name = cls.name
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise ValueError(f"pass name '{name}' registered twice")
+    _REGISTRY[name] = cls
+    return cls

@@ -11,11 +11,11 @@ from onnx import TensorProto, helper, numpy_helper
 from passes_util import op_types, random_feeds, to_proto
 
 from nnopt_graph import optimize
+from nnopt_graph.passes.quantize_calib import HistogramStats, entropy_range, percentile_range
 from nnopt_graph.pipeline.base import PassContext
 from nnopt_graph.pipeline.grammar import PassSpec, Pipeline
 from nnopt_graph.pipeline.registry import PRESETS
 from nnopt_graph.runtime.data import Dataset
-from nnopt_graph.passes.quantize_calib import HistogramStats, entropy_range, percentile_range
 
 FAST = {"speed_check": False, "fallback": False}
 RNG = np.random.default_rng(0)

@@ -10,7 +10,6 @@ import onnx.parser
 import onnx_ir as ir
 import pytest
 
-from nnopt_graph.check.instruments import VerifyEachInstrument
 from nnopt_graph.errors import PassFailedError
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
 from nnopt_graph.pipeline.grammar import Pipeline
@@ -19,6 +18,7 @@ from nnopt_graph.pipeline.instruments import (
     PrintIRAfterInstrument,
     StatsInstrument,
     TimePassesInstrument,
+    VerifyEachInstrument,
 )
 from nnopt_graph.pipeline.manager import PassManager
 from nnopt_graph.pipeline.registry import register_pass
