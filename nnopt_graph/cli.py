@@ -332,6 +332,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_input_shape(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--input-shape",
+        action="append",
+        metavar="NAME:D0,D1,...",
+        help="concrete shape for a dynamic input (repeatable), e.g. input:1,3,224,224",
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
@@ -361,12 +370,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "without --eval its last 20%% is held out for the guard",
     )
     opt.add_argument("--eval", metavar="DATA", help="held-out data the guard measures on")
-    opt.add_argument(
-        "--input-shape",
-        action="append",
-        metavar="NAME:D0,D1,...",
-        help="concrete shape for a dynamic input (repeatable), e.g. input:1,3,224,224",
-    )
+    _add_input_shape(opt)
     opt.add_argument(
         "--guard",
         metavar="EXPR",
@@ -413,12 +417,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     ins = sub.add_parser("inspect", parents=[common], help="opsets, I/O, ops, params, FLOPs")
     ins.add_argument("model", metavar="MODEL", help="the model to describe")
-    ins.add_argument(
-        "--input-shape",
-        action="append",
-        metavar="NAME:D0,D1,...",
-        help="concrete shape for a dynamic input (repeatable), e.g. input:1,3,224,224",
-    )
+    _add_input_shape(ins)
     ins.add_argument("--json", action="store_true", help="print strict JSON instead of tables")
     ins.set_defaults(func=_cmd_inspect)
 
@@ -428,12 +427,7 @@ def _build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument(
         "--calib", metavar="DATA", help="inputs to compare on (.npz or test_data_set folder)"
     )
-    cmp_.add_argument(
-        "--input-shape",
-        action="append",
-        metavar="NAME:D0,D1,...",
-        help="concrete shape for a dynamic input (repeatable), e.g. input:1,3,224,224",
-    )
+    _add_input_shape(cmp_)
     cmp_.add_argument(
         "--samples",
         type=_int_in(1, 100_000),
@@ -451,12 +445,7 @@ def _build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", parents=[common], help="latency on ONNX Runtime EPs")
     bench.add_argument("models", nargs="+", metavar="MODEL", help="models to time, interleaved")
     bench.add_argument("--ep", default="cpu", help="comma-separated: cpu,cuda,tensorrt")
-    bench.add_argument(
-        "--input-shape",
-        action="append",
-        metavar="NAME:D0,D1,...",
-        help="concrete shape for a dynamic input (repeatable), e.g. input:1,3,224,224",
-    )
+    _add_input_shape(bench)
     bench.add_argument(
         "--runs", type=_int_in(1, 1_000_000), default=20, help="timed interleaved rounds"
     )

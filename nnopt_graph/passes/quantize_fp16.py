@@ -15,6 +15,7 @@ import onnx_ir as ir
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
 from nnopt_graph.passes.quantize_common import (
     NameScope,
+    RankedBackOffPass,
     add_initializer,
     annotate_types,
     calibration_data,
@@ -22,10 +23,9 @@ from nnopt_graph.passes.quantize_common import (
     const_array,
     drop_if_unused,
     name_of,
-    ranked_back_off,
     split_names,
 )
-from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
+from nnopt_graph.pipeline.base import PassContext, PassResult, register_pass
 
 logger = logging.getLogger(__name__)
 
@@ -197,20 +197,14 @@ def _sweep(
 
 
 @register_pass
-class QuantizeFp16Pass(Pass):
+class QuantizeFp16Pass(RankedBackOffPass):
     """Convert float32 to float16 except blocked ops, overflowing values and model I/O."""
 
     name = "quantize-fp16"
     lossy = True
     Options = QuantizeFp16Options
 
-    def __init__(self, options: Any = None, **kwargs: Any) -> None:
-        super().__init__(options, **kwargs)
-        self._cache = _Cache()
-
-    def back_off(self) -> Pass | None:
-        """The same pass with the next nodes of largest output magnitude kept in float32."""
-        return ranked_back_off(self, self._cache.ranking)
+    Cache = _Cache
 
     def _decide(
         self, graph: ir.Graph, absmax: dict[str, float], shapes: dict[str, tuple[int, ...]]

@@ -23,6 +23,7 @@ import onnx_ir as ir
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
 from nnopt_graph.passes.quantize_common import (
     NameScope,
+    RankedBackOffPass,
     add_initializer,
     annotate_types,
     calibration_data,
@@ -31,11 +32,10 @@ from nnopt_graph.passes.quantize_common import (
     drop_if_unused,
     ensure_opset,
     name_of,
-    ranked_back_off,
     split_names,
     subgraph_nodes,
 )
-from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
+from nnopt_graph.pipeline.base import PassContext, PassResult, register_pass
 
 logger = logging.getLogger(__name__)
 
@@ -239,20 +239,14 @@ def _search_scales(
 
 
 @register_pass
-class QuantizeInt4Pass(Pass):
+class QuantizeInt4Pass(RankedBackOffPass):
     """Quantize large constant MatMul/Gemm weights to blockwise int4 (weight-only)."""
 
     name = "quantize-int4"
     lossy = True
     Options = QuantizeInt4Options
 
-    def __init__(self, options: Any = None, **kwargs: Any) -> None:
-        super().__init__(options, **kwargs)
-        self._cache = _Cache()
-
-    def back_off(self) -> Pass | None:
-        """The same pass with the MatMuls of largest int4 output error left in float first."""
-        return ranked_back_off(self, self._cache.ranking)
+    Cache = _Cache
 
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
         """Replace each large MatMul/Gemm weight by int4 blocks; see the README."""

@@ -54,6 +54,7 @@ from nnopt_graph.passes.quantize_calib import (
 )
 from nnopt_graph.passes.quantize_common import (
     NameScope,
+    RankedBackOffPass,
     annotate_types,
     calibration_data,
     commit,
@@ -61,7 +62,6 @@ from nnopt_graph.passes.quantize_common import (
     ensure_opset,
     name_of,
     node_order,
-    ranked_back_off,
     split_names,
     subgraph_nodes,
 )
@@ -72,7 +72,7 @@ from nnopt_graph.passes.quantize_cost import (
     largest_activation,
     node_macs,
 )
-from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
+from nnopt_graph.pipeline.base import PassContext, PassResult, register_pass
 from nnopt_graph.runtime.data import Dataset
 
 logger = logging.getLogger(__name__)
@@ -130,21 +130,18 @@ def _latency_ratios(
 
 
 @register_pass
-class QuantizeInt8Pass(Pass):
+class QuantizeInt8Pass(RankedBackOffPass):
     """Insert int8 QDQ the target fuses (cpu/tensorrt), calibrated, guarded, never slower."""
 
     name = "quantize-int8"
     lossy = True
     Options = QuantizeInt8Options
 
+    Cache = _Cache
+
     def __init__(self, options: Any = None, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
-        self._cache = _Cache()
         self._runtime: Any = None  # the job's RuntimeServices, set by run()
-
-    def back_off(self) -> Pass | None:
-        """The same pass with more of the most sensitive nodes in float (about x1.5 a step)."""
-        return ranked_back_off(self, self._cache.ranking)
 
     def _calibrate(
         self, work: ir.Model, plan: _Plan, data: Dataset, calibrator: str
