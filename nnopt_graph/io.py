@@ -118,7 +118,7 @@ def load(path: str | os.PathLike[str]) -> ir.Model:
         raise BadInputError(f"{path}: not a valid ONNX model (no graph or no ir_version)")
     if has_sparse_initializers(proto):
         # onnx-ir drops sparse initializers on load: make them dense first.
-        from nnopt_graph.passes.sparse_storage import densify_sparse_initializers
+        from nnopt_graph.sparse_format import densify_sparse_initializers
 
         densify_sparse_initializers(proto)
     try:
@@ -147,7 +147,7 @@ def has_sparse_initializers(proto: onnx.ModelProto) -> bool:
 
 
 def _marked_sparse(model: ir.Model) -> bool:
-    from nnopt_graph.passes.sparse_storage import MARKER
+    from nnopt_graph.sparse_format import MARKER
 
     return any(MARKER in t.metadata_props for t in _iter_initializer_tensors(model))
 
@@ -476,7 +476,7 @@ def _write_model(model: ir.Model, staged: Path, external_data: bool, write_spars
         _restore_empty_outputs(model, staged)
     if write_sparse and _marked_sparse(model):
         # store-sparse marks tensors; the sparse form is written on the saved proto.
-        from nnopt_graph.passes.sparse_storage import write_sparse_initializers
+        from nnopt_graph.sparse_format import write_sparse_initializers
 
         write_sparse_initializers(staged)
 

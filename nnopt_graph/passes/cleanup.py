@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 __all__ = [
-    "DEFAULT_PIPELINE",
     "EliminateDeadCodePass",
     "EliminateNoOpsPass",
     "FoldBatchNormPass",
@@ -34,17 +33,9 @@ from nnopt_graph.analysis.walk import (
     count_nodes,
     custom_domain_nodes,
 )
-from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
-from nnopt_graph.pipeline.registry import PRESETS, register_pass
+from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
 logger = logging.getLogger(__name__)
-
-# BatchNormalization is folded before dedup: folding refuses weights that dedup made shared.
-# Zero structure is looked for after folding, which can create it.
-DEFAULT_PIPELINE = (
-    "lift-constants,eliminate-no-ops,fold-constants,fold-batchnorm,eliminate-zero-structure,"
-    "dedup,cse,eliminate-dead-code,sort-topologically,infer-shapes"
-)
 
 
 def _initializer_count(model: ir.Model) -> int:
@@ -365,6 +356,3 @@ class InferShapesPass(Pass):
         after = _shape_signature(model)
         changed = sum(1 for key, sig in after.items() if before.get(key) != sig)
         return PassResult({"values-annotated": changed})
-
-
-PRESETS["default"] = DEFAULT_PIPELINE

@@ -27,6 +27,7 @@ from nnopt_graph.analysis.channels import (
     const_array,
 )
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
+from nnopt_graph.check.metrics import sample_metrics
 from nnopt_graph.passes.prune_importance import (
     IMPORTANCE_KINDS,
     activation_taps,
@@ -35,10 +36,8 @@ from nnopt_graph.passes.prune_importance import (
 )
 from nnopt_graph.passes.prune_latency import WidthChoice, choose_width
 from nnopt_graph.passes.prune_reconstruct import find_sinks, reconstruct_sinks
-from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
-from nnopt_graph.pipeline.registry import register_pass
+from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 from nnopt_graph.runtime.data import Dataset
-from nnopt_graph.runtime.fidelity import FidelityAccumulator
 from nnopt_graph.runtime.session import available_eps, create_session
 
 logger = logging.getLogger(__name__)
@@ -296,10 +295,13 @@ def _masked(model: ir.Model, group: ChannelGroup, keep: np.ndarray) -> ir.Model:
 
 
 def _min_cosine(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float:
-    acc = FidelityAccumulator([str(i) for i in range(len(reference[0]))])
+    """The worst sample's cosine over all outputs (NaN counts as the worst)."""
+    worst = 1.0
     for ref, cand in zip(reference, candidate, strict=True):
-        acc.add(ref, cand)
-    return min(r.cosine for r in acc.result())
+        for r, c in zip(ref, cand, strict=True):
+            value = sample_metrics(r, c).cosine
+            worst = min(worst, -1.0 if value != value else value)
+    return worst
 
 
 @dataclasses.dataclass

@@ -23,8 +23,7 @@ from nnopt_graph.analysis.channels import (
 )
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
 from nnopt_graph.passes.sparse_rewrite import ShapeBuilder, model_value_names, replace_output
-from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
-from nnopt_graph.pipeline.registry import register_pass
+from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ __all__ = [
 import abc
 import dataclasses
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import onnx_ir as ir
 
@@ -77,6 +77,9 @@ class PassResult:
 
     stats: dict[str, int] = dataclasses.field(default_factory=dict)
     decisions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # What the user must hear about even when the run succeeds ("int8 kept float: not
+    # faster", "fusion could not be checked"); the CLI prints them in its summary.
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def modified(self) -> bool:
@@ -92,6 +95,19 @@ class PassContext:
     input_shapes: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     # A runtime.data.Dataset for calibration (never the guard's held-out part), or None.
     calibration: Any = None
+    # How speed decisions are made: "model" (deterministic cost model) or "measure".
+    speed_check: str = "model"
+    # Seed of every randomized choice (sampling, initialization): same seed, same output.
+    seed: int = 0
+    # ONNX Runtime work a pass may ask for (activations, fused graphs, latency): passes never
+    # open sessions or write temporary models themselves.
+    runtime: Any = dataclasses.field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.runtime is None:
+            from nnopt_graph.runtime.services import RuntimeServices
+
+            self.runtime = RuntimeServices()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,3 +158,19 @@ class Pass(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options})"
+
+
+# Name -> pass class. Filled by ``register_pass``; the registry (pipeline/registry.py)
+# reads it. Here, beside the contract, so a pass module imports nothing above it.
+_REGISTRY: dict[str, type[Pass]] = {}
+
+P = TypeVar("P", bound=type[Pass])
+
+
+def register_pass(cls: P) -> P:
+    """Class decorator: make the pass known under its ``name``."""
+    name = cls.name
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise ValueError(f"pass name '{name}' registered twice")
+    _REGISTRY[name] = cls
+    return cls

@@ -215,7 +215,8 @@ class Dataset:
     def split(self, eval_fraction: float = 0.2) -> tuple[Dataset, Dataset]:
         """(calibration, held-out): the last ``eval_fraction`` is held out."""
         n = self.num_samples
-        cut = max(1, int(round(n * (1 - eval_fraction)))) if n > 1 else n
+        # At least one sample on each side once there are two.
+        cut = min(n - 1, max(1, int(round(n * (1 - eval_fraction))))) if n > 1 else n
         head = {k: v[:cut] for k, v in self.arrays.items()}
         tail = {k: v[cut:] for k, v in self.arrays.items()}
         return self._with(head, self.source + "[calib]"), self._with(tail, self.source + "[eval]")

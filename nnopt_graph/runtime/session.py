@@ -25,6 +25,10 @@ from nnopt_graph.runtime.data import Dataset
 
 logger = logging.getLogger(__name__)
 
+# ONNX Runtime's own log lines (graph-optimizer notes, EP fallbacks) would leak into the
+# terminal before our one-line error; the CLI turns them back on under --debug.
+ort.set_default_logger_severity(3)
+
 EP_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",

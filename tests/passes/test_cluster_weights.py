@@ -672,7 +672,7 @@ def test_guard_backs_off_until_the_budget_holds():
     (record,) = result.records
     assert record.guard_action == "backed off"
     assert 2 <= record.options["bits"] <= 8
-    assert record.fidelity["values"]["cosine"] >= 0.999
+    assert record.fidelity["worst"]["cosine"] >= 0.999
 
 
 # ---------------------------------------------------------------- algorithms

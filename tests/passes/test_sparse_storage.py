@@ -12,15 +12,21 @@ from onnx import numpy_helper
 from passes_util import check_idempotent
 
 from nnopt_graph import io
-from nnopt_graph.passes.sparse_storage import (
-    MARKER,
-    StoreSparsePass,
-    densify_sparse_initializers,
-    save_sparse,
-    write_sparse_initializers,
-)
+from nnopt_graph.passes.sparse_storage import StoreSparsePass
 from nnopt_graph.pipeline.base import PassContext
 from nnopt_graph.pipeline.grammar import PassSpec
+from nnopt_graph.sparse_format import (
+    MARKER,
+    densify_sparse_initializers,
+    write_sparse_initializers,
+)
+
+
+def save_sparse(model, path):
+    """The dense save, then the post-save step on the file (what io.save does by default)."""
+    io.save(model, path, write_sparse=False)
+    return write_sparse_initializers(path)
+
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 
