@@ -51,6 +51,7 @@ DEFAULT_PIPELINE = (
     "dedup,cse,eliminate-dead-code,sort-topologically"
 )
 
+
 def _all_values(model: ir.Model) -> Iterator[ir.Value]:
     """Every value of every graph and function: inputs, initializers and node outputs."""
     for graph in all_graphs(model):

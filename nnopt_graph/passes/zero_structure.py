@@ -410,7 +410,9 @@ class EliminateZeroStructurePass(Pass):
     def _replace_zero_ops(self, model: ir.Model, stats: dict[str, int]) -> list[dict[str, Any]]:
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
         limit = self.options.max_weight_elements
-        candidates = [node for graph in model.graphs() for node in graph if _zero_weight(node, limit)]
+        candidates = [
+            node for graph in model.graphs() for node in graph if _zero_weight(node, limit)
+        ]
         if not candidates:
             return []
         # The replacement needs the output's type and the input's rank: infer them only
