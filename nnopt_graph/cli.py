@@ -131,22 +131,10 @@ def _cmd_opt(args: argparse.Namespace) -> int:
 
 
 def _cmd_list_passes(args: argparse.Namespace) -> int:
-    from nnopt_graph.pipeline.grammar import PassSpec, describe_options, option_fields
-    from nnopt_graph.pipeline.registry import PRESETS, registered_passes
+    # The generated catalog, not the registry: listing imports neither onnx nor ORT.
+    from nnopt_graph.pipeline.catalog import format_catalog, load_catalog
 
-    passes = registered_passes()
-    width = max(len(name) for name in passes)
-    print("passes:")
-    for name, cls in passes.items():
-        kind = "lossy   " if cls.lossy else "lossless"
-        print(f"  {name:<{width}}  {kind}  {cls.summary()}")
-        if option_fields(cls):
-            print(f"  {'':<{width}}            {PassSpec.create(name)}")
-            if describe_options(cls):
-                print(f"  {'':<{width}}            where {describe_options(cls)}")
-    print("presets:")
-    for name, text in PRESETS.items():
-        print(f"  {name} = {text}")
+    print("\n".join(format_catalog(load_catalog())))
     return 0
 
 
@@ -347,6 +335,9 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG, description="A compiler-style ONNX graph optimizer.", parents=[common]
     )
+    from nnopt_graph import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, required=True)
 
     opt = sub.add_parser("opt", parents=[common], help="optimize a model")

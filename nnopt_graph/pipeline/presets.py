@@ -9,10 +9,12 @@ from __future__ import annotations
 __all__ = ["DEFAULT_PIPELINE", "PRESETS"]
 
 # BatchNormalization is folded before dedup: folding refuses weights that dedup made shared.
-# Zero structure is looked for after folding, which can create it.
+# Zero structure is looked for after folding, which can create it. Passes that infer
+# shapes for their own use put the input's annotations back (see annotations_kept): the
+# output carries the value_info the input had. Add infer-shapes to annotate everything.
 DEFAULT_PIPELINE = (
     "lift-constants,eliminate-no-ops,fold-constants,fold-batchnorm,eliminate-zero-structure,"
-    "dedup,cse,eliminate-dead-code,sort-topologically,infer-shapes"
+    "dedup,cse,eliminate-dead-code,sort-topologically"
 )
 
 PRESETS: dict[str, str] = {
