@@ -345,10 +345,13 @@ def check_job_paths(
     """
     in_path = Path(input) if input is not None else None
     in_files: list[tuple[Path, str]] = []
+    existing = [Path(p) for p in (output, report) if p is not None and Path(p).exists()]
     if in_path is not None:
         in_files.append((in_path, "the input model"))
-        for data_file in sorted(referenced_data_files(in_path)):
-            in_files.append((data_file, "an external-data file of the input"))
+        # Only an existing file can be a side file of the input: parse the graph then.
+        if any(not _is_same_file(p, in_path) for p in existing):
+            for data_file in sorted(referenced_data_files(in_path)):
+                in_files.append((data_file, "an external-data file of the input"))
     for extra in extra_inputs:
         in_files.append((Path(extra), "an input data file"))
     written: list[tuple[Path, str]] = []
@@ -548,7 +551,11 @@ def staged_save(
 
 def _publish(stage: Path, staged: Path, path: Path, data_name: str | None) -> None:
     """Move a staged pair into place: side file, then the graph (the one publishing step)."""
-    old_files = referenced_data_files(path) if path.exists() else set()
+    # Parse the old graph only when a side file named for it exists (a big inline
+    # model is not read for nothing).
+    owned = _owned_data_pattern(path.name)
+    has_owned = any(owned.fullmatch(p.name) for p in path.parent.iterdir() if p.name != data_name)
+    old_files = referenced_data_files(path) if path.exists() and has_owned else set()
     if data_name is not None:
         _fsync(stage / data_name)
     _fsync(staged)
@@ -559,7 +566,6 @@ def _publish(stage: Path, staged: Path, path: Path, data_name: str | None) -> No
     _fsync(path.parent)
     logger.info("wrote %s", path)
     keep = (path.parent / data_name).resolve() if data_name is not None else None
-    owned = _owned_data_pattern(path.name)
     for old in old_files:
         # Only side files named for this output: another model may share a foreign one.
         if old != keep and old.parent == path.parent.resolve() and owned.fullmatch(old.name):
