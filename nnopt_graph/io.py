@@ -33,6 +33,11 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from nnopt_graph.errors import BadInputError
+from nnopt_graph.opaque_types import (
+    ir_has_opaque_types,
+    restore_opaque_types,
+    strip_opaque_types,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +126,7 @@ def load(path: str | os.PathLike[str]) -> ir.Model:
         from nnopt_graph.sparse_format import densify_sparse_initializers
 
         densify_sparse_initializers(proto)
+    strip_opaque_types(proto)  # Map/Sequence(Map) types: onnx-ir cannot hold them
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # the IR rejects malformed protos with many exception types
@@ -545,6 +551,8 @@ def staged_save(
             data_name = _data_name(path.name, _file_digest(stage / _PAYLOAD))
             _rename_payload(staged, data_name)
             os.replace(stage / _PAYLOAD, stage / data_name)
+        if ir_has_opaque_types(model):
+            restore_opaque_types(staged)
         yield staged
         _publish(stage, staged, path, data_name)
 
