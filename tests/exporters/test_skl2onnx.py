@@ -9,10 +9,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-import nnopt_graph
+from nnopt_graph import io
 from nnopt_graph.errors import BadInputError
 from nnopt_graph.opaque_types import MARKER, restore_opaque_types, strip_opaque_types
-from tests.exporters.conftest import op_counts, optimize_both
+from nnopt_graph.optimize import optimize
+from tests.exporters.helpers import op_counts, optimize_both
 
 skl2onnx = pytest.importorskip("skl2onnx")
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
@@ -25,17 +26,6 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 OPSETS = {"": 17, "ai.onnx.ml": 3}
-
-# The lead's comparison (nnopt_graph/check/) must accept what ONNX Runtime returns for
-# Sequence(Map) outputs: a list (one per row) of dicts {class: probability}.
-ZIPMAP_XFAIL = pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason=(
-        "verification compares outputs as arrays; ZipMap's Sequence(Map) output comes back "
-        "from ONNX Runtime as a list of dicts (lead: nnopt_graph/check/ comparison)"
-    ),
-)
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +71,8 @@ def forest_nozipmap(digits, tmp_path_factory) -> Path:
 def test_zipmap_model_loads_and_saves_with_its_output_types(logreg_zipmap, tmp_path):
     original = onnx.load(str(logreg_zipmap))
     assert original.graph.output[1].type.WhichOneof("value") == "sequence_type"
-    model = nnopt_graph.load(logreg_zipmap)
-    out = nnopt_graph.save(model, tmp_path / "roundtrip.onnx")
+    model = io.load(logreg_zipmap)
+    out = io.save(model, tmp_path / "roundtrip.onnx")
     saved = onnx.load(str(out))
     assert [o.type for o in saved.graph.output] == [o.type for o in original.graph.output]
     assert all(not o.metadata_props for o in saved.graph.output)
@@ -91,7 +81,7 @@ def test_zipmap_model_loads_and_saves_with_its_output_types(logreg_zipmap, tmp_p
 
 def test_zipmap_model_default_pipeline_leaves_ml_ops_alone(logreg_zipmap, digits, tmp_path):
     out = tmp_path / "logreg.onnx"
-    result = nnopt_graph.optimize(logreg_zipmap, out, check=False)
+    result = optimize(logreg_zipmap, out, check=False)
     assert result.output == out
     assert op_counts(out, "ai.onnx.ml") == op_counts(logreg_zipmap, "ai.onnx.ml")
     saved, original = onnx.load(str(out)), onnx.load(str(logreg_zipmap))
@@ -106,12 +96,13 @@ def test_zipmap_model_default_pipeline_leaves_ml_ops_alone(logreg_zipmap, digits
         np.testing.assert_allclose([a[k] for k in sorted(a)], [b[k] for k in sorted(a)])
 
 
-@ZIPMAP_XFAIL
 def test_zipmap_model_verified_default_and_cpu(logreg_zipmap, digits, tmp_path):
     results = optimize_both(logreg_zipmap, digits[2], tmp_path)
     for result in results.values():
         per_output = result.report["fidelity"]["per_output"]
         assert set(per_output) == {"output_label", "output_probability"}
+        assert result.fidelity.shapes_match
+        assert op_counts(result.output, "ai.onnx.ml") == op_counts(logreg_zipmap, "ai.onnx.ml")
 
 
 def test_mlp_verified_default_and_cpu(mlp_nozipmap, digits, tmp_path):
@@ -148,7 +139,7 @@ def test_map_input_is_refused_with_its_type(tmp_path):
     path = tmp_path / "dictvec.onnx"
     onnx.save(proto, path)
     with pytest.raises(BadInputError, match=r"input 'D' has type map\("):
-        nnopt_graph.optimize(path, tmp_path / "out.onnx")
+        optimize(path, tmp_path / "out.onnx")
     assert not (tmp_path / "out.onnx").exists()
 
 
