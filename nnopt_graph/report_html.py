@@ -134,7 +134,7 @@ def _fidelity_section(report: dict[str, Any]) -> str:
     for name, entry in (fid.get("per_output") or {}).items():
         cosine = entry.get("cosine")
         values = cosine.get("values", []) if isinstance(cosine, dict) else []
-        top1 = entry.get("top1")
+        top1 = _metric(entry, "top1", "mean")  # the argmax agreement rate over samples
         rows.append(
             f"<tr><td class='l'>{_esc(name)}</td>"
             f"<td>{_num(_metric(entry, 'cosine', 'min'))}</td>"
@@ -146,7 +146,14 @@ def _fidelity_section(report: dict[str, Any]) -> str:
             f"<td>{_esc(entry.get('shape_match', '-'))}</td>"
             f"<td>{_strip_plot(values, f'cosine of {name}')}</td></tr>"
         )
-    return (
+    equal = fid.get("equal")
+    verdict = (
+        "<p><b>Equal to the input</b> on every sample (lossless check: allclose and relative "
+        "L2, NaN/Inf in place).</p>"
+        if equal
+        else ""
+    )
+    return verdict + (
         f"<p>Final fidelity over <b>{_esc(fid.get('samples', '-'))}</b> held-out samples "
         "(worst sample counts):</p><table><tr><th class='l'>output</th><th>cosine min</th>"
         "<th>p5</th><th>median</th><th>rel_l2 max</th><th>max_abs</th><th>top-1 agreement</th>"

@@ -12,7 +12,7 @@ import pytest
 import nnopt_graph
 from nnopt_graph.errors import BadInputError
 from nnopt_graph.opaque_types import MARKER, restore_opaque_types, strip_opaque_types
-from tests.exporters.conftest import op_counts, optimize_both
+from tests.exporters.exporters_util import op_counts, optimize_both
 
 skl2onnx = pytest.importorskip("skl2onnx")
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
@@ -25,18 +25,6 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 OPSETS = {"": 17, "ai.onnx.ml": 3}
-
-# The lead's comparison (nnopt_graph/check/) must accept what ONNX Runtime returns for
-# Sequence(Map) outputs: a list (one per row) of dicts {class: probability}.
-ZIPMAP_XFAIL = pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason=(
-        "verification compares outputs as arrays; ZipMap's Sequence(Map) output comes back "
-        "from ONNX Runtime as a list of dicts (lead: nnopt_graph/check/ comparison)"
-    ),
-)
-
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarray, Path]:
@@ -106,12 +94,14 @@ def test_zipmap_model_default_pipeline_leaves_ml_ops_alone(logreg_zipmap, digits
         np.testing.assert_allclose([a[k] for k in sorted(a)], [b[k] for k in sorted(a)])
 
 
-@ZIPMAP_XFAIL
 def test_zipmap_model_verified_default_and_cpu(logreg_zipmap, digits, tmp_path):
     results = optimize_both(logreg_zipmap, digits[2], tmp_path)
     for result in results.values():
         per_output = result.report["fidelity"]["per_output"]
         assert set(per_output) == {"output_label", "output_probability"}
+        # The list of {class: probability} maps is compared per sample, key by key.
+        assert per_output["output_probability"]["cosine"]["min"] > 0.999
+    assert results["default"].fidelity.equal is True  # lossless: label and every map equal
 
 
 def test_mlp_verified_default_and_cpu(mlp_nozipmap, digits, tmp_path):
