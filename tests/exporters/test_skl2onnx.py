@@ -8,21 +8,19 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
-import nnopt_graph
-from nnopt_graph.errors import BadInputError
-from nnopt_graph.opaque_types import MARKER, restore_opaque_types, strip_opaque_types
-from tests.exporters.exporters_util import op_counts, optimize_both
-
-skl2onnx = pytest.importorskip("skl2onnx")
-sklearn_datasets = pytest.importorskip("sklearn.datasets")
-
+import skl2onnx  # noqa: E402  (a test extra: a missing one is a failure)
+import sklearn.datasets as sklearn_datasets  # noqa: E402
 from sklearn.ensemble import RandomForestClassifier  # noqa: E402
 from sklearn.feature_extraction import DictVectorizer  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.neural_network import MLPClassifier  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
+
+import nnopt_graph
+from nnopt_graph.errors import BadInputError
+from nnopt_graph.opaque_types import MARKER, restore_opaque_types, strip_opaque_types
+from tests.exporters.exporters_util import op_counts, optimize_both
 
 OPSETS = {"": 17, "ai.onnx.ml": 3}
 
