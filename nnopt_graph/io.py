@@ -163,6 +163,28 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
 
 
 @contextlib.contextmanager
+def _no_initializer_value_info(model: ir.Model) -> Iterator[None]:
+    """While saving, initializers carry no type, so no value_info is written for them.
+
+    onnx-ir writes a value_info entry for every typed initializer; the tensor already
+    says its type and shape, and on a model of many small weights the entries grew the
+    file by a quarter. Initializers that are also graph inputs keep theirs.
+    """
+    saved = []
+    for graph in model.graphs():
+        inputs = {id(v) for v in graph.inputs}
+        for value in graph.initializers.values():
+            if id(value) not in inputs and (value.type is not None or value.shape is not None):
+                saved.append((value, value.type, value.shape))
+                value.type, value.shape = None, None
+    try:
+        yield
+    finally:
+        for value, old_type, old_shape in saved:
+            value.type, value.shape = old_type, old_shape
+
+
+@contextlib.contextmanager
 def staged_save(
     model: ir.Model,
     path: str | os.PathLike[str],
@@ -194,10 +216,11 @@ def staged_save(
     stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         staged = stage / path.name
-        if external_data:
-            ir.save(model, staged, external_data=data_name, size_threshold_bytes=1024)
-        else:
-            ir.save(model, staged)
+        with _no_initializer_value_info(model):
+            if external_data:
+                ir.save(model, staged, external_data=data_name, size_threshold_bytes=1024)
+            else:
+                ir.save(model, staged)
         if write_sparse and _marked_sparse(model):
             # store-sparse marks tensors; the sparse form is written on the saved proto.
             from nnopt_graph.passes.sparse_storage import write_sparse_initializers

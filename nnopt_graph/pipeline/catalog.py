@@ -30,12 +30,14 @@ def _jsonable(value: Any) -> Any:
 
 
 def build_catalog() -> dict[str, Any]:
-    """Every registered pass (name, lossy, summary, options, spec text) and every preset."""
+    """Every built-in pass (name, lossy, summary, options, spec text) and every preset."""
     from nnopt_graph.pipeline.grammar import PassSpec, option_fields
     from nnopt_graph.pipeline.registry import PRESETS, registered_passes
 
     passes = []
     for name, cls in registered_passes().items():
+        if not cls.__module__.startswith("nnopt_graph."):
+            continue  # passes registered by tests or plug-ins are not built in
         options = []
         for key, field, kind in option_fields(cls):
             default = field.default
