@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 __all__ = [
-    "DEFAULT_PIPELINE",
     "EliminateDeadCodePass",
     "EliminateNoOpsPass",
     "FoldBatchNormPass",
@@ -37,19 +36,9 @@ from nnopt_graph.analysis.walk import (
     count_nodes,
     custom_domain_nodes,
 )
-from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
-from nnopt_graph.pipeline.registry import PRESETS, register_pass
+from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
 logger = logging.getLogger(__name__)
-
-# BatchNormalization is folded before dedup: folding refuses weights that dedup made shared.
-# Zero structure is looked for after folding, which can create it. Passes that infer
-# shapes for their own use put the input's annotations back (see annotations_kept): the
-# output carries the value_info the input had. Add infer-shapes to annotate everything.
-DEFAULT_PIPELINE = (
-    "lift-constants,eliminate-no-ops,fold-constants,fold-batchnorm,eliminate-zero-structure,"
-    "dedup,cse,eliminate-dead-code,sort-topologically"
-)
 
 
 def _all_values(model: ir.Model) -> Iterator[ir.Value]:
@@ -286,9 +275,13 @@ class EliminateNoOpsPass(Pass):
 class FoldConstantsOptions:
     """Options of fold-constants."""
 
-    max_input_elements: int = 1 << 24
-    small_output_elements: int = 64
-    max_rounds: int = 4
+    max_input_elements: int = dataclasses.field(
+        default=1 << 24, metadata={"range": (1, None, True, True)}
+    )
+    small_output_elements: int = dataclasses.field(
+        default=64, metadata={"range": (0, None, True, True)}
+    )
+    max_rounds: int = dataclasses.field(default=4, metadata={"range": (1, None, True, True)})
 
 
 _SHAPE_READERS = frozenset({"Shape", "Size"})
@@ -480,6 +473,3 @@ class InferShapesPass(Pass):
         after = _shape_signature(model)
         changed = sum(1 for key, sig in after.items() if before.get(key) != sig)
         return PassResult({"values-annotated": changed})
-
-
-PRESETS["default"] = DEFAULT_PIPELINE

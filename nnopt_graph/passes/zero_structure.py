@@ -26,8 +26,7 @@ from nnopt_graph.analysis.channels import (
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
 from nnopt_graph.passes.cleanup import annotations_kept
 from nnopt_graph.passes.sparse_rewrite import ShapeBuilder, model_value_names, replace_output
-from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
-from nnopt_graph.pipeline.registry import register_pass
+from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +73,11 @@ class EliminateZeroStructureOptions:
             model's weights stay on disk); zero structure in them is not looked for.
     """
 
-    max_rounds: int = 8
-    round_to: int = 1
-    max_weight_elements: int = 1 << 24
+    max_rounds: int = dataclasses.field(default=8, metadata={"range": (1, None, True, True)})
+    round_to: int = dataclasses.field(default=1, metadata={"range": (1, None, True, True)})
+    max_weight_elements: int = dataclasses.field(
+        default=1 << 24, metadata={"range": (0, None, True, True)}
+    )
 
 
 def _per_unit(

@@ -31,8 +31,9 @@ def _jsonable(value: Any) -> Any:
 
 def build_catalog() -> dict[str, Any]:
     """Every built-in pass (name, lossy, summary, options, spec text) and every preset."""
-    from nnopt_graph.pipeline.grammar import PassSpec, option_fields
-    from nnopt_graph.pipeline.registry import PRESETS, registered_passes
+    from nnopt_graph.pipeline.grammar import PassSpec, describe_options, option_fields
+    from nnopt_graph.pipeline.presets import PRESETS
+    from nnopt_graph.pipeline.registry import registered_passes
 
     passes = []
     for name, cls in registered_passes().items():
@@ -57,6 +58,7 @@ def build_catalog() -> dict[str, Any]:
                 "summary": cls.summary(),
                 "options": options,
                 "spec": str(PassSpec.create(name)),
+                "allowed": describe_options(cls),
             }
         )
     return {"passes": passes, "presets": dict(PRESETS)}
@@ -84,6 +86,8 @@ def format_catalog(catalog: dict[str, Any]) -> list[str]:
         lines.append(f"  {p['name']:<{width}}  {kind}  {p['summary']}")
         if p["options"]:
             lines.append(f"  {'':<{width}}            {p['spec']}")
+            if p.get("allowed"):
+                lines.append(f"  {'':<{width}}            where {p['allowed']}")
     lines.append("presets:")
     lines.extend(f"  {name} = {text}" for name, text in catalog["presets"].items())
     return lines
