@@ -156,8 +156,19 @@ def _ort_graph(path: Path, dest: Path) -> list[str]:
 
 
 def _names(path: Path) -> set[str]:
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return {n.name for n in graph.node if n.name}
+    """Node names of a model, subgraphs (If/Loop bodies) included."""
+    names: set[str] = set()
+    stack = [onnx.load(str(path), load_external_data=False).graph]
+    while stack:
+        graph = stack.pop()
+        for node in graph.node:
+            if node.name:
+                names.add(node.name)
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    stack.append(attr.g)
+                stack.extend(attr.graphs)
+    return names
 
 
 def _measure(
@@ -292,8 +303,8 @@ def _write_size(rows: list[dict[str, Any]], meta: dict, how: str) -> None:
         "",
         f"Commit {meta['commit']}, {meta['machine']}. Produced by "
         f"`python bench/lossless_latency.py` ({how}). "
-        "value_info = shape annotations in the main graph; names = node names of the "
-        "input that the output keeps, and node names the output adds.",
+        "value_info = shape annotations in the main graph; names = node names (subgraphs "
+        "included) of the input that the output keeps, and node names the output adds.",
         "",
         "| model | nodes in → out | bytes in → out | size ratio | value_info in → out | "
         "names kept / new |",
