@@ -10,13 +10,14 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import nnopt_graph
+from nnopt_graph import io
+from nnopt_graph.optimize import optimize
 from tests.exporters.builders import HEAVY, build_isolated, skl_models
 
 
 def _cell(model: Path, calib: Path, out: Path, target: str | None) -> tuple[str, dict]:
     try:
-        result = nnopt_graph.optimize(model, out, calib=calib, target=target)
+        result = optimize(model, out, calib=calib, target=target)
     except Exception as exc:  # the table records the failure
         return f"no: {type(exc).__name__}: {' '.join(str(exc).split())[:90]}", {}
     fid = result.fidelity
@@ -37,7 +38,7 @@ def main() -> None:
             sub.mkdir()
             try:
                 model, calib = pair if exporter == "skl2onnx" else build_isolated(pair, sub)
-                nnopt_graph.load(model)
+                io.load(model)
                 loads = "yes"
             except Exception as exc:
                 rows.append((exporter, name, f"no: {str(exc)[-120:]}", "-", "-", "-"))

@@ -27,7 +27,7 @@ __all__ = [
     "save",
 ]
 
-__version__ = "0.1.0"
+from nnopt_graph._version import __version__ as __version__  # noqa: E402  (defined once)
 
 # Public name -> module that defines it.
 _LAZY = {

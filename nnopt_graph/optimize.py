@@ -67,6 +67,12 @@ class OptimizeResult:
         """The lossy passes the guard rolled back."""
         return [r for r in self.records if r.outcome == "rolled back"]
 
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the HTML report's first screen."""
+        from nnopt_graph.report_html import first_screen
+
+        return first_screen(self.report)
+
 
 def resolve_pipeline(pipeline: str | Pipeline | None, target: str | None) -> Pipeline:
     """The pipeline to run, following the CLI contract's rules for -p and --target.

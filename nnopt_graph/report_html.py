@@ -23,6 +23,12 @@ def _num(value: Any, digits: int = 7) -> str:
     """A number with enough digits: 0.9991 never shows as 1."""
     if value is None:
         return "-"
+    if isinstance(value, dict):  # a metric's reductions: show its worst one
+        value = value.get("min", value.get("max"))
+        if not isinstance(value, (int, float)):
+            return "-"
+    if isinstance(value, (list, tuple)):
+        return "-"
     if isinstance(value, str):
         return html.escape(value)
     if isinstance(value, bool):
@@ -134,7 +140,7 @@ def _fidelity_section(report: dict[str, Any]) -> str:
     for name, entry in (fid.get("per_output") or {}).items():
         cosine = entry.get("cosine")
         values = cosine.get("values", []) if isinstance(cosine, dict) else []
-        top1 = _metric(entry, "top1", "mean")  # the argmax agreement rate over samples
+        top1 = _metric(entry, "top1", "mean")  # agreement rate over samples
         rows.append(
             f"<tr><td class='l'>{_esc(name)}</td>"
             f"<td>{_num(_metric(entry, 'cosine', 'min'))}</td>"
@@ -146,14 +152,7 @@ def _fidelity_section(report: dict[str, Any]) -> str:
             f"<td>{_esc(entry.get('shape_match', '-'))}</td>"
             f"<td>{_strip_plot(values, f'cosine of {name}')}</td></tr>"
         )
-    equal = fid.get("equal")
-    verdict = (
-        "<p><b>Equal to the input</b> on every sample (lossless check: allclose and relative "
-        "L2, NaN/Inf in place).</p>"
-        if equal
-        else ""
-    )
-    return verdict + (
+    return (
         f"<p>Final fidelity over <b>{_esc(fid.get('samples', '-'))}</b> held-out samples "
         "(worst sample counts):</p><table><tr><th class='l'>output</th><th>cosine min</th>"
         "<th>p5</th><th>median</th><th>rel_l2 max</th><th>max_abs</th><th>top-1 agreement</th>"
@@ -210,7 +209,8 @@ def _passes_table(report: dict[str, Any]) -> str:
         outcome = p.get("outcome") or ("changed" if p.get("modified") else "unchanged")
         detail = p.get("outcome_detail") or p.get("guard_action") or ""
         fid = p.get("fidelity") or {}
-        cosine = (fid.get("values") or {}).get("cosine") if isinstance(fid, dict) else None
+        worst = fid.get("worst") or {} if isinstance(fid, dict) else {}
+        cosine = worst.get("cosine", (fid.get("values") or {}).get("cosine") if fid else None)
         rows.append(
             f"<tr><td class='l'>{_esc(p.get('name'))}</td><td class='l'>{_esc(outcome)}</td>"
             f"<td class='l'>{_esc(detail)}</td><td class='l'>{_esc(stats or '-')}</td>"

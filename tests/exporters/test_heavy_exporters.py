@@ -16,7 +16,7 @@ import onnx
 import pytest
 
 from tests.exporters.builders import HEAVY, build_isolated
-from tests.exporters.exporters_util import optimize_both
+from tests.exporters.helpers import optimize_both
 
 NEEDS = {
     "torch.onnx (TorchScript)": ["torch"],

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnx
 
-import nnopt_graph
+from nnopt_graph.optimize import OptimizeResult, optimize
 
 
 def op_counts(path: Path, domain: str | None = None) -> Counter[str]:
@@ -20,12 +20,12 @@ def op_counts(path: Path, domain: str | None = None) -> Counter[str]:
 
 def optimize_both(
     model: Path, calib: Path, tmp_path: Path, **kwargs: object
-) -> dict[str, nnopt_graph.OptimizeResult]:
+) -> dict[str, OptimizeResult]:
     """The default pipeline and ``--target cpu``, both verified; results by label."""
     results = {}
     for label, target in (("default", None), ("cpu", "cpu")):
         out = tmp_path / f"{model.stem}.{label}.onnx"
-        results[label] = nnopt_graph.optimize(model, out, calib=calib, target=target, **kwargs)
+        results[label] = optimize(model, out, calib=calib, target=target, **kwargs)
         assert results[label].output == out and out.is_file()
         assert results[label].fidelity is not None
         onnx.checker.check_model(str(out), full_check=True)
