@@ -66,5 +66,5 @@ class OptunaStrategy:
         violation = 0.0 if record.get("guard_passed") else 1.0
         trial.set_user_attr("violation", violation)
         if self._set_constraint:
-            trial.set_constraint([violation])
+            trial.set_constraint("guard", violation)
         self.study.tell(trial, list(values))
