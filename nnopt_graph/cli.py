@@ -455,6 +455,10 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=_int_in(1, 1024), default=2, help="CPU intra-op threads")
     bench.add_argument("--json", metavar="FILE", help="also write the results as strict JSON")
     bench.set_defaults(func=_cmd_bench)
+
+    from nnopt_graph.search.cli import add_search_parser
+
+    add_search_parser(sub)
     return parser
 
 

@@ -513,6 +513,28 @@ def _stage_folder(path: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def _no_initializer_value_info(model: ir.Model) -> Iterator[None]:
+    """While saving, initializers carry no type, so no value_info is written for them.
+
+    onnx-ir writes a value_info entry for every typed initializer; the tensor already
+    says its type and shape, and on a model of many small weights the entries grew the
+    file by a quarter. Initializers that are also graph inputs keep theirs.
+    """
+    saved = []
+    for graph in model.graphs():
+        inputs = {id(v) for v in graph.inputs}
+        for value in graph.initializers.values():
+            if id(value) not in inputs and (value.type is not None or value.shape is not None):
+                saved.append((value, value.type, value.shape))
+                value.type, value.shape = None, None
+    try:
+        yield
+    finally:
+        for value, old_type, old_shape in saved:
+            value.type, value.shape = old_type, old_shape
+
+
+@contextlib.contextmanager
 def staged_save(
     model: ir.Model,
     path: str | os.PathLike[str],
@@ -545,7 +567,8 @@ def staged_save(
         external_data = uses_external_data(model) or tensor_bytes(model) >= EXTERNAL_DATA_THRESHOLD
     with _stage_folder(path) as stage:
         staged = stage / path.name
-        _write_model(model, staged, external_data, write_sparse)
+        with _no_initializer_value_info(model):
+            _write_model(model, staged, external_data, write_sparse)
         data_name = None
         if external_data and (stage / _PAYLOAD).is_file():
             data_name = _data_name(path.name, _file_digest(stage / _PAYLOAD))

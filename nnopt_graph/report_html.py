@@ -140,7 +140,7 @@ def _fidelity_section(report: dict[str, Any]) -> str:
     for name, entry in (fid.get("per_output") or {}).items():
         cosine = entry.get("cosine")
         values = cosine.get("values", []) if isinstance(cosine, dict) else []
-        top1 = _metric(entry, "top1", "min")
+        top1 = _metric(entry, "top1", "mean")  # agreement rate over samples
         rows.append(
             f"<tr><td class='l'>{_esc(name)}</td>"
             f"<td>{_num(_metric(entry, 'cosine', 'min'))}</td>"

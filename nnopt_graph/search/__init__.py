@@ -1,0 +1,1 @@
+"""Search over pipelines for the fastest model within a guard: space, strategy, executors."""

@@ -1,0 +1,84 @@
+"""The ``nnopt-graph search`` subcommand: its parser and its command."""
+
+from __future__ import annotations
+
+__all__ = ["add_search_parser", "cmd_search"]
+
+import argparse
+from typing import Any
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+def add_search_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``search`` to the CLI's subcommands (imports nothing heavy)."""
+    p = subparsers.add_parser(
+        "search", help="search pipelines for the fastest model within the guard"
+    )
+    p.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    p.add_argument("input", metavar="IN.onnx", help="the model, or a folder of .onnx models")
+    p.add_argument("outdir", metavar="OUTDIR", help="front.json, front.md, front/, best.onnx")
+    p.add_argument("--target", required=True, choices=["cpu", "cuda", "tensorrt"])
+    p.add_argument("--calib", required=True, metavar="DATA", help="calibration data")
+    p.add_argument("--eval", metavar="DATA", help="held-out data the guard measures on")
+    p.add_argument("--guard", metavar="EXPR", help="per-sample budget (default cosine.min>=0.99)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--trials", type=_positive_int, help="distinct candidates (default 20)")
+    budget.add_argument(
+        "--budget-minutes", type=_positive_float, help="stop asking for candidates after this"
+    )
+    p.add_argument("--space", metavar="FILE", help="search space JSON (default: the target's)")
+    p.add_argument("--ray", metavar="auto|ADDRESS", help="run evaluations as Ray tasks")
+    p.add_argument("--seed", type=int, default=0, help="seed of the strategy and the passes")
+    p.add_argument(
+        "--workers", type=_positive_int, default=1, help="parallel evaluations (local: <= cores)"
+    )
+    p.set_defaults(func=cmd_search)
+    return p
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Run the search and print where its results are; 0 when a candidate met the guard."""
+    from nnopt_graph.search.run import run_search
+
+    results = run_search(
+        args.input,
+        args.outdir,
+        target=args.target,
+        calib=args.calib,
+        eval_data=args.eval,
+        guard=args.guard,
+        trials=args.trials,
+        budget_minutes=args.budget_minutes,
+        space=args.space,
+        ray=args.ray,
+        seed=args.seed,
+        workers=args.workers,
+    )
+    for r in results:
+        assert r.best is not None
+        ratio = r.best["latency_ratio"]["median"]
+        print(  # noqa: T201
+            f"{r.outdir}: {len(r.records)} candidates ({r.evaluated} evaluated now), "
+            f"{len(r.front)} on the front; best.onnx latency x{ratio:.3f} of the input: "
+            f"{r.best['pipeline']}"
+        )
+    return 0

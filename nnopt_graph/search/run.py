@@ -1,0 +1,339 @@
+"""The search job: ask the strategy, evaluate batches on an executor, write the front and best."""
+
+from __future__ import annotations
+
+__all__ = ["SearchResult", "pareto_front", "run_search"]
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nnopt_graph.errors import BadInputError, CheckFailedError
+from nnopt_graph.search.cache import CandidateCache, candidate_key, file_sha256
+from nnopt_graph.search.space import SearchSpace, load_space
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRIALS = 20
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """What a search did for one model.
+
+    Attributes:
+        outdir: where front.json, front.md, front/, best.onnx and cache.jsonl are.
+        records: every distinct candidate's record, in the order first asked.
+        front: the Pareto-front records (meeting the guard), fastest first.
+        best: the fastest record meeting the guard, or None.
+        evaluated: candidates evaluated by this run (not taken from the cache).
+        trials: Optuna trials asked (duplicates included).
+    """
+
+    outdir: Path
+    records: list[dict[str, Any]]
+    front: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    evaluated: int
+    trials: int
+
+
+def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(
+        x < y for x, y in zip(a, b, strict=True)
+    )
+
+
+def pareto_front(points: Sequence[Sequence[float]]) -> list[int]:
+    """Indices of the points no other point dominates (every objective minimized).
+
+    Equal points are all kept. Indices come back in input order.
+    """
+    return [
+        i
+        for i, p in enumerate(points)
+        if not any(_dominates(q, p) for j, q in enumerate(points) if j != i)
+    ]
+
+
+def _copy_model(src: Path, dst: Path) -> None:
+    """Copy a candidate's model; one with external data is re-saved under the new name."""
+    if len([p for p in src.parent.iterdir() if p.is_file()]) == 1:
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        return
+    from nnopt_graph import io
+
+    io.save(io.load(src), dst)
+
+
+def _fmt_ratio(record: dict[str, Any]) -> str:
+    r = record["latency_ratio"]
+    return f"{r['median']:.3f} [{r['min']:.3f}, {r['max']:.3f}]"
+
+
+def _cosine(record: dict[str, Any]) -> float | None:
+    worst = record.get("worst") or {}
+    value = worst.get("cosine")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _write_outputs(
+    outdir: Path, records: list[dict[str, Any]], meta: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    from nnopt_graph.search.strategy import objectives
+
+    feasible = [r for r in records if r.get("status") == "ok" and r.get("guard_passed")]
+    points = [objectives(r) for r in feasible]
+    front = [feasible[i] for i in pareto_front([p for p in points if p is not None])]
+    front.sort(key=lambda r: (r["latency_ratio"]["median"], r["size"]))
+    front_dir = outdir / "front"
+    if front_dir.exists():
+        shutil.rmtree(front_dir)
+    front_dir.mkdir()
+    entries = []
+    for n, record in enumerate(front):
+        model = front_dir / f"{n:02d}.onnx"
+        _copy_model(Path(record["model"]), model)
+        (front_dir / f"{n:02d}.pipeline.txt").write_text(record["pipeline"] + "\n")
+        entries.append(
+            {
+                "model": str(model.relative_to(outdir)),
+                "pipeline": record["pipeline"],
+                "latency_ratio": record["latency_ratio"],
+                "worst": record.get("worst"),
+                "size": record["size"],
+                "outcomes": record.get("outcomes"),
+            }
+        )
+    best = min(feasible, key=lambda r: r["latency_ratio"]["median"], default=None)
+    summary = {
+        **meta,
+        "front": entries,
+        "best": None if best is None else {"pipeline": best["pipeline"], "model": "best.onnx"},
+        "candidates": [{k: v for k, v in r.items() if k != "key"} for r in records],
+    }
+    (outdir / "front.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    lines = [
+        f"# Search front: {meta['input']} (target {meta['target']}, guard {meta['guard']})",
+        "",
+        f"{len(records)} candidates, {len(feasible)} meeting the guard, "
+        f"{meta['evaluated']} evaluated by this run. Latency: candidate / input, "
+        "median [min, max] of per-round ratios (interleaved, CPU).",
+        "",
+        "| # | latency ratio | worst cosine | size (bytes) | pipeline |",
+        "|---|---|---|---|---|",
+    ]
+    for n, r in enumerate(front):
+        cos = _cosine(r)
+        lines.append(
+            f"| {n:02d} | {_fmt_ratio(r)} | {'-' if cos is None else f'{cos:.5f}'} "
+            f"| {r['size']} | `{r['pipeline']}` |"
+        )
+    (outdir / "front.md").write_text("\n".join(lines) + "\n")
+    if best is not None:
+        _copy_model(Path(best["model"]), outdir / "best.onnx")
+        (outdir / "best.pipeline.txt").write_text(best["pipeline"] + "\n")
+    return front, best
+
+
+def _check_inputs(model: Path, calib: Path, eval_data: Path | None) -> None:
+    import onnx
+
+    from nnopt_graph import io
+    from nnopt_graph.runtime.data import input_specs, load_dataset
+
+    for p in (model, calib, eval_data):
+        if p is not None and not p.exists():
+            raise BadInputError(f"{p}: no such file or folder")
+    try:
+        onnx.checker.check_model(str(model))
+        specs = input_specs(io.load(model))
+    except BadInputError:
+        raise
+    except Exception as exc:
+        text = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise BadInputError(f"{model}: invalid model: {text}") from exc
+    for p in (calib, eval_data):
+        if p is not None:
+            load_dataset(p, specs)
+
+
+def _search_one(
+    model: Path,
+    outdir: Path,
+    *,
+    target: str,
+    calib: Path,
+    eval_data: Path | None,
+    guard: str | None,
+    trials: int | None,
+    budget_minutes: float | None,
+    space: SearchSpace,
+    executor: Any,
+    seed: int,
+) -> SearchResult:
+    from nnopt_graph.search.strategy import OptunaStrategy
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    cache = CandidateCache(outdir)
+    input_sha = file_sha256(model)
+    assert input_sha is not None
+    data_shas = [file_sha256(calib), file_sha256(eval_data)]
+    strategy = OptunaStrategy(space, seed)
+    limit = trials if trials is not None else (space.size if budget_minutes else DEFAULT_TRIALS)
+    limit = min(limit, space.size)
+    deadline = time.monotonic() + budget_minutes * 60 if budget_minutes else None
+    threads = max(1, min(2, (os.cpu_count() or 1) // executor.workers))
+    seen: dict[str, dict[str, Any]] = {}
+    evaluated = asked = 0
+    max_asks = 20 * space.size
+    while len(seen) < limit and asked < max_asks:
+        if deadline is not None and time.monotonic() > deadline:
+            logger.info("budget of %s minutes spent", budget_minutes)
+            break
+        pending: dict[str, list[Any]] = {}
+        jobs: dict[str, dict[str, Any]] = {}
+        while len(jobs) < executor.workers and len(seen) + len(jobs) < limit and asked < max_asks:
+            trial, choice = strategy.ask()
+            asked += 1
+            text = space.pipeline(choice)
+            if text in seen:
+                strategy.tell(trial, seen[text])
+                continue
+            if text in jobs:
+                pending[text].append(trial)
+                continue
+            key = candidate_key(input_sha, text, data_shas, target, guard)
+            cached = cache.get(key)
+            if cached is not None:
+                seen[text] = cached
+                strategy.tell(trial, cached)
+                continue
+            pending[text] = [trial]
+            jobs[text] = {
+                "input": str(model),
+                "output": str(outdir / "candidates" / key[:16] / "model.onnx"),
+                "pipeline": text,
+                "target": target,
+                "calib": str(calib),
+                "eval": None if eval_data is None else str(eval_data),
+                "guard": guard,
+                "threads": threads,
+                "seed": seed,
+                "key": key,
+            }
+        if not jobs:
+            continue
+        for job, record in zip(jobs.values(), executor.map(list(jobs.values())), strict=True):
+            record["model"] = job["output"] if record.get("status") == "ok" else None
+            cache.put(job["key"], record)
+            evaluated += 1
+            seen[job["pipeline"]] = record
+            for trial in pending[job["pipeline"]]:
+                strategy.tell(trial, record)
+            logger.info(
+                "candidate %s: %s", job["pipeline"], record.get("error") or record["status"]
+            )
+    records = list(seen.values())
+    meta = {
+        "input": str(model),
+        "target": target,
+        "guard": guard or "cosine.min>=0.99 (default)",
+        "seed": seed,
+        "trials_asked": asked,
+        "evaluated": evaluated,
+        "space": space.to_json(),
+    }
+    front, best = _write_outputs(outdir, records, meta)
+    return SearchResult(outdir, records, front, best, evaluated, asked)
+
+
+def run_search(
+    model: str | os.PathLike[str],
+    outdir: str | os.PathLike[str],
+    *,
+    target: str,
+    calib: str | os.PathLike[str],
+    eval_data: str | os.PathLike[str] | None = None,
+    guard: str | None = None,
+    trials: int | None = None,
+    budget_minutes: float | None = None,
+    space: str | os.PathLike[str] | None = None,
+    ray: str | None = None,
+    seed: int = 0,
+    workers: int = 1,
+) -> list[SearchResult]:
+    """Search the space for each model (a file, or every .onnx in a folder).
+
+    A folder's models go to ``OUTDIR/<stem>/``. Each OUTDIR gets ``front.json``,
+    ``front.md``, ``front/NN.onnx`` + ``NN.pipeline.txt``, ``best.onnx`` +
+    ``best.pipeline.txt`` and ``cache.jsonl`` (a re-run takes evaluated candidates from it).
+
+    Raises:
+        BadInputError: unusable model, data, space, guard or options (exit 2).
+        CheckFailedError: no candidate met the guard (exit 1; the front files are written).
+    """
+    from nnopt_graph.optimize import TARGETS
+    from nnopt_graph.search.executors import make_executor
+
+    if target not in TARGETS:
+        raise BadInputError(f"unknown target '{target}' (choose from {', '.join(TARGETS)})")
+    if trials is not None and trials < 1:
+        raise BadInputError(f"--trials must be at least 1, not {trials}")
+    if budget_minutes is not None and budget_minutes <= 0:
+        raise BadInputError(f"--budget-minutes must be positive, not {budget_minutes}")
+    if workers < 1:
+        raise BadInputError(f"--workers must be at least 1, not {workers}")
+    src = Path(model)
+    out = Path(outdir)
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"{out}: exists and is not a folder")
+    if src.is_dir():
+        models = sorted(src.glob("*.onnx"))
+        if not models:
+            raise BadInputError(f"{src}: no .onnx model in this folder")
+        targets = [(m, out / m.stem) for m in models]
+    else:
+        targets = [(src, out)]
+    calib_p = Path(calib)
+    eval_p = None if eval_data is None else Path(eval_data)
+    for m, _ in targets:
+        _check_inputs(m, calib_p, eval_p)
+    if guard is not None:
+        from nnopt_graph.check.guard import parse_guard
+
+        parse_guard(guard)
+    the_space = load_space(space, target)
+    executor = make_executor(ray, target, workers)
+    try:
+        results = [
+            _search_one(
+                m,
+                o,
+                target=target,
+                calib=calib_p,
+                eval_data=eval_p,
+                guard=guard,
+                trials=trials,
+                budget_minutes=budget_minutes,
+                space=the_space,
+                executor=executor,
+                seed=seed,
+            )
+            for m, o in targets
+        ]
+    finally:
+        executor.close()
+    failed = [r for r in results if r.best is None]
+    if failed:
+        names = ", ".join(str(r.outdir) for r in failed)
+        raise CheckFailedError(f"no candidate met the guard for {names} (see front.json)")
+    return results

@@ -1,0 +1,169 @@
+"""The candidate space of a search: stages of pipeline-text choices over a base pipeline."""
+
+from __future__ import annotations
+
+__all__ = ["SearchSpace", "default_space", "load_space", "validate_space"]
+
+import dataclasses
+import itertools
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from nnopt_graph.errors import BadInputError
+
+logger = logging.getLogger(__name__)
+
+PRUNE_RATIOS = (0.0, 0.1, 0.25, 0.4)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """Candidates = ``base`` followed by one choice of every stage (empty choices skipped).
+
+    Attributes:
+        base: pipeline text every candidate starts with (e.g. ``default``).
+        stages: (stage name, pipeline-text choices) in pipeline order; ``""`` means "none".
+        presets: candidates to try first, each a stage name -> choice mapping (warm start).
+    """
+
+    base: str
+    stages: tuple[tuple[str, tuple[str, ...]], ...]
+    presets: tuple[tuple[tuple[str, str], ...], ...] = ()
+
+    def pipeline(self, choice: Mapping[str, str]) -> str:
+        """The pipeline text of one candidate (a stage name -> choice mapping)."""
+        parts = [self.base] if self.base else []
+        for name, _ in self.stages:
+            text = choice[name]
+            if text:
+                parts.append(text)
+        return ",".join(parts)
+
+    def candidates(self) -> Iterator[dict[str, str]]:
+        """Every candidate of the full grid, in a fixed order."""
+        names = [name for name, _ in self.stages]
+        for combo in itertools.product(*(choices for _, choices in self.stages)):
+            yield dict(zip(names, combo, strict=True))
+
+    @property
+    def size(self) -> int:
+        """Candidates in the full grid."""
+        n = 1
+        for _, choices in self.stages:
+            n *= len(choices)
+        return n
+
+    def preset_choices(self) -> list[dict[str, str]]:
+        """The warm-start candidates as stage -> choice mappings."""
+        return [dict(p) for p in self.presets]
+
+    def to_json(self) -> dict[str, Any]:
+        """The space in the ``--space`` file format."""
+        return {
+            "base": self.base,
+            "stages": [{"name": n, "choices": list(c)} for n, c in self.stages],
+            "presets": [dict(p) for p in self.presets],
+        }
+
+
+def _prune_choice(ratio: float) -> str:
+    return f"prune-channels{{ratio={ratio}}}" if ratio > 0 else ""
+
+
+def default_space(target: str) -> SearchSpace:
+    """The default space of a target: its preset x prune ratios x quantization x 2:4.
+
+    cpu and tensorrt choose int8 on or off; cuda chooses among none, fp16, int4 and
+    fp16+int4 (its preset). The target preset and the lossless default are presets.
+
+    Raises:
+        BadInputError: an unknown target.
+    """
+    prune = ("prune", tuple(_prune_choice(r) for r in PRUNE_RATIOS))
+    sparse = ("sparsify", ("", "sparsify{pattern=2:4}"))
+    if target in ("cpu", "tensorrt"):
+        quant = ("quantize", ("", "quantize-int8"))
+        preset = "quantize-int8"
+    elif target == "cuda":
+        quant = ("quantize", ("", "quantize-fp16", "quantize-int4", "quantize-fp16,quantize-int4"))
+        preset = "quantize-fp16,quantize-int4"
+    else:
+        raise BadInputError(f"unknown target '{target}' (choose from cpu, cuda, tensorrt)")
+    stages = (prune, sparse, quant)
+    presets = (
+        (("prune", ""), ("sparsify", ""), ("quantize", preset)),
+        (("prune", ""), ("sparsify", ""), ("quantize", "")),
+    )
+    return SearchSpace("default", stages, presets)
+
+
+def _space_from_json(data: Any, where: str) -> SearchSpace:
+    if not isinstance(data, dict):
+        raise BadInputError(f"{where}: a search space is a JSON object with 'base' and 'stages'")
+    base = data.get("base", "default")
+    stages_in = data.get("stages")
+    if not isinstance(base, str) or not isinstance(stages_in, list) or not stages_in:
+        raise BadInputError(f"{where}: 'base' must be text and 'stages' a non-empty list")
+    stages: list[tuple[str, tuple[str, ...]]] = []
+    for i, stage in enumerate(stages_in):
+        name = stage.get("name") if isinstance(stage, dict) else None
+        choices = stage.get("choices") if isinstance(stage, dict) else None
+        if (
+            not isinstance(name, str)
+            or not isinstance(choices, list)
+            or not choices
+            or not all(isinstance(c, str) for c in choices)
+        ):
+            raise BadInputError(
+                f"{where}: stage {i} needs a 'name' and a non-empty list of text 'choices'"
+            )
+        if name in {n for n, _ in stages}:
+            raise BadInputError(f"{where}: stage name '{name}' appears twice")
+        stages.append((name, tuple(choices)))
+    presets: list[tuple[tuple[str, str], ...]] = []
+    for p in data.get("presets", []):
+        if not isinstance(p, dict) or set(p) != {n for n, _ in stages}:
+            raise BadInputError(f"{where}: a preset names one choice for every stage")
+        for name, choices in stages:
+            if p[name] not in choices:
+                raise BadInputError(f"{where}: preset choice '{p[name]}' is not in stage '{name}'")
+        presets.append(tuple((n, p[n]) for n, _ in stages))
+    return SearchSpace(base, tuple(stages), tuple(presets))
+
+
+def validate_space(space: SearchSpace) -> None:
+    """Parse every candidate's pipeline text once, so a typo fails before any work.
+
+    Raises:
+        BadInputError: a candidate's pipeline text does not parse.
+    """
+    from nnopt_graph.pipeline.grammar import Pipeline
+
+    for choice in space.candidates():
+        text = space.pipeline(choice)
+        try:
+            Pipeline.parse(text)
+        except BadInputError as exc:
+            raise BadInputError(f"search space: candidate '{text}': {exc}") from exc
+
+
+def load_space(path: str | Path | None, target: str) -> SearchSpace:
+    """The ``--space`` file's space, or the target's default; every candidate parsed.
+
+    Raises:
+        BadInputError: unreadable file, wrong structure, or a pipeline that does not parse.
+    """
+    if path is None:
+        space = default_space(target)
+    else:
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadInputError(f"{p}: cannot read the search space: {exc}") from exc
+        space = _space_from_json(data, str(p))
+    validate_space(space)
+    return space
