@@ -35,6 +35,7 @@ from nnopt_graph.passes.prune_importance import (
 )
 from nnopt_graph.passes.prune_latency import WidthChoice, choose_width
 from nnopt_graph.passes.prune_reconstruct import find_sinks, reconstruct_sinks
+from nnopt_graph.passes.prune_shapes import fold_copied_reshape_dims
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
 from nnopt_graph.pipeline.registry import register_pass
 from nnopt_graph.runtime.data import Dataset, input_specs
@@ -58,6 +59,7 @@ _STATS = (
     "skipped-reconstruct-subgraph",
     "skipped-reconstruct-too-large",
     "skipped-functions",
+    "reshape-targets-folded",
 )
 # Calibration samples used to measure each group's sensitivity (search=true).
 _SENSITIVITY_SAMPLES = 8
@@ -480,6 +482,9 @@ class PruneChannelsPass(Pass):
         stats["skipped-functions"] = len(model.functions)
         if options.ratio <= 0:
             return PassResult(stats, [])
+        # Lossless: exported attention computes its head Reshapes from Shape; constant
+        # targets let the analysis follow heads (otherwise every head group freezes).
+        stats["reshape-targets-folded"] = fold_copied_reshape_dims(model)
         plan = self.plan(model, context)
         decisions = list(plan.decisions)
         stats["skipped-groups-frozen"] = len(plan.frozen)
