@@ -62,7 +62,9 @@ def _inputs(name: str, tmp: Path) -> tuple[Path, Path, Path]:
     if name == "nudenet-320n-static":
         path = fetch.fetch_static("nudenet-320n")
         for part, seed in (("calib", 0), ("held", 10_000)):
-            images = [fetch.example_inputs("nudenet-320n", seed=seed + i)["images"] for i in range(16)]
+            images = [
+                fetch.example_inputs("nudenet-320n", seed=seed + i)["images"] for i in range(16)
+            ]
             np.savez(tmp / f"nude_{part}.npz", images=np.concatenate(images))
         return path, tmp / "nude_calib.npz", tmp / "nude_held.npz"
     raise KeyError(name)
