@@ -37,13 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import calib, fetch, zoo  # noqa: E402
 from nnopt_graph import io  # noqa: E402
 from nnopt_graph.analysis.stats import summarize  # noqa: E402
+from nnopt_graph.check.compare import compare_models  # noqa: E402
 from nnopt_graph.pipeline.base import PassContext  # noqa: E402
 from nnopt_graph.pipeline.grammar import Pipeline  # noqa: E402
 from nnopt_graph.pipeline.manager import PassManager  # noqa: E402
 from nnopt_graph.runtime.bench import benchmark  # noqa: E402
 from nnopt_graph.runtime.data import Dataset, input_specs, load_dataset  # noqa: E402
 from nnopt_graph.runtime.session import create_session  # noqa: E402
-from nnopt_graph.verify import compare_models  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DIGITS = Path(__file__).resolve().parents[1] / "models" / "digits"

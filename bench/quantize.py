@@ -47,12 +47,12 @@ sys.path.insert(0, str(ROOT))
 from models import fetch, zoo  # noqa: E402
 from models.calib import write_calib_npz  # noqa: E402
 from nnopt_graph import optimize  # noqa: E402
+from nnopt_graph.check.compare import compare_models  # noqa: E402
 from nnopt_graph.io import load  # noqa: E402
 from nnopt_graph.pipeline.registry import PRESETS  # noqa: E402
 from nnopt_graph.runtime.bench import benchmark  # noqa: E402
 from nnopt_graph.runtime.data import input_specs, load_dataset  # noqa: E402
 from nnopt_graph.runtime.quant_bench import compare_latency  # noqa: E402
-from nnopt_graph.verify import compare_models  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 CPU_MODELS = [

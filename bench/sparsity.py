@@ -48,12 +48,12 @@ from sparsity_check import check_model, summarize  # noqa: E402
 
 from models import calib, fetch, zoo  # noqa: E402
 from nnopt_graph import io  # noqa: E402
+from nnopt_graph.check.compare import compare_models  # noqa: E402
 from nnopt_graph.optimize import optimize  # noqa: E402
 from nnopt_graph.pipeline.base import PassContext  # noqa: E402
 from nnopt_graph.pipeline.grammar import PassSpec, Pipeline  # noqa: E402
 from nnopt_graph.pipeline.manager import PassManager  # noqa: E402
 from nnopt_graph.runtime.data import load_dataset  # noqa: E402
-from nnopt_graph.verify import compare_models  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 CALIB_SAMPLES = 64
@@ -207,10 +207,11 @@ def _storage_case(name: str, workdir: Path, ratio: float, index_type: str) -> di
     dense = workdir / f"{name}.dense.onnx"
     io.save(model, dense)
     storage = PassManager(Pipeline.parse(f"store-sparse{{index-type={index_type}}}")).run(model)[0]
-    from nnopt_graph.passes.sparse_storage import save_sparse
+    from nnopt_graph.sparse_format import write_sparse_initializers
 
     sparse = workdir / f"{name}.{index_type}.onnx"
-    written = save_sparse(model, sparse)
+    io.save(model, sparse, write_sparse=False)
+    written = write_sparse_initializers(sparse)
     feeds = zoo.example_inputs(name)
     a = ort.InferenceSession(str(dense), providers=["CPUExecutionProvider"]).run(None, feeds)
     b = ort.InferenceSession(str(sparse), providers=["CPUExecutionProvider"]).run(None, feeds)

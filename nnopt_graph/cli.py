@@ -6,11 +6,10 @@ __all__ = ["main"]
 
 import argparse
 import contextlib
-import json
 import logging
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -36,6 +35,39 @@ def _input_shapes(values: Sequence[str] | None) -> dict[str, list[int]]:
     return shapes
 
 
+def _check_pass_names(names: set[str], flag: str) -> None:
+    """Refuse names that are no registered pass (with the closest one as a suggestion).
+
+    Raises:
+        BadInputError: an unknown name.
+    """
+    import difflib
+
+    from nnopt_graph.pipeline.registry import pass_names
+
+    known = [*pass_names(), "all"]
+    for name in sorted(names):
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else " (see 'nnopt-graph list-passes')"
+            raise BadInputError(f"{flag}: unknown pass '{name}'{hint}")
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside the allowed range [{lo}, {hi}]")
+        return value
+
+    return parse
+
+
 def _existing_file(path: str) -> Path:
     p = Path(path)
     if not p.exists():
@@ -44,6 +76,7 @@ def _existing_file(path: str) -> Path:
 
 
 def _cmd_opt(args: argparse.Namespace) -> int:
+    from nnopt_graph.io import check_job_paths
     from nnopt_graph.optimize import optimize
     from nnopt_graph.pipeline.instruments import (
         DumpDirInstrument,
@@ -55,20 +88,26 @@ def _cmd_opt(args: argparse.Namespace) -> int:
     from nnopt_graph.report import print_summary
 
     _existing_file(args.input)
+    data = [d for d in (args.calib, args.eval) if d]
+    check_job_paths(
+        args.input,
+        args.output,
+        report=args.report,
+        dump_dir=args.dump_dir,
+        in_place=args.in_place,
+        extra_inputs=data,
+    )
     instruments: list[Instrument] = []
     if args.print_ir_after:
-        instruments.append(PrintIRAfterInstrument(set(args.print_ir_after.split(","))))
+        names = {n.strip() for n in args.print_ir_after.split(",") if n.strip()}
+        _check_pass_names(names, "--print-ir-after")
+        instruments.append(PrintIRAfterInstrument(names))
     if args.dump_dir:
-        dump = Path(args.dump_dir)
-        if not dump.is_dir():
-            raise BadInputError(f"{dump}: --dump-dir folder does not exist")
-        instruments.append(DumpDirInstrument(dump))
+        instruments.append(DumpDirInstrument(Path(args.dump_dir)))
     if args.time_passes:
         instruments.append(TimePassesInstrument())
     if args.stats:
         instruments.append(StatsInstrument())
-    if args.report and not Path(args.report).parent.resolve().is_dir():
-        raise BadInputError(f"{args.report}: report folder does not exist")
     result = optimize(
         args.input,
         args.output,
@@ -82,26 +121,20 @@ def _cmd_opt(args: argparse.Namespace) -> int:
         verify_each=args.verify_each,
         instruments=instruments,
         report=args.report,
+        fail_on_rollback=args.fail_on_rollback,
+        speed_check=args.speed_check,
+        seed=args.seed,
+        in_place=args.in_place,
     )
     print_summary(result.report)
     return 0
 
 
 def _cmd_list_passes(args: argparse.Namespace) -> int:
-    from nnopt_graph.pipeline.grammar import PassSpec, option_fields
-    from nnopt_graph.pipeline.registry import PRESETS, registered_passes
+    # The generated catalog, not the registry: listing imports neither onnx nor ORT.
+    from nnopt_graph.pipeline.catalog import format_catalog, load_catalog
 
-    passes = registered_passes()
-    width = max(len(name) for name in passes)
-    print("passes:")
-    for name, cls in passes.items():
-        kind = "lossy   " if cls.lossy else "lossless"
-        print(f"  {name:<{width}}  {kind}  {cls.summary()}")
-        if option_fields(cls):
-            print(f"  {'':<{width}}            {PassSpec.create(name)}")
-    print("presets:")
-    for name, text in PRESETS.items():
-        print(f"  {name} = {text}")
+    print("\n".join(format_catalog(load_catalog())))
     return 0
 
 
@@ -113,7 +146,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     summary = summarize(_existing_file(args.model), _input_shapes(args.input_shape))
     if args.json:
-        print(json.dumps(summary.to_json(), indent=2))
+        from nnopt_graph.report import strict_json
+
+        print(strict_json(summary.to_json()))
         return 0
     console = Console()
     console.print(
@@ -147,10 +182,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from nnopt_graph.check.compare import compare_models
+    from nnopt_graph.check.equality import LOSSLESS
+    from nnopt_graph.check.guard import parse_guard
     from nnopt_graph.io import load
+    from nnopt_graph.report import strict_json
     from nnopt_graph.runtime.data import input_specs, load_dataset, random_dataset, resolve_shapes
-    from nnopt_graph.verify import compare_models
 
+    conditions = parse_guard(args.tolerance) if args.tolerance else None
     a, b = _existing_file(args.a), _existing_file(args.b)
     model = load(a)
     load(b)  # reports a bad second file as bad input, before any work
@@ -162,25 +201,54 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         dataset = random_dataset(
             specs, resolve_shapes(specs, _input_shapes(args.input_shape)), args.samples
         )
-    result = compare_models(a, b, dataset)
+    result = compare_models(a, b, dataset, tolerance=None if conditions else LOSSLESS)
+    if conditions is None:
+        same = bool(result.equal)
+        why = result.problems[:1] + [
+            f"{o.name}: {', '.join(o.problems)}" for o in result.outputs if o.problems
+        ]
+        rule = f"equal ({LOSSLESS})"
+    else:
+        failed = []
+        for c in conditions:
+            value = result.metric(c.metric, c.reduction)
+            if not result.shapes_match or not c.holds(value):
+                failed.append(f"{c} (measured {value:.6g})")
+        same = not failed
+        why = failed
+        rule = args.tolerance
+    verdict = {"same": same, "rule": rule, "reasons": why}
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
-        return 0
-    table = Table(title=f"{a.name} vs {b.name} ({result.samples} feeds)")
-    for col in ("output", "cosine", "max_abs", "rel_l2", "sqnr dB", "top1", "shape"):
-        table.add_column(col, justify="right" if col != "output" else "left")
-    for o in result.outputs:
-        table.add_row(
-            o.name,
-            f"{o.cosine:.6f}",
-            f"{o.max_abs:.3g}",
-            f"{o.rel_l2:.3g}",
-            f"{o.sqnr:.1f}",
-            "-" if o.top1 is None else f"{o.top1:.4f}",
-            "same" if o.shape_match else "DIFFERENT",
+        print(strict_json({**result.to_json(), "verdict": verdict}))
+    else:
+        table = Table(
+            title=f"{a.name} vs {b.name} ({result.samples} samples; worst sample per metric)"
         )
-    Console().print(table)
-    return 0
+        for col in (
+            "output",
+            "cosine min",
+            "rel_l2 max",
+            "max_abs",
+            "sqnr min dB",
+            "top1",
+            "shape",
+        ):
+            table.add_column(col, justify="right" if col != "output" else "left")
+        for o in result.outputs:
+            table.add_row(
+                o.name,
+                f"{o.cosine:.6f}",
+                f"{o.rel_l2:.3g}",
+                f"{o.max_abs:.3g}",
+                f"{o.sqnr:.1f}",
+                "-" if o.top1 is None else f"{o.top1:.4f}",
+                "same" if o.shape_match and o.dtype_match else "DIFFERENT",
+            )
+        Console().print(table)
+        print(
+            ("same" if same else "DIFFERENT") + f" under {rule}" + ("" if same else f": {why[0]}")
+        )
+    return 0 if same else 1
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -231,6 +299,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             f"{r.load_s:.3f}",
         )
     Console(width=200).print(table)
+    available = [r for r in results if r.available]
     if args.json:
         from nnopt_graph.report import write_json
 
@@ -243,7 +312,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             },
             args.json,
         )
+    if not available:
+        raise NnoptError(
+            f"none of the requested execution providers ({', '.join(eps)}) is available in "
+            "this onnxruntime build; install nnopt-graph[gpu] for cuda/tensorrt"
+        )
     return 0
+
+
+def _add_input_shape(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--input-shape",
+        action="append",
+        metavar="NAME:D0,D1,...",
+        help="concrete shape for a dynamic input (repeatable), e.g. input:1,3,224,224",
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -252,51 +335,116 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG, description="A compiler-style ONNX graph optimizer.", parents=[common]
     )
+    from nnopt_graph import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, required=True)
 
     opt = sub.add_parser("opt", parents=[common], help="optimize a model")
-    opt.add_argument("input", metavar="IN.onnx")
-    opt.add_argument("output", metavar="OUT.onnx")
-    opt.add_argument("-p", "--pipeline", help="pipeline text, e.g. 'default,infer-shapes'")
-    opt.add_argument("--target", choices=["cpu", "cuda", "tensorrt"])
-    opt.add_argument("--calib", metavar="DATA", help=".npz or test_data_set folder")
-    opt.add_argument("--eval", metavar="DATA", help="held-out data for the guard")
-    opt.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,...")
-    opt.add_argument("--guard", metavar="EXPR")
-    opt.add_argument("--report", metavar="FILE.json|FILE.html")
-    opt.add_argument("--verify-each", action="store_true")
-    opt.add_argument("--time-passes", action="store_true")
-    opt.add_argument("--stats", action="store_true")
+    opt.add_argument("input", metavar="IN.onnx", help="the model to optimize")
+    opt.add_argument("output", metavar="OUT.onnx", help="where to write the result (atomically)")
+    opt.add_argument(
+        "-p",
+        "--pipeline",
+        help="pipeline text, e.g. 'dedup,prune-channels{ratio=0.3}' (default: the lossless "
+        "default pipeline, or the --target preset)",
+    )
+    opt.add_argument(
+        "--target",
+        choices=["cpu", "cuda", "tensorrt"],
+        help="execution provider the output is for; alone, selects its compression preset",
+    )
+    opt.add_argument(
+        "--calib",
+        metavar="DATA",
+        help=".npz (one array per input, samples on axis 0) or test_data_set folder; "
+        "without --eval its last 20%% is held out for the guard",
+    )
+    opt.add_argument("--eval", metavar="DATA", help="held-out data the guard measures on")
+    _add_input_shape(opt)
+    opt.add_argument(
+        "--guard",
+        metavar="EXPR",
+        help="budget of lossy passes over per-sample metrics, e.g. 'cosine.min>=0.99,top1>=0.98' "
+        "(default for lossy pipelines: cosine.min>=0.99)",
+    )
+    opt.add_argument(
+        "--report", metavar="FILE", help="write the report as JSON, or HTML for a .html name"
+    )
+    opt.add_argument(
+        "--verify-each",
+        action="store_true",
+        help="structural checks and the ONNX checker after every pass",
+    )
+    opt.add_argument("--time-passes", action="store_true", help="print each pass's wall time")
+    opt.add_argument("--stats", action="store_true", help="print every pass's statistics")
     opt.add_argument("--print-ir-after", metavar="NAMES", help="comma-separated pass names, or all")
-    opt.add_argument("--dump-dir", metavar="DIR")
+    opt.add_argument("--dump-dir", metavar="DIR", help="write the model after each pass to DIR")
     opt.add_argument("--no-check", action="store_true", help="skip verification of the output")
+    opt.add_argument(
+        "--fail-on-rollback",
+        action="store_true",
+        help="exit 1 and write nothing when the guard rolls a lossy pass back "
+        "(default: write the best model that meets the guard, warn, exit 0)",
+    )
+    opt.add_argument(
+        "--speed-check",
+        choices=["model", "measure"],
+        default="model",
+        help="how speed decisions are made: a deterministic cost model (default) or "
+        "timed interleaved runs with a margin",
+    )
+    opt.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of generated data and randomized choices",
+    )
+    opt.add_argument("--in-place", action="store_true", help="allow OUT to be IN (overwrite it)")
     opt.set_defaults(func=_cmd_opt)
 
     lp = sub.add_parser("list-passes", parents=[common], help="list passes and presets")
     lp.set_defaults(func=_cmd_list_passes)
 
     ins = sub.add_parser("inspect", parents=[common], help="opsets, I/O, ops, params, FLOPs")
-    ins.add_argument("model", metavar="MODEL")
-    ins.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,...")
-    ins.add_argument("--json", action="store_true")
+    ins.add_argument("model", metavar="MODEL", help="the model to describe")
+    _add_input_shape(ins)
+    ins.add_argument("--json", action="store_true", help="print strict JSON instead of tables")
     ins.set_defaults(func=_cmd_inspect)
 
     cmp_ = sub.add_parser("compare", parents=[common], help="output fidelity of B against A")
-    cmp_.add_argument("a", metavar="A.onnx")
-    cmp_.add_argument("b", metavar="B.onnx")
-    cmp_.add_argument("--calib", metavar="DATA")
-    cmp_.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,...")
-    cmp_.add_argument("--samples", type=int, default=8, help="random feeds without --calib")
-    cmp_.add_argument("--json", action="store_true")
+    cmp_.add_argument("a", metavar="A.onnx", help="the reference model")
+    cmp_.add_argument("b", metavar="B.onnx", help="the candidate model")
+    cmp_.add_argument(
+        "--calib", metavar="DATA", help="inputs to compare on (.npz or test_data_set folder)"
+    )
+    _add_input_shape(cmp_)
+    cmp_.add_argument(
+        "--samples",
+        type=_int_in(1, 100_000),
+        default=8,
+        help="generated feeds when there is no --calib",
+    )
+    cmp_.add_argument(
+        "--tolerance",
+        metavar="EXPR",
+        help="budget like 'rel_l2.max<=1e-4,cosine.min>=0.999' (default: strict equality); "
+        "exit 1 when it does not hold",
+    )
+    cmp_.add_argument("--json", action="store_true", help="print strict JSON instead of a table")
     cmp_.set_defaults(func=_cmd_compare)
     bench = sub.add_parser("bench", parents=[common], help="latency on ONNX Runtime EPs")
-    bench.add_argument("models", nargs="+", metavar="MODEL")
+    bench.add_argument("models", nargs="+", metavar="MODEL", help="models to time, interleaved")
     bench.add_argument("--ep", default="cpu", help="comma-separated: cpu,cuda,tensorrt")
-    bench.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,...")
-    bench.add_argument("--runs", type=int, default=20)
-    bench.add_argument("--warmup", type=int, default=5)
-    bench.add_argument("--threads", type=int, default=2, help="CPU intra-op threads")
-    bench.add_argument("--json", metavar="FILE")
+    _add_input_shape(bench)
+    bench.add_argument(
+        "--runs", type=_int_in(1, 1_000_000), default=20, help="timed interleaved rounds"
+    )
+    bench.add_argument(
+        "--warmup", type=_int_in(0, 1_000_000), default=5, help="untimed runs per model first"
+    )
+    bench.add_argument("--threads", type=_int_in(1, 1024), default=2, help="CPU intra-op threads")
+    bench.add_argument("--json", metavar="FILE", help="also write the results as strict JSON")
     bench.set_defaults(func=_cmd_bench)
     return parser
 
@@ -318,7 +466,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ("onnx_ir", "onnxscript"):
             logging.getLogger(name).setLevel(logging.ERROR)
     try:
+        if not [a for a in argv if a != "--debug"]:
+            # A bare command is a question: answer with the usage and the commands.
+            _build_parser().print_help(sys.stderr)
+            return 2
         args = _build_parser().parse_args(argv)
+        if debug:
+            import onnxruntime
+
+            onnxruntime.set_default_logger_severity(0)
         from nnopt_graph import progress
 
         with progress.enable() if sys.stderr.isatty() else contextlib.nullcontext():
@@ -326,7 +482,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NnoptError as exc:
         if debug:
             traceback.print_exc()
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        from nnopt_graph.errors import one_line
+
+        print(f"{PROG}: error: {one_line(exc, limit=1000)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{PROG}: error: interrupted", file=sys.stderr)
@@ -334,8 +492,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # an internal bug: still one line unless --debug
         if debug:
             traceback.print_exc()
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        print(f"{PROG}: error: internal error: {type(exc).__name__}: {first}", file=sys.stderr)
+        from nnopt_graph.errors import one_line
+
+        print(
+            f"{PROG}: error: internal error: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr
+        )
         return 1
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["BadInputError", "CheckFailedError", "NnoptError", "PassFailedError"]
+__all__ = ["BadInputError", "CheckFailedError", "NnoptError", "PassFailedError", "one_line"]
 
 
 class NnoptError(Exception):
@@ -34,3 +34,14 @@ class PassFailedError(NnoptError):
         self.reason = reason
         before = ", ".join(previous) if previous else "none"
         super().__init__(f"pass '{pass_name}' failed (passes before it: {before}): {reason}")
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message as one line: a multi-line ONNX Runtime error keeps its reason.
+
+    ONNX Runtime puts the cause on later lines ("Got: 8 Expected: 1"); those are joined
+    with '; ' instead of dropped, and the result is cut to ``limit`` characters.
+    """
+    lines = [" ".join(line.split()) for line in str(exc).strip().splitlines()]
+    text = "; ".join(line for line in lines if line) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -4,20 +4,29 @@ from __future__ import annotations
 
 __all__ = [
     "EXTERNAL_DATA_THRESHOLD",
+    "STAGE_PREFIX",
+    "check_job_paths",
+    "check_output_path",
+    "clean_stale_stages",
     "external_data_files",
     "load",
+    "referenced_data_files",
     "save",
+    "staged_save",
     "tensor_bytes",
     "uses_external_data",
 ]
 
 import contextlib
+import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnx_ir as ir
@@ -109,7 +118,7 @@ def load(path: str | os.PathLike[str]) -> ir.Model:
         raise BadInputError(f"{path}: not a valid ONNX model (no graph or no ir_version)")
     if has_sparse_initializers(proto):
         # onnx-ir drops sparse initializers on load: make them dense first.
-        from nnopt_graph.passes.sparse_storage import densify_sparse_initializers
+        from nnopt_graph.sparse_format import densify_sparse_initializers
 
         densify_sparse_initializers(proto)
     try:
@@ -138,7 +147,7 @@ def has_sparse_initializers(proto: onnx.ModelProto) -> bool:
 
 
 def _marked_sparse(model: ir.Model) -> bool:
-    from nnopt_graph.passes.sparse_storage import MARKER
+    from nnopt_graph.sparse_format import MARKER
 
     return any(MARKER in t.metadata_props for t in _iter_initializer_tensors(model))
 
@@ -146,6 +155,27 @@ def _marked_sparse(model: ir.Model) -> bool:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+# Staging folders are named ``.nnopt-stage.<OUT name>.<random>`` beside OUT. The process
+# that owns one holds an exclusive lock on it; an unlocked one belongs to a dead process.
+STAGE_PREFIX = ".nnopt-stage."
+# The staged side file before it is named by its content.
+_PAYLOAD = "payload.data"
+_DIGEST_CHARS = 16
+
+
+def _data_name(out_name: str, digest: str) -> str:
+    return f"{out_name}.{digest[:_DIGEST_CHARS]}.data"
+
+
+def _owned_data_pattern(out_name: str) -> re.Pattern[str]:
+    """Side-file names that belong to the output ``out_name`` (ours, or the older scheme)."""
+    stem = out_name[: -len(".onnx")] if out_name.endswith(".onnx") else out_name
+    return re.compile(
+        rf"(?:{re.escape(out_name)}(?:\.[0-9a-f]{{{_DIGEST_CHARS}}})?\.data"
+        rf"|{re.escape(stem)}\.nnopt\.onnx\.data)"
+    )
 
 
 def check_output_path(path: str | os.PathLike[str]) -> Path:
@@ -162,6 +192,317 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def referenced_data_files(path: str | os.PathLike[str]) -> set[Path]:
+    """Resolved paths of the external-data files an ONNX file on disk refers to.
+
+    Reads only the graph (no weights). A missing or unreadable file refers to nothing.
+    """
+    path = Path(path)
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception:  # not ONNX, missing, truncated: it refers to no side file
+        return set()
+    files = set()
+    for tensor in _all_tensor_protos(proto.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    files.add((path.parent / entry.value).resolve())
+    return files
+
+
+def _all_tensor_protos(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto of a graph and its subgraphs (initializers, sparse, attributes)."""
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        yield from g.initializer
+        for sparse in g.sparse_initializer:
+            yield sparse.values
+            yield sparse.indices
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                if attr.HasField("sparse_tensor"):
+                    yield attr.sparse_tensor.values
+                    yield attr.sparse_tensor.indices
+                if attr.HasField("g"):
+                    stack.append(attr.g)
+                stack.extend(attr.graphs)
+
+
+def _is_live(stage: Path) -> bool:
+    """Whether a staging folder belongs to a running process (it holds the folder's lock)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): never take another writer's folder
+        return True
+    try:
+        fd = os.open(stage, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def clean_stale_stages(
+    path: str | os.PathLike[str], keep: Iterable[str | os.PathLike[str]] = ()
+) -> list[Path]:
+    """Remove what an interrupted write of ``path`` left: staging folders and orphan side files.
+
+    A staging folder whose process is gone is removed. A side file named for this output
+    (``OUT.<hash>.data``, or the older ``OUT.data``) that the current ``OUT`` does not
+    reference is an orphan of a write interrupted between its renames; it is removed only
+    when no other writer of the same output is running, and never when it is in ``keep``
+    (files still being read, like the side files of the model being saved). Returns the
+    removed paths.
+    """
+    path = Path(path)
+    kept = {Path(k).resolve() for k in keep}
+    folder = path.parent
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    pattern = _owned_data_pattern(path.name)
+    candidates = [p for p in entries if pattern.fullmatch(p.name) and p.is_file()]
+    live = False
+    for stage in entries:
+        if not stage.name.startswith(f"{STAGE_PREFIX}{path.name}.") or not stage.is_dir():
+            continue
+        if _is_live(stage):
+            live = True
+            continue
+        shutil.rmtree(stage, ignore_errors=True)
+        removed.append(stage)
+        logger.info("removed %s, left by an interrupted write", stage)
+    if live or not candidates:
+        return removed
+    # Listed before the live check: a candidate of a writer that finished since is
+    # referenced by the graph it published, read now.
+    referenced = referenced_data_files(path)
+    for candidate in candidates:
+        if candidate.resolve() not in referenced | kept:
+            with contextlib.suppress(OSError):
+                candidate.unlink()
+                removed.append(candidate)
+                logger.info("removed %s, left by an interrupted write", candidate)
+    return removed
+
+
+def _is_same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def _check_writable_file(path: Path, what: str) -> None:
+    if path.is_dir():
+        raise BadInputError(f"{path}: {what} path is a directory")
+    if not path.parent.resolve().is_dir():
+        raise BadInputError(f"{path}: {what} folder '{path.parent}' does not exist")
+    if not os.access(path.parent.resolve(), os.W_OK):
+        raise BadInputError(f"{path}: {what} folder '{path.parent}' is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise BadInputError(f"{path}: {what} file exists and is not writable")
+
+
+def check_job_paths(
+    input: str | os.PathLike[str] | None,
+    output: str | os.PathLike[str] | None,
+    *,
+    report: str | os.PathLike[str] | None = None,
+    dump_dir: str | os.PathLike[str] | None = None,
+    in_place: bool = False,
+    extra_inputs: Iterable[str | os.PathLike[str]] = (),
+) -> None:
+    """Check every path of a job before any work, so a bad one writes nothing.
+
+    OUT must not be a folder, nor the input (unless ``in_place``), nor one of the
+    input's external-data files, nor a data file given as input (``extra_inputs``, e.g.
+    --calib); the report must be a writable file path that is none of those; the dump
+    folder must exist.
+
+    Args:
+        input: the input model path (None for an in-memory model).
+        output: the output path, or None when nothing is written.
+        report: the --report path.
+        dump_dir: the --dump-dir folder.
+        in_place: allow OUT to be the input (its side files are still protected).
+        extra_inputs: other files the job reads (calibration data).
+
+    Raises:
+        BadInputError: a path is unusable; the message names it.
+    """
+    in_path = Path(input) if input is not None else None
+    in_files: list[tuple[Path, str]] = []
+    if in_path is not None:
+        in_files.append((in_path, "the input model"))
+        for data_file in sorted(referenced_data_files(in_path)):
+            in_files.append((data_file, "an external-data file of the input"))
+    for extra in extra_inputs:
+        in_files.append((Path(extra), "an input data file"))
+    written: list[tuple[Path, str]] = []
+    if output is not None:
+        out = Path(output)
+        _check_writable_file(out, "output")
+        for other, what in in_files:
+            if _is_same_file(out, other):
+                if in_place and what == "the input model":
+                    continue
+                hint = " (use --in-place to overwrite it)" if what == "the input model" else ""
+                raise BadInputError(f"{out}: the output path is {what}{hint}")
+        written.append((out, "the output"))
+    if report is not None:
+        rep = Path(report)
+        _check_writable_file(rep, "report")
+        for other, what in [*in_files, *written]:
+            if _is_same_file(rep, other):
+                raise BadInputError(f"{rep}: the report path is {what}")
+    if dump_dir is not None:
+        dump = Path(dump_dir)
+        if not dump.is_dir():
+            raise BadInputError(f"{dump}: --dump-dir folder does not exist")
+        if not os.access(dump, os.W_OK):
+            raise BadInputError(f"{dump}: --dump-dir folder is not writable")
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file (or folder) to disk, where the platform allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _rename_payload(staged: Path, new_name: str) -> None:
+    """Point the staged graph's external tensors at the side file's final name."""
+    proto = onnx.load(staged, load_external_data=False)
+    for tensor in _all_tensor_protos(proto.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value == _PAYLOAD:
+                entry.value = new_name
+    with open(staged, "wb") as handle:
+        handle.write(proto.SerializeToString())
+
+
+def _ir_graphs_in_order(graph: ir.Graph | ir.Function) -> Iterator[ir.Graph | ir.Function]:
+    """A graph and its subgraphs, in the order the serializer writes them."""
+    yield graph
+    for node in graph:
+        for attr in node.attributes.values():
+            if attr.is_ref():
+                continue
+            if attr.type == ir.AttributeType.GRAPH:
+                yield from _ir_graphs_in_order(attr.value)
+            elif attr.type == ir.AttributeType.GRAPHS:
+                for sub in attr.value:
+                    yield from _ir_graphs_in_order(sub)
+
+
+def _proto_graphs_in_order(graph: onnx.GraphProto | onnx.FunctionProto) -> Iterator[Any]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.ref_attr_name:
+                continue
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _proto_graphs_in_order(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _proto_graphs_in_order(sub)
+
+
+def _has_trailing_empty_outputs(model: ir.Model) -> bool:
+    roots: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
+    return any(
+        len(node.outputs) and not node.outputs[-1].name
+        for root in roots
+        for graph in _ir_graphs_in_order(root)
+        for node in graph
+    )
+
+
+def _restore_empty_outputs(model: ir.Model, staged: Path) -> None:
+    """Put back the trailing empty optional outputs the IR's serializer drops.
+
+    Ops like Split-18 need as many outputs as ``num_outputs`` (``Split -> [Y, '']``).
+    """
+    proto = onnx.load(staged, load_external_data=False)
+    roots = [(model.graph, proto.graph)]
+    roots += list(zip(model.functions.values(), proto.functions, strict=True))
+    for ir_root, proto_root in roots:
+        pairs = zip(_ir_graphs_in_order(ir_root), _proto_graphs_in_order(proto_root), strict=True)
+        for ir_graph, proto_graph in pairs:
+            for node, node_proto in zip(ir_graph, proto_graph.node, strict=True):
+                missing = len(node.outputs) - len(node_proto.output)
+                if missing > 0:
+                    node_proto.output.extend([""] * missing)
+    with open(staged, "wb") as handle:
+        handle.write(proto.SerializeToString())
+
+
+def _write_model(model: ir.Model, staged: Path, external_data: bool, write_sparse: bool) -> None:
+    if external_data:
+        ir.save(model, staged, external_data=_PAYLOAD, size_threshold_bytes=1024)
+    else:
+        ir.save(model, staged)
+    if _has_trailing_empty_outputs(model):
+        _restore_empty_outputs(model, staged)
+    if write_sparse and _marked_sparse(model):
+        # store-sparse marks tensors; the sparse form is written on the saved proto.
+        from nnopt_graph.sparse_format import write_sparse_initializers
+
+        write_sparse_initializers(staged)
+
+
+@contextlib.contextmanager
+def _stage_folder(path: Path) -> Iterator[Path]:
+    """A locked staging folder beside ``path``, removed when the block ends."""
+    stage = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{path.name}.", dir=path.parent))
+    lock_fd = None
+    try:
+        try:
+            import fcntl
+
+            lock_fd = os.open(stage, os.O_RDONLY)
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (ImportError, OSError):
+            pass
+        yield stage
+    finally:
+        try:
+            if lock_fd is not None:
+                os.close(lock_fd)  # published (or failed): the folder is only litter now
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def staged_save(
     model: ir.Model,
@@ -173,43 +514,61 @@ def staged_save(
     """Write the model into a staging folder beside ``path``; publish it only on success.
 
     The body of the ``with`` block receives the staged model path (to verify it). When the
-    block exits normally the files are renamed into place, the side file first; when it
-    raises, the staging folder is removed and nothing is left at ``path``.
+    block exits normally the pair is published: the side file is named by its content
+    (``OUT.<hash>.data``, a name no current file uses unless it holds the same bytes) and
+    moved beside ``path`` first, then ONE rename of the graph publishes the pair, and only
+    then is the side file the old ``path`` used removed. An interrupt at any point leaves
+    the old pair or the new pair; what it leaves besides (a staging folder, an orphan side
+    file) is removed at the start of the next write of ``path``. When the block raises,
+    the staging folder is removed and nothing at ``path`` changes.
 
     Args:
         model: the model to write.
         path: final output path.
-        external_data: force weights into a ``<name>.data`` side file (True), inline
-            (False), or decide (None): external when the input used it or the weights
-            reach protobuf's 2 GiB limit.
+        external_data: force weights into a side file (True), inline (False), or decide
+            (None): external when the input used it or the weights reach protobuf's
+            2 GiB limit.
         write_sparse: write tensors marked by ``store-sparse`` as sparse initializers.
     """
     path = check_output_path(path)
+    clean_stale_stages(path, keep=external_data_files(model))
     if external_data is None:
         external_data = uses_external_data(model) or tensor_bytes(model) >= EXTERNAL_DATA_THRESHOLD
-    data_name = f"{path.name}.data"
-    if external_data and (path.parent / data_name).resolve() in external_data_files(model):
-        # Overwriting the file the lazy tensors still read from would corrupt the output.
-        data_name = f"{path.stem}.nnopt.onnx.data"
-    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with _stage_folder(path) as stage:
         staged = stage / path.name
-        if external_data:
-            ir.save(model, staged, external_data=data_name, size_threshold_bytes=1024)
-        else:
-            ir.save(model, staged)
-        if write_sparse and _marked_sparse(model):
-            # store-sparse marks tensors; the sparse form is written on the saved proto.
-            from nnopt_graph.passes.sparse_storage import write_sparse_initializers
-
-            write_sparse_initializers(staged)
+        _write_model(model, staged, external_data, write_sparse)
+        data_name = None
+        if external_data and (stage / _PAYLOAD).is_file():
+            data_name = _data_name(path.name, _file_digest(stage / _PAYLOAD))
+            _rename_payload(staged, data_name)
+            os.replace(stage / _PAYLOAD, stage / data_name)
         yield staged
-        if external_data:
-            os.replace(stage / data_name, path.parent / data_name)
-        os.replace(staged, path)
-        logger.info("wrote %s", path)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        _publish(stage, staged, path, data_name)
+
+
+def _publish(stage: Path, staged: Path, path: Path, data_name: str | None) -> None:
+    """Move a staged pair into place: side file, then the graph (the one publishing step)."""
+    old_files = referenced_data_files(path) if path.exists() else set()
+    if data_name is not None:
+        _fsync(stage / data_name)
+    _fsync(staged)
+    if data_name is not None:
+        # A new name (content-addressed): the old graph never refers to it.
+        os.replace(stage / data_name, path.parent / data_name)
+    os.replace(staged, path)
+    _fsync(path.parent)
+    logger.info("wrote %s", path)
+    keep = (path.parent / data_name).resolve() if data_name is not None else None
+    owned = _owned_data_pattern(path.name)
+    for old in old_files:
+        # Only side files named for this output: another model may share a foreign one.
+        if old != keep and old.parent == path.parent.resolve() and owned.fullmatch(old.name):
+            try:
+                old.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # e.g. still mapped on Windows: harmless, just stale
+                logger.warning("could not remove the old side file %s: %s", old, exc)
 
 
 def save(

@@ -18,14 +18,18 @@ import onnx
 import onnx_ir as ir
 
 from nnopt_graph import io
+from nnopt_graph._version import __version__
 from nnopt_graph.analysis.stats import ModelSummary, summarize
-from nnopt_graph.analysis.structure import structural_problems
+from nnopt_graph.check.compare import Comparison
+from nnopt_graph.check.equality import LOSSLESS
+from nnopt_graph.check.guard import DEFAULT_GUARD, Guard, MetricFn
+from nnopt_graph.check.structure import structural_problems
+from nnopt_graph.check.verify import verify_written
 from nnopt_graph.errors import BadInputError, CheckFailedError
-from nnopt_graph.guard import Guard, MetricFn
 from nnopt_graph.pipeline.base import PassContext
 from nnopt_graph.pipeline.grammar import Pipeline
 from nnopt_graph.pipeline.manager import Instrument, PassManager, PassRecord
-from nnopt_graph.pipeline.registry import PRESETS
+from nnopt_graph.pipeline.presets import PRESETS
 from nnopt_graph.report import build_report, write_report
 from nnopt_graph.runtime.data import (
     Dataset,
@@ -34,14 +38,17 @@ from nnopt_graph.runtime.data import (
     random_dataset,
     resolve_shapes,
 )
-from nnopt_graph.verify import LOSSLESS_MIN_COSINE, VerifyResult, verify_written
+from nnopt_graph.runtime.isolate import run_isolated
+from nnopt_graph.runtime.session import load_problem
 
 logger = logging.getLogger(__name__)
 
 TARGETS = ("cpu", "cuda", "tensorrt")
+SPEED_CHECKS = ("model", "measure")
 
-# What a pipeline with lossy passes must keep when the user gives no --guard.
-DEFAULT_GUARD = "cosine>=0.99"
+# metadata_props keys of the output: which nnopt-graph and which pipeline made it.
+META_VERSION = "nnopt_graph.version"
+META_PIPELINE = "nnopt_graph.pipeline"
 
 
 @dataclasses.dataclass
@@ -51,9 +58,14 @@ class OptimizeResult:
     model: ir.Model
     pipeline: Pipeline
     records: list[PassRecord]
-    fidelity: VerifyResult | None
+    fidelity: Comparison | None
     report: dict[str, Any]
     output: Path | None
+
+    @property
+    def rolled_back(self) -> list[PassRecord]:
+        """The lossy passes the guard rolled back."""
+        return [r for r in self.records if r.outcome == "rolled back"]
 
 
 def resolve_pipeline(pipeline: str | Pipeline | None, target: str | None) -> Pipeline:
@@ -70,7 +82,6 @@ def resolve_pipeline(pipeline: str | Pipeline | None, target: str | None) -> Pip
         return Pipeline.parse(pipeline)
     if target is None:
         return Pipeline.parse("default")
-    Pipeline.parse("default")  # loads the registry, which fills PRESETS
     preset = f"target-{target}"
     if preset not in PRESETS:
         raise BadInputError(
@@ -101,6 +112,7 @@ def _datasets(
     input_shapes: Mapping[str, Sequence[int]] | None,
     samples: int,
     lossy: bool,
+    seed: int = 0,
 ) -> tuple[Dataset | None, Dataset]:
     """(calibration data for passes, held-out data for the guard and verification).
 
@@ -118,11 +130,15 @@ def _datasets(
                 "no --calib data: lossy passes calibrate on random inputs and the guard "
                 "measures on random inputs; results on real data may be worse"
             )
-        generated = random_dataset(specs, resolve_shapes(specs, input_shapes), num_samples=samples)
+        generated = random_dataset(
+            specs, resolve_shapes(specs, input_shapes), num_samples=samples, seed=seed
+        )
         return (generated if lossy else None), (read(eval_data) if eval_data else generated)
     calibration = read(calib)
     if eval_data is not None:
         return calibration, read(eval_data)
+    if not lossy:
+        return None, calibration  # nothing calibrates: verify on every sample
     if calibration.num_samples < 2:
         return calibration, calibration
     return calibration.split(0.2)
@@ -142,6 +158,9 @@ def _check_input(model: ir.Model, path: Path) -> None:
     except Exception as exc:
         text = " ".join(str(exc).split()) or type(exc).__name__
         raise BadInputError(f"{path}: invalid model: {text[:300]}") from exc
+    problem = run_isolated(load_problem, path, what="loading the input")
+    if problem is not None:  # opset 99, an op of an unknown domain: not ours to optimize
+        raise BadInputError(f"{path}: ONNX Runtime cannot load the input model: {problem}")
 
 
 def optimize(
@@ -160,6 +179,10 @@ def optimize(
     instruments: Sequence[Instrument] = (),
     report: str | os.PathLike[str] | None = None,
     verify_samples: int = 4,
+    fail_on_rollback: bool = False,
+    speed_check: str = "model",
+    seed: int = 0,
+    in_place: bool = False,
 ) -> OptimizeResult:
     """Optimize a model and, given ``output``, write it atomically and verify it.
 
@@ -173,8 +196,9 @@ def optimize(
             out for the guard and verification unless ``eval_data`` is given.
         eval_data: held-out data for the guard and verification.
         input_shapes: concrete shapes for dynamic inputs, by input name.
-        guard: budget for lossy passes, e.g. ``cosine>=0.99,top1>=0.98``; pipelines with
-            lossy passes default to ``cosine>=0.99``.
+        guard: budget for lossy passes over per-sample metrics, e.g.
+            ``cosine.min>=0.99,top1>=0.98``; pipelines with lossy passes default to
+            ``cosine.min>=0.99`` (the worst held-out sample).
         metric: the user's own metric, called with a candidate model's path, for
             ``metric`` terms in the guard (e.g. accuracy on a labelled set).
         check: verify the written file (checker, ORT, outputs); a failure writes nothing.
@@ -182,19 +206,32 @@ def optimize(
         instruments: extra instruments (timing, stats, IR printing, dumps).
         report: write a JSON (or .html) report here.
         verify_samples: generated feeds to compare when no data is given.
+        fail_on_rollback: a lossy pass the guard rolls back fails the job (nothing
+            written) instead of writing the best model that meets the guard.
+        speed_check: how speed decisions are made: ``model`` (a deterministic cost
+            model, the default) or ``measure`` (timed, interleaved, with a margin).
+        seed: seed of generated inputs and of every randomized choice in the passes.
+        in_place: allow ``output`` to be the input model itself.
 
     Raises:
         BadInputError: unusable input, pipeline, shapes or data (exit code 2).
-        CheckFailedError: the result failed verification; nothing was written (exit 1).
+        CheckFailedError: the result failed verification, or a pass was rolled back under
+            ``fail_on_rollback``; nothing was written (exit 1).
         PassFailedError: a pass failed; nothing was written (exit 1).
     """
     from nnopt_graph.pipeline.instruments import VerifyEachInstrument
 
     start = time.perf_counter()
-    resolved = resolve_pipeline(pipeline, target)
-    if output is not None:
-        io.check_output_path(output)
+    if speed_check not in SPEED_CHECKS:
+        raise BadInputError(
+            f"unknown --speed-check '{speed_check}' (choose from {', '.join(SPEED_CHECKS)})"
+        )
     input_path = Path(model) if isinstance(model, (str, os.PathLike)) else None
+    data_paths = [d for d in (calib, eval_data) if isinstance(d, (str, os.PathLike))]
+    io.check_job_paths(
+        input_path, output, report=report, in_place=in_place, extra_inputs=data_paths
+    )
+    resolved = resolve_pipeline(pipeline, target)
     if isinstance(model, (str, os.PathLike)):
         ir_model = io.load(model)
         _check_input(ir_model, Path(model))
@@ -209,9 +246,12 @@ def optimize(
     with contextlib.ExitStack() as stack:
         original = stack.enter_context(_model_on_disk(input_path or model))
         calibration, held_out = _datasets(
-            ir_model, calib, eval_data, input_shapes, verify_samples, lossy
+            ir_model, calib, eval_data, input_shapes, verify_samples, lossy, seed
         )
         the_guard = Guard(guard_expr, original, held_out, metric) if guard_expr else None
+        warnings: list[str] = list(the_guard.warnings) if the_guard and lossy else []
+        for text in warnings:
+            logger.warning("%s", text)
         input_summary = summarize(original, input_shapes) if output is not None else None
         all_instruments: list[Instrument] = [VerifyEachInstrument()] if verify_each else []
         all_instruments.extend(instruments)
@@ -219,6 +259,8 @@ def optimize(
             target=target,
             input_shapes={k: list(v) for k, v in (input_shapes or {}).items()},
             calibration=calibration,
+            speed_check=speed_check,
+            seed=seed,
         )
         manager = PassManager(
             resolved,
@@ -229,14 +271,17 @@ def optimize(
         records = manager.run(ir_model)
         assert manager.model is not None
         ir_model = manager.model
-        lossy_records = [r for r in records if r.guard_action is not None]
-        if lossy_records and all(r.guard_action == "rolled back" for r in lossy_records):
-            failures = "; ".join(
-                str(d["failed"]) for r in lossy_records for d in r.decisions if "failed" in d
-            )
+        rolled_back = [r for r in records if r.outcome == "rolled back"]
+        for r in rolled_back:
+            logger.warning("%s rolled back by the guard: %s", r.name, r.outcome_detail)
+        if rolled_back and fail_on_rollback:
+            names = ", ".join(r.name for r in rolled_back)
             raise CheckFailedError(
-                f"no lossy pass kept the guard '{guard_expr}' ({failures}); nothing written"
+                f"--fail-on-rollback: the guard '{guard_expr}' rolled back {names} "
+                f"({rolled_back[0].outcome_detail}); nothing written"
             )
+        ir_model.metadata_props[META_VERSION] = __version__
+        ir_model.metadata_props[META_PIPELINE] = str(resolved)
         fidelity = None
         guard_passed = None
         output_summary: ModelSummary | None = None
@@ -244,11 +289,12 @@ def optimize(
         if output is not None:
             with io.staged_save(ir_model, output) as staged:
                 if check:
-                    fidelity = verify_written(
+                    fidelity = run_isolated(  # an ORT segfault: exit 1, nothing written
+                        verify_written,
                         original,
                         staged,
                         held_out,
-                        min_cosine=None if lossy else LOSSLESS_MIN_COSINE,
+                        tolerance=None if lossy else LOSSLESS,
                     )
                     if the_guard is not None and lossy:
                         outcome = the_guard.measure_path(staged)
@@ -269,6 +315,8 @@ def optimize(
         fidelity=fidelity,
         guard_expr=guard_expr,
         guard_passed=guard_passed,
+        guard_samples=the_guard.samples if the_guard is not None and lossy else None,
+        warnings=warnings,
         seconds=time.perf_counter() - start,
     )
     if report is not None:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-__all__ = ["build_report", "print_summary", "write_json", "write_report"]
+__all__ = [
+    "build_report",
+    "guard_verdict",
+    "print_summary",
+    "strict_json",
+    "write_json",
+    "write_report",
+]
 
 import html
 import json
+import math
 import os
 import sys
 import tempfile
@@ -16,8 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from nnopt_graph.analysis.stats import ModelSummary
+from nnopt_graph.check.compare import Comparison
 from nnopt_graph.pipeline.manager import PassRecord
-from nnopt_graph.verify import VerifyResult
 
 
 def _model_entry(summary: ModelSummary | None) -> dict[str, Any] | None:
@@ -33,25 +41,60 @@ def _model_entry(summary: ModelSummary | None) -> dict[str, Any] | None:
     }
 
 
+def guard_verdict(
+    expr: str | None, passed: bool | None, samples: int | None, records: list[PassRecord]
+) -> str:
+    """The guard's verdict in words."""
+    if expr is None:
+        return "no guard: the pipeline is lossless, so the output must equal the input"
+    lossy = [r for r in records if r.guard_action is not None or r.outcome == "skipped"]
+    rolled = [r.name for r in records if r.outcome == "rolled back"]
+    on = f" on {samples} held-out samples" if samples is not None else ""
+    if passed is None:
+        head = f"guard '{expr}' measured{on}, final output not verified (--no-check)"
+    elif passed:
+        head = f"the output meets the guard '{expr}'{on}"
+    else:
+        head = f"the output breaks the guard '{expr}'{on}"
+    if rolled:
+        head += f"; rolled back: {', '.join(rolled)}"
+    if not lossy:
+        head += "; no lossy pass ran"
+    return head
+
+
 def build_report(
     *,
     input_summary: ModelSummary | None,
     output_summary: ModelSummary | None,
     pipeline: str,
     records: list[PassRecord],
-    fidelity: VerifyResult | None,
+    fidelity: Comparison | None,
     guard_expr: str | None,
     guard_passed: bool | None,
     seconds: float,
+    guard_samples: int | None = None,
+    warnings: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The report as a JSON-ready dict (keys per the CLI contract)."""
+    """The report as a JSON-ready dict (keys in docs/report.md)."""
     return {
         "input": _model_entry(input_summary),
         "output": _model_entry(output_summary),
         "pipeline": pipeline,
         "passes": [r.to_json() for r in records],
+        "outcomes": [
+            {"pass": r.name, "outcome": r.outcome, "detail": r.outcome_detail, "notes": r.notes}
+            for r in records
+            if r.outcome not in ("unchanged", "changed") or r.notes
+        ],
         "fidelity": fidelity.to_json() if fidelity else None,
-        "guard": {"expr": guard_expr, "passed": guard_passed},
+        "guard": {
+            "expr": guard_expr,
+            "passed": guard_passed,
+            "samples": guard_samples,
+            "verdict": guard_verdict(guard_expr, guard_passed, guard_samples, records),
+            "warnings": list(warnings or []),
+        },
         "seconds": seconds,
     }
 
@@ -84,7 +127,7 @@ def _html(report: dict[str, Any]) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(p['name'])}</td><td>{p['modified']}</td>"
         f"<td>{html.escape(json.dumps(p['stats']))}</td><td>{p['seconds']:.3f}</td>"
-        f"<td>{html.escape(str(p.get('guard_action') or ''))}</td></tr>"
+        f"<td>{html.escape(str(p.get('outcome') or ''))}</td></tr>"
         for p in report["passes"]
     )
     before, after = report.get("input") or {}, report.get("output") or {}
@@ -132,9 +175,36 @@ def write_report(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
         write_json(report, path)
 
 
+def _strict(value: Any) -> Any:
+    """The value with non-finite floats as null (strict JSON has no NaN/Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    if hasattr(value, "item"):  # numpy scalars
+        return _strict(value.item())
+    return str(value)
+
+
+def strict_json(data: Any, indent: int | None = 2) -> str:
+    """Strict JSON text: parsers such as jq, JavaScript or Go accept it."""
+    return json.dumps(_strict(data), indent=indent, allow_nan=False)
+
+
 def write_json(data: Any, path: str | os.PathLike[str]) -> None:
-    """Write JSON atomically."""
-    _write_text(json.dumps(data, indent=2, default=str) + "\n", Path(path))
+    """Write strict JSON atomically."""
+    _write_text(strict_json(data) + "\n", Path(path))
+
+
+def _umask_mode() -> int:
+    """0o666 less the user's umask: what an ordinary open() would create."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _write_text(text: str, path: Path) -> None:
@@ -142,6 +212,7 @@ def _write_text(text: str, path: Path) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; reports are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -160,7 +231,7 @@ def _fmt_bytes(n: int | None) -> str:
 
 def print_summary(report: dict[str, Any], stream: TextIO | None = None) -> None:
     """A compact before/after table for the terminal."""
-    console = Console(file=stream or sys.stdout)
+    console = Console(file=stream or sys.stdout, soft_wrap=True)
     before, after = report["input"] or {}, report["output"] or {}
     table = Table(title="nnopt-graph", show_edge=False)
     table.add_column("")
@@ -189,8 +260,39 @@ def print_summary(report: dict[str, Any], stream: TextIO | None = None) -> None:
         f"passes: {len(report['passes'])} run, {len(changed)} changed the model "
         f"({', '.join(p['name'] for p in changed) or 'none'}) in {report['seconds']:.2f} s"
     )
-    if report["fidelity"]:
-        console.print(
-            f"verified: cosine_min {report['fidelity']['cosine_min']:.7f} "
-            f"over {report['fidelity']['samples']} feeds"
-        )
+    for entry in report.get("outcomes", []):
+        detail = f": {entry['detail']}" if entry["detail"] else ""
+        console.print(f"  {entry['pass']}: {entry['outcome']}{detail}", markup=False)
+        for note in entry["notes"]:
+            if note not in entry["detail"]:
+                console.print(f"    note: {note}", markup=False)
+    fidelity = report["fidelity"]
+    if fidelity:
+        worst = fidelity["worst"]
+        if fidelity["equal"]:
+            console.print(
+                f"verified: equal to the input on {fidelity['samples']} samples "
+                f"({_tolerance_text(fidelity['tolerance'])}; worst rel_l2 "
+                f"{_num(worst['rel_l2'])}, max_abs {_num(worst['max_abs'])})",
+                markup=False,
+            )
+        else:
+            console.print(
+                f"verified: valid, runs; worst sample over {fidelity['samples']}: cosine "
+                f"{_num(worst['cosine'], '.6f')}, rel_l2 {_num(worst['rel_l2'])}"
+                + (f", top1 {_num(worst['top1'], '.4f')}" if worst.get("top1") is not None else ""),
+                markup=False,
+            )
+    guard = report.get("guard") or {}
+    if guard.get("expr"):
+        console.print(f"guard: {guard['verdict']}", markup=False)
+
+
+def _num(value: float | None, fmt: str = ".3g") -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def _tolerance_text(tol: dict[str, float] | None) -> str:
+    if not tol:
+        return "no tolerance"
+    return f"rtol {tol['rtol']:g}, atol {tol['atol']:g}, rel_l2 <= {tol['rel_l2']:g}"

@@ -49,3 +49,25 @@ def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
         timeout=120,
         check=False,
     )
+
+
+def _reject_constant(token: str) -> None:
+    raise ValueError(f"not strict JSON: {token}")
+
+
+def strict_loads(text: str):
+    """json.loads that rejects NaN/Infinity tokens, as jq, JavaScript and Go do."""
+    import json
+
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+@pytest.fixture(autouse=True)
+def _every_json_file_a_test_writes_is_strict(request):
+    """After each test: every .json file in its tmp_path parses under a strict parser."""
+    yield
+    tmp = request.node.funcargs.get("tmp_path")
+    if tmp is None:
+        return
+    for path in Path(tmp).rglob("*.json"):
+        strict_loads(path.read_text())

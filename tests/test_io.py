@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +19,9 @@ from conftest import make_tiny_model
 from onnx import TensorProto, helper, numpy_helper
 
 import nnopt_graph
+from nnopt_graph import io as nnopt_io
 from nnopt_graph.errors import CheckFailedError, PassFailedError
-from nnopt_graph.io import load, save, staged_save
+from nnopt_graph.io import clean_stale_stages, load, referenced_data_files, save, staged_save
 from nnopt_graph.pipeline import registry
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
 
@@ -212,11 +216,13 @@ def test_external_model_saves_external(tmp_path: Path) -> None:
     out = out_dir / "m.onnx"
     save(load(source), out)
 
-    assert sorted(p.name for p in out_dir.iterdir()) == ["m.onnx", "m.onnx.data"]
+    names = sorted(p.name for p in out_dir.iterdir())
+    assert len(names) == 2 and names[0] == "m.onnx", names
+    assert re.fullmatch(r"m\.onnx\.[0-9a-f]{16}\.data", names[1]), names
     proto = onnx.load(out, load_external_data=False)
     w = next(t for t in proto.graph.initializer if t.name == "w")
     assert w.data_location == TensorProto.EXTERNAL
-    assert {e.key: e.value for e in w.external_data}["location"] == "m.onnx.data"
+    assert {e.key: e.value for e in w.external_data}["location"] == names[1]
     reloaded = {k: v.const_value.numpy() for k, v in load(out).graph.initializers.items()}
     for name, array in _weights(source).items():
         np.testing.assert_array_equal(reloaded[name], array)
@@ -257,7 +263,7 @@ def test_staged_save_external_publishes_nothing_on_error(tmp_path: Path) -> None
     out_dir.mkdir()
     with pytest.raises(RuntimeError):
         with staged_save(load(source), out_dir / "m.onnx") as staged:
-            assert (staged.parent / "m.onnx.data").is_file()
+            assert [p.name for p in staged.parent.glob("m.onnx.*.data")] != []
             raise RuntimeError("verification failed")
     assert list(out_dir.iterdir()) == []
 
@@ -323,7 +329,7 @@ def breaking_passes(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_optimize_numeric_breakage_fails_check(tiny_model_path: Path, tmp_path: Path) -> None:
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    with pytest.raises(CheckFailedError, match="differs"):
+    with pytest.raises(CheckFailedError, match="not equal to the input"):
         nnopt_graph.optimize(tiny_model_path, out_dir / "out.onnx", "test-scale-weight", check=True)
     assert list(out_dir.iterdir()) == []
 
@@ -369,7 +375,7 @@ def test_optimize_harmless_test_pass_writes_output(tiny_model_path: Path, tmp_pa
 def test_optimize_in_place_with_external_data(tmp_path: Path) -> None:
     path = _save_external(_big_weight_model(), tmp_path / "m.onnx", "m.onnx.data")
     expected = _weights(path)
-    result = nnopt_graph.optimize(path, path, check=True)
+    result = nnopt_graph.optimize(path, path, check=True, in_place=True)
     assert result.fidelity is not None
     for name, array in _weights(path).items():
         np.testing.assert_array_equal(array, expected[name], err_msg=name)
@@ -381,7 +387,9 @@ def test_optimize_in_place_failure_keeps_input(tmp_path: Path) -> None:
     path = _save_external(_big_weight_model(), tmp_path / "m.onnx", "m.onnx.data")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(CheckFailedError):
-        nnopt_graph.optimize(path, path, "test-scale-weight{factor=-1.0}", check=True)
+        nnopt_graph.optimize(
+            path, path, "test-scale-weight{factor=-1.0}", check=True, in_place=True
+        )
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
@@ -400,7 +408,7 @@ sys.exit(main(sys.argv[1:]))
 @pytest.mark.parametrize(
     ("pipeline", "extra", "expected"),
     [
-        ("test-scale-weight", [], "differs"),
+        ("test-scale-weight", [], "not equal to the input"),
         ("test-break-output", [], "checker rejects"),
         ("test-break-output", ["--verify-each"], "pass 'test-break-output' failed"),
     ],
@@ -434,3 +442,258 @@ def test_tiny_model_fixture_is_valid(tiny_model_path: Path) -> None:
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in dims] == ["N", 3, 8, 8]
     assert make_tiny_model().SerializeToString() == make_tiny_model().SerializeToString()
+
+
+# Fault injection: an interrupt at every filesystem step of a two-file write.
+
+_FS_STEPS = (
+    (os, "mkdir"),
+    (os, "open"),
+    (os, "fsync"),
+    (os, "replace"),
+    (os, "rename"),
+    (os, "unlink"),
+    (os, "remove"),
+    (os, "rmdir"),
+    (nnopt_io, "_write_model"),
+    (nnopt_io, "_file_digest"),
+    (nnopt_io, "_rename_payload"),
+)
+
+
+class _Interrupted(KeyboardInterrupt):
+    """What the injected fault raises (a BaseException, like Ctrl-C)."""
+
+
+class _Injector:
+    """Counts filesystem steps; at step ``fail_at`` raises, or exits the process at once."""
+
+    def __init__(self, fail_at: int | None = None, *, hard_exit: bool = False) -> None:
+        self.fail_at = fail_at
+        self.hard_exit = hard_exit
+        self.count = 0
+        self.fired = False
+        self.names: list[str] = []
+
+    def wrap(self, owner: object, name: str) -> object:
+        original = getattr(owner, name)
+
+        def step(*args: object, **kwargs: object) -> object:
+            index = self.count
+            self.count += 1
+            self.names.append(name)
+            if index == self.fail_at:
+                self.fired = True
+                if self.hard_exit:
+                    os._exit(17)  # the process dies here: no finally, no cleanup
+                raise _Interrupted(f"injected at step {index} ({name})")
+            return original(*args, **kwargs)
+
+        return step
+
+    def install(self, monkeypatch: pytest.MonkeyPatch | None) -> None:
+        for owner, name in _FS_STEPS:
+            wrapped = self.wrap(owner, name)
+            if monkeypatch is None:
+                setattr(owner, name, wrapped)
+            else:
+                monkeypatch.setattr(owner, name, wrapped)
+
+
+def _write_old_pair(out: Path, scheme: str) -> None:
+    if scheme == "ours":
+        save(ir.serde.deserialize_model(_big_weight_model(seed=0)), out, external_data=True)
+    else:  # what onnx and older nnopt-graph write: OUT + OUT.data
+        _save_external(_big_weight_model(seed=0), out, out.name + ".data")
+
+
+def _state(out: Path, x: np.ndarray) -> np.ndarray:
+    """The output of the model at ``out``; its side files must all exist."""
+    for data in referenced_data_files(out):
+        assert data.is_file(), f"{out} refers to missing {data.name}"
+    return _run(out, {"x": x})[0]
+
+
+def _check_old_or_new(folder: Path, out: Path, x: np.ndarray, old: np.ndarray, new: np.ndarray):
+    result = _state(out, x)
+    is_old = np.array_equal(result, old)
+    is_new = np.array_equal(result, new)
+    assert is_old or is_new, "mixed pair: the numbers are neither the old nor the new model's"
+    # The next write's start removes what the interrupt left; the pair alone remains.
+    clean_stale_stages(out)
+    expected = {out.name} | {p.name for p in referenced_data_files(out)}
+    assert {p.name for p in folder.iterdir()} == expected
+    np.testing.assert_array_equal(_state(out, x), result)
+    return "old" if is_old else "new"
+
+
+@pytest.mark.parametrize("scheme", ["ours", "legacy"])
+def test_interrupt_at_every_filesystem_step_leaves_old_or_new_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scheme: str
+) -> None:
+    x = np.random.default_rng(3).standard_normal((2, 64)).astype(np.float32)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out = folder / "m.onnx"
+    new_model = _big_weight_model(seed=1)
+    _write_old_pair(out, scheme)
+    old = _state(out, x)
+    new = _run_proto(new_model, x)
+    assert not np.array_equal(old, new)
+
+    counter = _Injector()
+    with monkeypatch.context() as patch:
+        counter.install(patch)
+        save(ir.serde.deserialize_model(new_model), out, external_data=True)
+    steps = counter.count
+    assert steps >= 8, counter.names  # stage, write, hash, rename x2, fsync, unlink, rmtree
+    outcomes = []
+    for k in range(steps):
+        for p in folder.iterdir():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        _write_old_pair(out, scheme)
+        injector = _Injector(k)
+        with monkeypatch.context() as patch:
+            injector.install(patch)
+            try:
+                save(ir.serde.deserialize_model(new_model), out, external_data=True)
+            except _Interrupted:
+                pass
+        assert injector.fired, f"step {k} was not reached"
+        outcomes.append(_check_old_or_new(folder, out, x, old, new))
+    # Both outcomes happen: early interrupts keep the old pair, late ones the new.
+    assert outcomes[0] == "old" and outcomes[-1] == "new", outcomes
+    assert "old" in outcomes and "new" in outcomes
+
+
+def test_process_killed_at_every_filesystem_step_leaves_old_or_new_pair(tmp_path: Path) -> None:
+    """Like the test above, but the process exits at the step: no cleanup code runs."""
+    x = np.random.default_rng(4).standard_normal((2, 64)).astype(np.float32)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out = folder / "m.onnx"
+    new_model = _big_weight_model(seed=1)
+    _write_old_pair(out, "ours")
+    old = _state(out, x)
+    new = _run_proto(new_model, x)
+
+    counter = _Injector()
+    pid = os.fork()
+    if pid == 0:  # count the steps in a child, so the parent's os stays untouched
+        counter.install(None)
+        save(ir.serde.deserialize_model(new_model), out, external_data=True)
+        os._exit(min(counter.count, 250))
+    _, status = os.waitpid(pid, 0)
+    steps = os.waitstatus_to_exitcode(status)
+    assert 8 <= steps < 250
+    outcomes = []
+    for k in range(steps):
+        for p in folder.iterdir():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        _write_old_pair(out, "ours")
+        pid = os.fork()
+        if pid == 0:
+            _Injector(k, hard_exit=True).install(None)
+            try:
+                save(ir.serde.deserialize_model(new_model), out, external_data=True)
+            finally:
+                os._exit(3)  # the step was never reached
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 17, f"step {k} was not reached"
+        leftovers = {p.name for p in folder.iterdir()} - {out.name}
+        outcomes.append(_check_old_or_new(folder, out, x, old, new))
+        if outcomes[-1] == "old" and k > 0:
+            assert leftovers, "an interrupted write leaves its staging folder"
+    assert outcomes[0] == "old" and outcomes[-1] == "new", outcomes
+
+
+def _run_proto(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
+
+
+def test_stale_stage_of_a_live_writer_is_kept(tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    save(ir.serde.deserialize_model(_big_weight_model()), out, external_data=True)
+    orphan = tmp_path / "m.onnx.0123456789abcdef.data"
+    orphan.write_bytes(b"a concurrent writer's side file, not yet published")
+    with nnopt_io._stage_folder(out) as stage:  # noqa: SLF001  (a live writer)
+        assert clean_stale_stages(out) == []
+        assert stage.is_dir() and orphan.is_file()
+    # Once the writer is gone, its orphan goes too.
+    assert clean_stale_stages(out) == [orphan]
+    assert not orphan.exists()
+
+
+def test_cleanup_leaves_foreign_files_alone(tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    save(ir.serde.deserialize_model(_big_weight_model()), out, external_data=True)
+    foreign = [tmp_path / "w.data", tmp_path / "other.onnx.0123456789abcdef.data"]
+    for f in foreign:
+        f.write_bytes(b"x")
+    (tmp_path / ".other-hidden").mkdir()
+    assert clean_stale_stages(out) == []
+    assert all(f.exists() for f in foreign)
+
+
+def test_overwrite_removes_old_side_file_only_when_owned(tmp_path: Path) -> None:
+    shared = _save_external(_big_weight_model(), tmp_path / "a.onnx", "shared.data")
+    out = tmp_path / "b.onnx"
+    _save_external(_big_weight_model(), out, "shared.data")  # b shares a's side file
+    save(ir.serde.deserialize_model(_big_weight_model(seed=2)), out, external_data=True)
+    assert (tmp_path / "shared.data").is_file(), "a foreign side file must survive"
+    x = np.ones((1, 64), np.float32)
+    _state(shared, x)
+    legacy = tmp_path / "c.onnx"
+    _save_external(_big_weight_model(), legacy, "c.onnx.data")
+    save(ir.serde.deserialize_model(_big_weight_model(seed=2)), legacy, external_data=True)
+    assert not (tmp_path / "c.onnx.data").exists(), "the output's own old side file is removed"
+
+
+def test_same_content_twice_keeps_one_side_file(tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    for _ in range(2):
+        save(ir.serde.deserialize_model(_big_weight_model()), out, external_data=True)
+    assert len(referenced_data_files(out)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir())[0] == "m.onnx"
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+# Empty optional outputs survive a save.
+
+
+def _split_model(with_if: bool) -> onnx.ModelProto:
+    split = helper.make_node("Split", ["X"], ["Y", ""], axis=0, num_outputs=2)
+    nodes = [split]
+    if with_if:  # the same node inside a subgraph
+        body = helper.make_graph(
+            [helper.make_node("Split", ["X"], ["Z", ""], axis=0, num_outputs=2)],
+            "then",
+            [],
+            [helper.make_tensor_value_info("Z", TensorProto.FLOAT, [2, 6])],
+        )
+        nodes.append(helper.make_node("If", ["c"], ["W"], then_branch=body, else_branch=body))
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [4, 6])]
+    outputs = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 6])]
+    if with_if:
+        inputs.append(helper.make_tensor_value_info("c", TensorProto.BOOL, []))
+        outputs.append(helper.make_tensor_value_info("W", TensorProto.FLOAT, [2, 6]))
+    graph = helper.make_graph(nodes, "split", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+
+@pytest.mark.parametrize("with_if", [False, True])
+def test_save_keeps_trailing_empty_optional_outputs(tmp_path: Path, with_if: bool) -> None:
+    out = tmp_path / "m.onnx"
+    save(ir.serde.deserialize_model(_split_model(with_if)), out)
+    proto = onnx.load(out)
+    assert list(proto.graph.node[0].output) == ["Y", ""]
+    if with_if:
+        assert list(proto.graph.node[1].attribute[0].g.node[0].output) == ["Z", ""]
+    onnx.checker.check_model(proto, full_check=True)
+
+
+def test_plain_ir_serializer_drops_them(tmp_path: Path) -> None:
+    # Why io.save restores them: the IR's serializer alone drops the empty output.
+    proto = ir.serde.serialize_model(ir.serde.deserialize_model(_split_model(False)))
+    assert list(proto.graph.node[0].output) == ["Y"]

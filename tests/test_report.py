@@ -21,10 +21,12 @@ def test_json_report_has_contract_keys(tmp_path):
     assert report["output"]["flops"] == report["input"]["flops"] > 0
     for entry in report["passes"]:
         assert {"name", "options", "modified", "stats", "seconds", "fidelity"} <= set(entry)
-    assert report["fidelity"]["cosine_min"] >= 0.99999
+    assert report["fidelity"]["equal"] is True and report["fidelity"]["worst"]["rel_l2"] < 1e-5
+    assert report["fidelity"]["samples"] == 360
     assert "logits" in report["fidelity"]["per_output"]
-    assert report["guard"] == {"expr": None, "passed": None}
-    assert "nnopt-graph" in proc.stdout and "verified: cosine_min" in proc.stdout
+    assert report["guard"]["expr"] is None and report["guard"]["passed"] is None
+    assert "lossless" in report["guard"]["verdict"]
+    assert "nnopt-graph" in proc.stdout and "verified: equal to the input on 360 samples" in proc.stdout
 
 
 def test_html_report_has_charts_and_pass_table(tmp_path):

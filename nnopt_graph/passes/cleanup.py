@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 __all__ = [
-    "DEFAULT_PIPELINE",
     "EliminateDeadCodePass",
     "EliminateNoOpsPass",
     "FoldBatchNormPass",
@@ -11,10 +10,13 @@ __all__ = [
     "InferShapesPass",
     "LiftConstantsPass",
     "SortTopologicallyPass",
+    "annotations_kept",
 ]
 
+import contextlib
 import dataclasses
 import logging
+from collections.abc import Iterator
 
 import numpy as np
 import onnx_ir as ir
@@ -34,17 +36,86 @@ from nnopt_graph.analysis.walk import (
     count_nodes,
     custom_domain_nodes,
 )
-from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
-from nnopt_graph.pipeline.registry import PRESETS, register_pass
+from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
 logger = logging.getLogger(__name__)
 
-# BatchNormalization is folded before dedup: folding refuses weights that dedup made shared.
-# Zero structure is looked for after folding, which can create it.
-DEFAULT_PIPELINE = (
-    "lift-constants,eliminate-no-ops,fold-constants,fold-batchnorm,eliminate-zero-structure,"
-    "dedup,cse,eliminate-dead-code,sort-topologically,infer-shapes"
-)
+
+def _all_values(model: ir.Model) -> Iterator[ir.Value]:
+    """Every value of every graph and function: inputs, initializers and node outputs."""
+    for graph in all_graphs(model):
+        yield from graph.inputs
+        if isinstance(graph, ir.Graph):
+            yield from graph.initializers.values()
+        for node in graph:
+            yield from node.outputs
+
+
+def _graph_boundary(graph: ir.Graph | ir.Function) -> set[int]:
+    ids = {id(v) for v in graph.inputs}
+    ids.update(id(v) for v in graph.outputs)
+    if isinstance(graph, ir.Graph):
+        ids.update(id(v) for v in graph.initializers.values())
+    return ids
+
+
+@contextlib.contextmanager
+def annotations_kept(model: ir.Model) -> Iterator[None]:
+    """Let the block annotate values with inferred shapes, then put the old annotations back.
+
+    Every value that existed before gets its type and shape back (none where it had
+    none), so the written file carries the value_info the input had and no more: ONNX
+    Runtime fuses differently on an annotated graph, and annotations grow the file.
+    Values made inside the block keep theirs only if they are graph inputs, outputs or
+    initializers.
+    """
+    saved: dict[int, tuple[ir.Value, ir.TypeProtocol | None, ir.Shape | None]] = {}
+    for value in _all_values(model):
+        shape = value.shape.copy() if value.shape is not None else None
+        saved[id(value)] = (value, value.type, shape)
+    try:
+        yield
+    finally:
+        for graph in all_graphs(model):
+            boundary = _graph_boundary(graph)
+            for value in [*graph.inputs, *graph.outputs, *(o for n in graph for o in n.outputs)]:
+                entry = saved.get(id(value))
+                if entry is None or entry[0] is not value:
+                    if id(value) not in boundary:
+                        value.type, value.shape = None, None
+                    continue
+                _, old_type, old_shape = entry
+                if old_type is None and old_shape is None and id(value) in boundary:
+                    continue  # graph inputs and outputs may keep a type a pass gave them
+                value.type, value.shape = old_type, old_shape
+
+
+def _node_names(model: ir.Model) -> dict[int, tuple[ir.Node, str | None]]:
+    return {id(n): (n, n.name) for g in all_graphs(model) for n in g}
+
+
+def _restore_node_names(saved: dict[int, tuple[ir.Node, str | None]]) -> int:
+    """Give nodes a rewrite renamed (inlined from a branch, say) their old names back.
+
+    A name is restored only where no other node of the node's graph holds it.
+    Returns how many names were restored.
+    """
+    restored = 0
+    by_graph: dict[int, set[str]] = {}
+    for node, old in saved.values():
+        graph = node.graph
+        if graph is None or not old or node.name == old:
+            continue
+        taken = by_graph.get(id(graph))
+        if taken is None:
+            taken = by_graph[id(graph)] = {n.name for n in graph if n.name}
+        if old in taken:
+            continue
+        taken.discard(node.name or "")
+        node.name = old
+        taken.add(old)
+        restored += 1
+    return restored
 
 
 def _initializer_count(model: ir.Model) -> int:
@@ -204,9 +275,13 @@ class EliminateNoOpsPass(Pass):
 class FoldConstantsOptions:
     """Options of fold-constants."""
 
-    max_input_elements: int = 1 << 24
-    small_output_elements: int = 64
-    max_rounds: int = 4
+    max_input_elements: int = dataclasses.field(
+        default=1 << 24, metadata={"range": (1, None, True, True)}
+    )
+    small_output_elements: int = dataclasses.field(
+        default=64, metadata={"range": (0, None, True, True)}
+    )
+    max_rounds: int = dataclasses.field(default=4, metadata={"range": (1, None, True, True)})
 
 
 @register_pass
@@ -224,21 +299,25 @@ class FoldConstantsPass(Pass):
         never grows the weights by more than a few shape-sized constants.
         """
         custom = {id(n) for n in custom_domain_nodes(model)}
+        names = _node_names(model)
         before_nodes = count_nodes(model) - _count_op(model, "Constant")
         before_bytes = _initializer_bytes(model)
         # Shapes that full inference derives let more Shape/Gather chains fold; repeat
         # until nothing folds so that a second run of the pass finds nothing to do.
-        for _ in range(self.options.max_rounds):
-            ir_passes.ShapeInferencePass(strict_mode=False)(model)
-            folded = onnxscript.optimizer.fold_constants(
-                model,
-                input_size_limit=self.options.max_input_elements,
-                output_size_limit=self.options.small_output_elements,
-                should_fold=lambda node: False if id(node) in custom else None,
-            )
-            if not folded.modified:
-                break
-            ir_passes.RemoveUnusedNodesPass()(model)
+        with annotations_kept(model):
+            for _ in range(self.options.max_rounds):
+                ir_passes.ShapeInferencePass(strict_mode=False)(model)
+                folded = onnxscript.optimizer.fold_constants(
+                    model,
+                    input_size_limit=self.options.max_input_elements,
+                    output_size_limit=self.options.small_output_elements,
+                    should_fold=lambda node: False if id(node) in custom else None,
+                )
+                if not folded.modified:
+                    break
+                ir_passes.RemoveUnusedNodesPass()(model)
+        # The folder prefixes the names of nodes it inlines from a constant-condition If.
+        _restore_node_names(names)
         after_nodes = count_nodes(model) - _count_op(model, "Constant")
         after_bytes = _initializer_bytes(model)
         return PassResult(
@@ -250,6 +329,9 @@ class FoldConstantsPass(Pass):
         )
 
 
+_BN_HOSTS = frozenset({"Conv", "ConvTranspose", "Gemm"})
+
+
 @register_pass
 class FoldBatchNormPass(Pass):
     """Fold inference BatchNormalization into the Conv, ConvTranspose or Gemm before it."""
@@ -257,8 +339,23 @@ class FoldBatchNormPass(Pass):
     name = "fold-batchnorm"
 
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
-        """Apply onnxscript's BatchNormalization fusion rules everywhere."""
+        """Apply onnxscript's BatchNormalization fusion rules everywhere.
+
+        The fused node takes the name of the Conv, ConvTranspose or Gemm it replaces (the
+        rules would name it ``node_Conv_<n>``); its output keeps the BatchNormalization's.
+        """
         before = _count_op(model, "BatchNormalization")
+        # BatchNormalization output -> name of the node it may be folded into.
+        fold_into: dict[str, str] = {}
+        old_nodes: set[int] = set()
+        for node in all_nodes(model):
+            old_nodes.add(id(node))
+            if node.op_type != "BatchNormalization" or not node.inputs or node.inputs[0] is None:
+                continue
+            producer = node.inputs[0].producer()
+            if producer is not None and producer.op_type in _BN_HOSTS and producer.name:
+                if node.outputs[0].name:
+                    fold_into[node.outputs[0].name] = producer.name
         rules = RewriteRuleSet(
             [
                 fuse_batchnorm_into_conv_rule,
@@ -267,6 +364,12 @@ class FoldBatchNormPass(Pass):
             ]
         )
         rules.apply_to_model(model)
+        for node in all_nodes(model):
+            if id(node) in old_nodes or node.op_type not in _BN_HOSTS or not node.outputs:
+                continue
+            name = fold_into.get(node.outputs[0].name or "")
+            if name is not None:
+                node.name = name
         after = _count_op(model, "BatchNormalization")
         return PassResult({"batchnorms-folded": before - after, "skipped-batchnorms-kept": after})
 
@@ -361,6 +464,3 @@ class InferShapesPass(Pass):
         after = _shape_signature(model)
         changed = sum(1 for key, sig in after.items() if before.get(key) != sig)
         return PassResult({"values-annotated": changed})
-
-
-PRESETS["default"] = DEFAULT_PIPELINE

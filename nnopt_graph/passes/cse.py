@@ -14,8 +14,7 @@ import onnx_ir as ir
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS, all_graphs
 from nnopt_graph.passes.dedup import tensor_digest, tensors_equal
-from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
-from nnopt_graph.pipeline.registry import register_pass
+from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
 logger = logging.getLogger(__name__)
 

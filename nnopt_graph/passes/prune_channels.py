@@ -27,6 +27,7 @@ from nnopt_graph.analysis.channels import (
     const_array,
 )
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
+from nnopt_graph.check.metrics import sample_metrics
 from nnopt_graph.passes.prune_importance import (
     IMPORTANCE_KINDS,
     activation_taps,
@@ -36,10 +37,8 @@ from nnopt_graph.passes.prune_importance import (
 from nnopt_graph.passes.prune_latency import WidthChoice, choose_width
 from nnopt_graph.passes.prune_reconstruct import find_sinks, reconstruct_sinks
 from nnopt_graph.passes.prune_shapes import fold_copied_reshape_dims
-from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
-from nnopt_graph.pipeline.registry import register_pass
+from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 from nnopt_graph.runtime.data import Dataset, input_specs
-from nnopt_graph.runtime.fidelity import FidelityAccumulator
 from nnopt_graph.runtime.session import available_eps, create_session
 
 logger = logging.getLogger(__name__)
@@ -87,21 +86,23 @@ class PruneChannelsOptions:
         min_ratio: back-off stops below this ratio.
     """
 
-    ratio: float = 0.25
-    round_to: int = 1
+    ratio: float = dataclasses.field(default=0.25, metadata={"range": (0.0, 1.0, True, False)})
+    round_to: int = dataclasses.field(default=1, metadata={"range": (1, None, True, True)})
     importance: str = dataclasses.field(
         default="activation", metadata={"choices": IMPORTANCE_KINDS}
     )
     scope: str = dataclasses.field(default="local", metadata={"choices": ("local", "global")})
-    max_layer_ratio: float = 0.75
+    max_layer_ratio: float = dataclasses.field(
+        default=0.75, metadata={"range": (0.0, 1.0, True, True)}
+    )
     protect_first: bool = True
     protect_last: bool = True
     reconstruct: bool = True
-    ridge: float = 1e-3
-    calib_samples: int = 64
+    ridge: float = dataclasses.field(default=1e-3, metadata={"range": (0.0, None, True, True)})
+    calib_samples: int = dataclasses.field(default=64, metadata={"range": (1, None, True, True)})
     search: bool = False
     latency_aware: bool = False
-    min_ratio: float = 0.05
+    min_ratio: float = dataclasses.field(default=0.05, metadata={"range": (0.0, 1.0, True, False)})
 
 
 def _dataset_shapes(dataset: Dataset | None) -> dict[str, list[int]]:
@@ -296,10 +297,13 @@ def _masked(model: ir.Model, group: ChannelGroup, keep: np.ndarray) -> ir.Model:
 
 
 def _min_cosine(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float:
-    acc = FidelityAccumulator([str(i) for i in range(len(reference[0]))])
+    """The worst sample's cosine over all outputs (NaN counts as the worst)."""
+    worst = 1.0
     for ref, cand in zip(reference, candidate, strict=True):
-        acc.add(ref, cand)
-    return min(r.cosine for r in acc.result())
+        for r, c in zip(ref, cand, strict=True):
+            value = sample_metrics(r, c).cosine
+            worst = min(worst, -1.0 if value != value else value)
+    return worst
 
 
 @dataclasses.dataclass

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 __all__ = [
     "NameScope",
+    "RankedBackOffPass",
     "ranked_back_off",
     "annotate_types",
     "add_initializer",
@@ -21,8 +19,10 @@ __all__ = [
     "subgraph_nodes",
 ]
 
+import dataclasses
 import logging
 from collections.abc import Iterable
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx
@@ -30,7 +30,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS, all_graphs
-from nnopt_graph.pipeline.base import PassContext
+from nnopt_graph.pipeline.base import Pass, PassContext
 from nnopt_graph.runtime.data import Dataset, input_specs, random_dataset, resolve_shapes
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,9 @@ def calibration_data(model: ir.Model, context: PassContext, samples: int) -> Dat
         logger.warning("no calibration data: calibrating on random inputs")
         specs = input_specs(model)
         shapes = resolve_shapes(specs, context.input_shapes, warn=False)
-        data = random_dataset(specs, shapes, num_samples=max(1, min(samples or 8, 8)))
+        data = random_dataset(
+            specs, shapes, num_samples=max(1, min(samples or 8, 8)), seed=context.seed
+        )
     if samples and data.num_samples > samples:
         data = data.take(samples)
     return data.fit(input_specs(model))
@@ -199,3 +201,22 @@ def ranked_back_off(pass_: Any, ranking: list[str] | None) -> Any:
     )
     weaker._cache = pass_._cache
     return weaker
+
+
+class RankedBackOffPass(Pass):
+    """A quantize pass that keeps a per-model cache and backs off along a sensitivity ranking.
+
+    Subclasses set ``Cache`` (a dataclass with a ``ranking`` field, filled by their run);
+    weaker versions share the cache (see ``ranked_back_off``).
+    """
+
+    Cache: ClassVar[type]
+
+    def __init__(self, options: Any = None, **kwargs: Any) -> None:
+        super().__init__(options, **kwargs)
+        self._cache = self.Cache()
+
+    def back_off(self) -> Pass | None:
+        """The same pass with the next most sensitive nodes (by the ranking) left in float."""
+        result: Pass | None = ranked_back_off(self, self._cache.ranking)
+        return result

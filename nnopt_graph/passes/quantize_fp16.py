@@ -13,9 +13,9 @@ import numpy as np
 import onnx_ir as ir
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
-from nnopt_graph.passes.cleanup import DEFAULT_PIPELINE
 from nnopt_graph.passes.quantize_common import (
     NameScope,
+    RankedBackOffPass,
     add_initializer,
     annotate_types,
     calibration_data,
@@ -23,12 +23,9 @@ from nnopt_graph.passes.quantize_common import (
     const_array,
     drop_if_unused,
     name_of,
-    ranked_back_off,
     split_names,
 )
-from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
-from nnopt_graph.pipeline.registry import PRESETS, register_pass
-from nnopt_graph.runtime.calibrate import run_with_taps
+from nnopt_graph.pipeline.base import PassContext, PassResult, register_pass
 
 logger = logging.getLogger(__name__)
 
@@ -103,9 +100,13 @@ class QuantizeFp16Options:
     keep_io: bool = True
     block: str = ""
     exclude: str = ""
-    reduction_limit: int = 4096
-    overflow_margin: float = 0.5
-    samples: int = 8
+    reduction_limit: int = dataclasses.field(
+        default=4096, metadata={"range": (0, None, True, True)}
+    )
+    overflow_margin: float = dataclasses.field(
+        default=0.5, metadata={"range": (0.0, 1.0, False, True)}
+    )
+    samples: int = dataclasses.field(default=8, metadata={"range": (0, None, True, True)})
     fallback: bool = True
 
 
@@ -165,7 +166,9 @@ def _floats(values: Any) -> list[ir.Value]:
     return [v for v in values if v is not None and v.dtype == _F32]
 
 
-def _sweep(model: ir.Model, data: Any) -> tuple[dict[str, float], dict[str, tuple[int, ...]]]:
+def _sweep(
+    model: ir.Model, data: Any, context: PassContext
+) -> tuple[dict[str, float], dict[str, tuple[int, ...]]]:
     """Largest |value| of every float main-graph value and the shape it had, in one sweep."""
     names = [name_of(v) for v in model.graph.inputs if v.dtype in (_F32, _F16)]
     for node in model.graph:
@@ -189,25 +192,19 @@ def _sweep(model: ir.Model, data: Any) -> tuple[dict[str, float], dict[str, tupl
                 absmax[name] = max(absmax.get(name, 0.0), peak)
 
     if names:
-        run_with_taps(model, names, data, on_batch, threads=2)
+        context.runtime.capture(model, names, data, on_batch, threads=2)
     return absmax, shapes
 
 
 @register_pass
-class QuantizeFp16Pass(Pass):
+class QuantizeFp16Pass(RankedBackOffPass):
     """Convert float32 to float16 except blocked ops, overflowing values and model I/O."""
 
     name = "quantize-fp16"
     lossy = True
     Options = QuantizeFp16Options
 
-    def __init__(self, options: Any = None, **kwargs: Any) -> None:
-        super().__init__(options, **kwargs)
-        self._cache = _Cache()
-
-    def back_off(self) -> Pass | None:
-        """The same pass with the next nodes of largest output magnitude kept in float32."""
-        return ranked_back_off(self, self._cache.ranking)
+    Cache = _Cache
 
     def _decide(
         self, graph: ir.Graph, absmax: dict[str, float], shapes: dict[str, tuple[int, ...]]
@@ -282,7 +279,7 @@ class QuantizeFp16Pass(Pass):
         graph = work.graph
         if cache.absmax is None:
             data = calibration_data(work, context, options.samples)
-            cache.absmax, cache.shapes = _sweep(work, data)
+            cache.absmax, cache.shapes = _sweep(work, data, context)
             # Back-off order: nodes with the largest float outputs first (range, then precision).
             peak = {
                 name_of(n): max((cache.absmax.get(name_of(o), 0.0) for o in n.outputs), default=0.0)
@@ -444,6 +441,3 @@ class QuantizeFp16Pass(Pass):
         commit(model, work)
         logger.info("quantize-fp16: %d nodes in float16", stats["nodes-fp16"])
         return result
-
-
-PRESETS["target-cuda"] = f"{DEFAULT_PIPELINE},quantize-fp16,quantize-int4"

@@ -23,6 +23,7 @@ import onnx_ir as ir
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
 from nnopt_graph.passes.quantize_common import (
     NameScope,
+    RankedBackOffPass,
     add_initializer,
     annotate_types,
     calibration_data,
@@ -31,13 +32,10 @@ from nnopt_graph.passes.quantize_common import (
     drop_if_unused,
     ensure_opset,
     name_of,
-    ranked_back_off,
     split_names,
     subgraph_nodes,
 )
-from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
-from nnopt_graph.pipeline.registry import register_pass
-from nnopt_graph.runtime.calibrate import run_with_taps
+from nnopt_graph.pipeline.base import PassContext, PassResult, register_pass
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +56,12 @@ class QuantizeInt4Options:
     format: str = dataclasses.field(
         default="matmulnbits", metadata={"choices": ("matmulnbits", "qdq")}
     )
-    min_elements: int = 1 << 18
-    accuracy_level: int = 0
+    min_elements: int = dataclasses.field(
+        default=1 << 18, metadata={"range": (0, None, True, True)}
+    )
+    accuracy_level: int = dataclasses.field(default=0, metadata={"choices": (0, 1, 2, 3, 4)})
     exclude: str = ""
-    samples: int = 16
+    samples: int = dataclasses.field(default=16, metadata={"range": (0, None, True, True)})
     fallback: bool = True
 
 
@@ -173,7 +173,7 @@ def _targets(
 
 
 def _activation_samples(
-    model: ir.Model, targets: list[_Target], data: Any
+    model: ir.Model, targets: list[_Target], data: Any, runtime: Any
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per MatMul input: mean |x| per channel and a reservoir of rows (one sweep)."""
     names = sorted({name_of(t.node.inputs[0]) for t in targets})
@@ -194,7 +194,7 @@ def _activation_samples(
                 merged = np.concatenate(rows[name])
                 rows[name] = [merged[rng.choice(len(merged), _RESERVOIR_ROWS, replace=False)]]
 
-    run_with_taps(model, names, data, on_batch, threads=2)
+    runtime.capture(model, names, data, on_batch, threads=2)
     out = {}
     for name in names:
         if name in sums:
@@ -239,20 +239,14 @@ def _search_scales(
 
 
 @register_pass
-class QuantizeInt4Pass(Pass):
+class QuantizeInt4Pass(RankedBackOffPass):
     """Quantize large constant MatMul/Gemm weights to blockwise int4 (weight-only)."""
 
     name = "quantize-int4"
     lossy = True
     Options = QuantizeInt4Options
 
-    def __init__(self, options: Any = None, **kwargs: Any) -> None:
-        super().__init__(options, **kwargs)
-        self._cache = _Cache()
-
-    def back_off(self) -> Pass | None:
-        """The same pass with the MatMuls of largest int4 output error left in float first."""
-        return ranked_back_off(self, self._cache.ranking)
+    Cache = _Cache
 
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
         """Replace each large MatMul/Gemm weight by int4 blocks; see the README."""
@@ -275,7 +269,7 @@ class QuantizeInt4Pass(Pass):
         missing = [t for t in targets if name_of(t.node) not in cache.scales]
         if missing and (options.method == "awq" or options.fallback):
             data = calibration_data(work, context, options.samples)
-            samples = _activation_samples(work, missing, data)
+            samples = _activation_samples(work, missing, data, context.runtime)
         for t in missing:
             sample = samples.get(name_of(t.node.inputs[0]))
             if sample is None:

@@ -34,8 +34,7 @@ from nnopt_graph.passes.sparse_patterns import (
     tensorrt_verdict,
 )
 from nnopt_graph.passes.sparse_rewrite import ShapeBuilder, model_value_names, replace_output
-from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
-from nnopt_graph.pipeline.registry import register_pass
+from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
 logger = logging.getLogger(__name__)
 
@@ -88,18 +87,18 @@ class SparsifyOptions:
     """
 
     pattern: str = "2:4"
-    ratio: float = 0.5
+    ratio: float = dataclasses.field(default=0.5, metadata={"range": (0.0, 1.0, True, False)})
     importance: str = dataclasses.field(default="wanda", metadata={"choices": IMPORTANCES})
     reconstruct: bool = True
-    damp: float = 0.01
-    block_size: int = 128
+    damp: float = dataclasses.field(default=0.01, metadata={"range": (0.0, 1e6, True, False)})
+    block_size: int = dataclasses.field(default=128, metadata={"range": (1, None, True, True)})
     ops: str = "conv+gemm+matmul"
     exclude: str = ""
-    min_params: int = 0
-    keep_dense: int = 0
+    min_params: int = dataclasses.field(default=0, metadata={"range": (0, None, True, True)})
+    keep_dense: int = dataclasses.field(default=0, metadata={"range": (0, None, True, True)})
     sequential: bool = False
-    max_samples: int = 128
-    max_hessian_mb: int = 1024
+    max_samples: int = dataclasses.field(default=128, metadata={"range": (1, None, True, True)})
+    max_hessian_mb: int = dataclasses.field(default=1024, metadata={"range": (1, None, True, True)})
     to_gemm: str = dataclasses.field(
         default="auto", metadata={"choices": ("auto", "true", "false")}
     )

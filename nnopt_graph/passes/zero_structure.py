@@ -4,12 +4,14 @@ from __future__ import annotations
 
 __all__ = ["EliminateZeroStructureOptions", "EliminateZeroStructurePass"]
 
+import contextlib
 import dataclasses
 import logging
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common as ir_passes
 
 from nnopt_graph.analysis.channels import (
     ROLE_GROUPED,
@@ -22,9 +24,9 @@ from nnopt_graph.analysis.channels import (
     find_channel_groups,
 )
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
+from nnopt_graph.passes.cleanup import annotations_kept
 from nnopt_graph.passes.sparse_rewrite import ShapeBuilder, model_value_names, replace_output
-from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
-from nnopt_graph.pipeline.registry import register_pass
+from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +73,11 @@ class EliminateZeroStructureOptions:
             model's weights stay on disk); zero structure in them is not looked for.
     """
 
-    max_rounds: int = 8
-    round_to: int = 1
-    max_weight_elements: int = 1 << 24
+    max_rounds: int = dataclasses.field(default=8, metadata={"range": (1, None, True, True)})
+    round_to: int = dataclasses.field(default=1, metadata={"range": (1, None, True, True)})
+    max_weight_elements: int = dataclasses.field(
+        default=1 << 24, metadata={"range": (0, None, True, True)}
+    )
 
 
 def _per_unit(
@@ -406,12 +410,26 @@ class EliminateZeroStructurePass(Pass):
 
     def _replace_zero_ops(self, model: ir.Model, stats: dict[str, int]) -> list[dict[str, Any]]:
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+        limit = self.options.max_weight_elements
+        candidates = [
+            node for graph in model.graphs() for node in graph if _zero_weight(node, limit)
+        ]
+        if not candidates:
+            return []
+        # The replacement needs the output's type and the input's rank: infer them only
+        # when some candidate lacks them, and leave the input's annotations as they were.
+        unknown = any(
+            n.outputs[0].dtype is None
+            or n.outputs[0].shape is None
+            or (n.inputs[0] is not None and n.inputs[0].shape is None)
+            for n in candidates
+        )
         taken = model_value_names(model)
         decisions = []
-        for graph in model.graphs():
-            for node in list(graph):
-                if not _zero_weight(node, self.options.max_weight_elements):
-                    continue
+        with annotations_kept(model) if unknown else contextlib.nullcontext():
+            if unknown:
+                ir_passes.ShapeInferencePass(strict_mode=False)(model)
+            for node in candidates:
                 why = _replace_zero_op(node, opset, taken)
                 if why is not None:
                     stats["skipped-zero-ops-unknown-shape"] += 1

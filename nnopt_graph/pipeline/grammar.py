@@ -5,15 +5,16 @@ The printed form names every option with its value and parses back to an equal p
 
 from __future__ import annotations
 
-__all__ = ["PassSpec", "Pipeline", "option_fields"]
+__all__ = ["PassSpec", "Pipeline", "check_option", "describe_options", "option_fields"]
 
 import dataclasses
+import math
 import re
 import typing
 from typing import Any
 
 from nnopt_graph.errors import BadInputError
-from nnopt_graph.pipeline.base import Pass
+from nnopt_graph.pipeline.base import Pass, option_range
 from nnopt_graph.pipeline.registry import PRESETS, get_pass, registered_passes
 
 _NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
@@ -45,10 +46,45 @@ def _convert(pass_name: str, key: str, text: str, field: dataclasses.Field[Any],
             value = text
     except ValueError:
         raise BadInputError(f"{where}: '{text}' is not a valid {kind.__name__}") from None
+    check_option(pass_name, key, value, field, text)
+    return value
+
+
+def check_option(
+    pass_name: str, key: str, value: Any, field: dataclasses.Field[Any], text: str | None = None
+) -> None:
+    """Check a typed option value against its field's declared choices and range.
+
+    Raises:
+        BadInputError: NaN or Inf, a value outside the range, or not one of the choices;
+            the message gives the allowed values.
+    """
+    where = f"option '{key}' of pass '{pass_name}'"
+    shown = text if text is not None else str(value)
     choices = field.metadata.get("choices")
     if choices is not None and value not in choices:
-        raise BadInputError(f"{where}: '{text}' is not one of {', '.join(map(str, choices))}")
-    return value
+        raise BadInputError(f"{where}: '{shown}' is not one of {', '.join(map(str, choices))}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    allowed = option_range(field)
+    if isinstance(value, float) and not math.isfinite(value):
+        hint = f"; allowed range {allowed}" if allowed is not None else ""
+        raise BadInputError(f"{where}: '{shown}' is not a finite number{hint}")
+    if allowed is not None and not allowed.contains(value):
+        raise BadInputError(f"{where}: {shown} is outside the allowed range {allowed}")
+
+
+def describe_options(pass_cls: type[Pass]) -> str:
+    """What each constrained option of a pass accepts, e.g. ``ratio in [0, 1)``."""
+    parts = []
+    for key, field, _ in option_fields(pass_cls):
+        choices = field.metadata.get("choices")
+        allowed = option_range(field)
+        if choices is not None:
+            parts.append(f"{key} in {{{', '.join(map(str, choices))}}}")
+        elif allowed is not None:
+            parts.append(f"{key} in {allowed}")
+    return "; ".join(parts)
 
 
 def _format_value(value: Any) -> str:
@@ -81,11 +117,19 @@ class PassSpec:
                 raise BadInputError(f"pass '{name}' has no option '{key}' (options: {known})")
             f, kind = fields[key]
             values[f.name] = _convert(name, key, text, f, kind)
+        by_name = {f.name: (key, f) for key, f, _ in option_fields(pass_cls)}
+        for attr, value in typed.items():
+            if attr in by_name:
+                check_option(name, by_name[attr][0], value, by_name[attr][1])
         values.update(typed)
         try:
             options = pass_cls.Options(**values)
         except (TypeError, ValueError) as exc:
             raise BadInputError(f"pass '{name}': {exc}") from None
+        problem = getattr(options, "problem", None)
+        reason = problem() if callable(problem) else None
+        if reason:
+            raise BadInputError(f"pass '{name}': {reason}")
         return cls(name, options)
 
     def instantiate(self) -> Pass:

@@ -19,8 +19,8 @@ import onnx_ir as ir
 from rich.console import Console
 from rich.table import Table
 
-from nnopt_graph.analysis.structure import check_model_proto, structural_problems
-from nnopt_graph.errors import CheckFailedError
+from nnopt_graph.check.structure import check_model_proto, structural_problems
+from nnopt_graph.errors import CheckFailedError, one_line
 from nnopt_graph.pipeline.base import Pass
 from nnopt_graph.pipeline.manager import Instrument, PassRecord
 
@@ -37,8 +37,7 @@ class VerifyEachInstrument(Instrument):
         try:
             check_model_proto(model, full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckFailedError(f"ONNX checker rejects the model: {first}") from exc
+            raise CheckFailedError(f"ONNX checker rejects the model: {one_line(exc)}") from exc
 
 
 class TimePassesInstrument(Instrument):

@@ -13,7 +13,7 @@ from typing import Any
 import onnx_ir as ir
 
 from nnopt_graph.errors import NnoptError, PassFailedError
-from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
+from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, is_skip_stat
 from nnopt_graph.pipeline.grammar import Pipeline, option_fields
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,10 @@ class PassRecord:
     fidelity: dict[str, Any] | None = None
     decisions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     guard_action: str | None = None
+    # applied | backed off | rolled back | skipped (lossy passes); changed | unchanged.
+    outcome: str = "unchanged"
+    outcome_detail: str = ""
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The report's per-pass entry."""
@@ -52,6 +56,33 @@ class Instrument:
 
 def _options_dict(pass_: Pass) -> dict[str, Any]:
     return {key: getattr(pass_.options, f.name) for key, f, _ in option_fields(type(pass_))}
+
+
+def _changed_options(before: Pass, after: Pass) -> str:
+    old, new = _options_dict(before), _options_dict(after)
+    diff = [f"{k}={new[k]}" for k in new if new[k] != old.get(k)]
+    return " ".join(diff) or "a weaker setting"
+
+
+def _stats_text(stats: dict[str, int], limit: int = 4) -> str:
+    changes = [(k, v) for k, v in stats.items() if v and not is_skip_stat(k)]
+    return ", ".join(f"{k} {v}" for k, v in changes[:limit])
+
+
+def _skip_reason(result: PassResult) -> str:
+    if result.notes:
+        return "; ".join(result.notes)
+    skips = [
+        f"{k[len('skipped-') :]} ({v})" for k, v in result.stats.items() if v and is_skip_stat(k)
+    ]
+    return "nothing to do" + (f": skipped {', '.join(skips)}" if skips else "")
+
+
+def _figures(outcome: Any) -> str:
+    values = "; ".join(
+        f"{name} {value:.6g}" for name, value in outcome.values.items() if value == value
+    )
+    return f"{values} over {outcome.samples} held-out samples"
 
 
 class PassManager:
@@ -96,26 +127,53 @@ class PassManager:
 
     def _run_guarded(
         self, pass_: Pass, model: ir.Model, done: list[str]
-    ) -> tuple[ir.Model, Pass, PassResult, dict[str, Any] | None, str]:
-        """Run a lossy pass under the guard, backing off or rolling back on failure."""
+    ) -> tuple[ir.Model, Pass, PassResult, dict[str, Any] | None, str, str]:
+        """Run a lossy pass under the guard, backing off or rolling back on failure.
+
+        Returns (model, the attempt kept, its result, guard figures, outcome, detail):
+        outcome is applied, backed off (detail: to what, and what the stronger setting
+        failed), rolled back (the figures that broke the budget) or skipped.
+        """
         snapshot = model.clone()
         attempt = pass_
+        first_failure: str | None = None
         while True:
             result = self._run_one(attempt, model, done)
             if not result.modified:
-                return model, attempt, result, None, "unchanged"
+                if attempt is pass_:
+                    return model, attempt, result, None, "skipped", _skip_reason(result)
+                # The weaker setting changed nothing: the same as rolling back.
+                result.decisions.append({"guard": "rolled back", "failed": first_failure})
+                detail = f"{first_failure}; weaker settings changed nothing"
+                return snapshot, attempt, result, None, "rolled back", detail
             outcome = self.guard.measure(model)
             if outcome.passed:
-                action = "kept" if attempt is pass_ else "backed off"
+                changes = _stats_text(result.stats)
+                if attempt is pass_:
+                    detail = f"{changes}; {_figures(outcome)}"
+                    action = "applied"
+                else:
+                    detail = (
+                        f"to {_changed_options(pass_, attempt)} ({changes}; {_figures(outcome)}) "
+                        f"because the requested setting failed {first_failure}"
+                    )
+                    action = "backed off"
                 logger.info("guard: %s %s (%s)", attempt.name, action, outcome.values)
-                return model, attempt, result, outcome.to_json(), action
-            logger.info("guard: %s fails %s", attempt.name, "; ".join(outcome.failed))
+                return model, attempt, result, outcome.to_json(), action, detail
+            failure = "; ".join(outcome.failed)
+            first_failure = first_failure or failure
+            logger.info("guard: %s fails %s", attempt.name, failure)
             weaker = attempt.back_off()
             model = snapshot.clone()
             if weaker is None:
                 result.stats = {k: 0 for k in result.stats}
                 result.decisions.append({"guard": "rolled back", "failed": outcome.failed})
-                return model, attempt, result, outcome.to_json(), "rolled back"
+                detail = (
+                    first_failure
+                    if attempt is pass_
+                    else (f"{first_failure}; the weakest setting still failed {failure}")
+                )
+                return model, attempt, result, outcome.to_json(), "rolled back", detail
             attempt = weaker
 
     def run(self, model: ir.Model) -> list[PassRecord]:
@@ -135,9 +193,16 @@ class PassManager:
             action = None
             ran = pass_
             if pass_.lossy and self.guard is not None:
-                model, ran, result, fidelity, action = self._run_guarded(pass_, model, done)
+                model, ran, result, fidelity, action, detail = self._run_guarded(pass_, model, done)
+                outcome = action
             else:
                 result = self._run_one(pass_, model, done)
+                outcome = "changed" if result.modified else "unchanged"
+                detail = _stats_text(result.stats) if result.modified else ""
+                if pass_.lossy and not result.modified:
+                    outcome, detail = "skipped", _skip_reason(result)
+                elif pass_.lossy:
+                    outcome = "applied"
             record = PassRecord(
                 name=pass_.name,
                 options=_options_dict(ran),
@@ -147,6 +212,9 @@ class PassManager:
                 fidelity=fidelity,
                 decisions=list(result.decisions),
                 guard_action=action,
+                outcome=outcome,
+                outcome_detail=detail,
+                notes=list(result.notes),
             )
             logger.info("pass %s: %s", pass_.name, record.stats)
             try:

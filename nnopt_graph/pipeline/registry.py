@@ -1,29 +1,12 @@
-"""The pass registry: name to class, and the named presets."""
+"""The pass registry: name to class (built-in passes loaded on first use), and the presets."""
 
 from __future__ import annotations
 
 __all__ = ["PRESETS", "get_pass", "pass_names", "register_pass", "registered_passes"]
 
-from typing import TypeVar
-
 from nnopt_graph.errors import BadInputError
-from nnopt_graph.pipeline.base import Pass
-
-_REGISTRY: dict[str, type[Pass]] = {}
-
-# Preset name -> pipeline text. Filled by the modules that define the passes.
-PRESETS: dict[str, str] = {}
-
-P = TypeVar("P", bound=type[Pass])
-
-
-def register_pass(cls: P) -> P:
-    """Class decorator: make the pass known under its ``name``."""
-    name = cls.name
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
-        raise ValueError(f"pass name '{name}' registered twice")
-    _REGISTRY[name] = cls
-    return cls
+from nnopt_graph.pipeline.base import _REGISTRY, Pass, register_pass
+from nnopt_graph.pipeline.presets import PRESETS
 
 
 def _ensure_loaded() -> None:

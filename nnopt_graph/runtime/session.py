@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-__all__ = ["EP_PROVIDERS", "available_eps", "create_session", "run_dataset"]
+__all__ = [
+    "EP_PROVIDERS",
+    "available_eps",
+    "create_session",
+    "load_problem",
+    "ort_error_text",
+    "run_dataset",
+]
 
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +24,10 @@ from nnopt_graph.errors import BadInputError
 from nnopt_graph.runtime.data import Dataset
 
 logger = logging.getLogger(__name__)
+
+# ONNX Runtime's own log lines (graph-optimizer notes, EP fallbacks) would leak into the
+# terminal before our one-line error; the CLI turns them back on under --debug.
+ort.set_default_logger_severity(3)
 
 EP_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -72,3 +84,26 @@ def run_dataset(
     names = [o.name for o in session.get_outputs()]
     for feed in dataset.batches(batch_size):
         yield session.run(names, feed)
+
+
+def load_problem(model: str | os.PathLike[str]) -> str | None:
+    """Why ONNX Runtime (CPU EP, no graph optimization) cannot load a model, or None.
+
+    Run it under ``runtime.isolate.run_isolated``: some models crash ONNX Runtime.
+    """
+    try:
+        create_session(
+            model, "cpu", threads=1, optimization=ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        )
+    except Exception as exc:
+        return ort_error_text(exc)
+    return None
+
+
+def ort_error_text(exc: BaseException, limit: int = 300) -> str:
+    """ONNX Runtime's error message on one line, without its C++ source location."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    # "/onnxruntime_src/.../file.h:46 void ns::Function(args...) " says where, not why.
+    text = re.sub(r"/\S+\.(?:h|cc|cpp):\d+ [^()]*\([^()]*\)\s*", "", text)
+    return text[:limit]

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from passes_util import ort_run
 
 from models import zoo
-from nnopt_graph.guard import GuardOutcome
+from nnopt_graph.check.guard import GuardOutcome
 from nnopt_graph.passes.prune_channels import PruneChannelsPass
 from nnopt_graph.pipeline.base import PassContext
 from nnopt_graph.pipeline.grammar import Pipeline

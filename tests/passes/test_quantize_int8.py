@@ -11,11 +11,11 @@ from onnx import TensorProto, helper, numpy_helper
 from passes_util import op_types, random_feeds, to_proto
 
 from nnopt_graph import optimize
+from nnopt_graph.passes.quantize_calib import HistogramStats, entropy_range, percentile_range
 from nnopt_graph.pipeline.base import PassContext
 from nnopt_graph.pipeline.grammar import PassSpec, Pipeline
 from nnopt_graph.pipeline.registry import PRESETS
 from nnopt_graph.runtime.data import Dataset
-from nnopt_graph.runtime.quant_calib import HistogramStats, entropy_range, percentile_range
 
 FAST = {"speed_check": False, "fallback": False}
 RNG = np.random.default_rng(0)
@@ -332,7 +332,7 @@ def test_guard_drives_fallback_end_to_end(tmp_path):
         path, tmp_path / "out.onnx", pipeline, target="cpu", calib=data, guard="cosine>=0.99"
     )
     record = result.records[0]
-    assert record.guard_action == "kept" and record.modified
+    assert record.guard_action == "applied" and record.modified
 
 
 def test_bias_correction_is_applied_and_recorded():
@@ -456,7 +456,7 @@ def test_large_bias_on_a_tiny_weight_channel_does_not_saturate():
 
 
 def test_streaming_stats_keep_per_channel_sums_bounded():
-    from nnopt_graph.runtime.quant_calib import TensorStats
+    from nnopt_graph.passes.quantize_calib import TensorStats
 
     stats = TensorStats(channel_axis=1)
     rng = np.random.default_rng(0)

@@ -339,9 +339,10 @@ def test_bad_options_are_rejected_before_running():
         {"exclude": "("},
         {"keep_dense": -1},
     ):
-        pass_ = PassSpec.create("sparsify", **options).instantiate()
         with pytest.raises(BadInputError, match="sparsify"):
-            pass_.requires(model)
+            PassSpec.create("sparsify", **options)  # the grammar refuses them first
+        with pytest.raises(BadInputError, match="sparsify"):
+            SparsifyPass(**options).requires(model)  # and so does a pass built directly
 
 
 # ---------------------------------------------------------------- subgraphs and functions
@@ -423,7 +424,10 @@ def test_guard_backs_off_to_keep_dense(tmp_path):
     x = np.stack([weights(60 + s, 4, 64) for s in range(10)])
     held = [{"x": s} for s in x[6:]]
     plain, _ = run(proto, importance="magnitude", reconstruct=False)
-    first = cosine(outputs(proto, held), outputs(to_proto(plain), held))
+    from nnopt_graph.check.metrics import sample_metrics
+
+    ref, cand = outputs(proto, held), outputs(to_proto(plain), held)
+    first = min(sample_metrics(r, c).cosine for r, c in zip(ref, cand, strict=True))  # worst sample
     budget = first + (1 - first) / 2  # the full 2:4 model cannot keep it
     result = optimize(
         proto,
@@ -434,7 +438,7 @@ def test_guard_backs_off_to_keep_dense(tmp_path):
         guard=f"cosine>={budget:.6f}",
     )
     record = result.records[0]
-    assert record.guard_action in ("backed off", "unchanged")
+    assert record.guard_action == "backed off", record.outcome_detail
     assert record.options["keep-dense"] >= 1
     assert result.fidelity is not None and result.fidelity.cosine_min >= budget
 

@@ -17,12 +17,10 @@ import dataclasses
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-
-from nnopt_graph.runtime.calibrate import run_with_taps
-from nnopt_graph.runtime.data import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +98,11 @@ class TensorStats:
 def collect_stats(
     model: ir.Model,
     names: Sequence[str],
-    dataset: Dataset,
+    dataset: Any,
     *,
     channel_axes: Mapping[str, int] | None = None,
     threads: int | None = 2,
+    capture: Any,
 ) -> dict[str, TensorStats]:
     """Min/max of each named main-graph value (and per-channel sums where asked) in one sweep.
 
@@ -117,7 +116,7 @@ def collect_stats(
             stats[name].add(np.asarray(array))
 
     if names:
-        feeds = run_with_taps(model, list(names), dataset, on_batch, threads=threads)
+        feeds = capture(model, list(names), dataset, on_batch, threads=threads)
         logger.debug("calibration sweep: %d feeds, %d values", feeds, len(names))
     return stats
 
@@ -162,10 +161,11 @@ class HistogramStats:
 def collect_histograms(
     model: ir.Model,
     ranges: Mapping[str, tuple[float, float]],
-    dataset: Dataset,
+    dataset: Any,
     *,
     bins: int = 2048,
     threads: int | None = 2,
+    capture: Any,
 ) -> dict[str, HistogramStats]:
     """Histograms of each named value on the range a first min/max sweep found."""
     hists = {name: HistogramStats.empty(lo, hi, bins) for name, (lo, hi) in ranges.items()}
@@ -175,7 +175,7 @@ def collect_histograms(
             hists[name].add(np.asarray(array))
 
     if hists:
-        run_with_taps(model, list(hists), dataset, on_batch, threads=threads)
+        capture(model, list(hists), dataset, on_batch, threads=threads)
     return hists
 
 

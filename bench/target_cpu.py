@@ -1,0 +1,126 @@
+"""`--target cpu` on the digits CNN and every real model: worst held-out sample, latency.
+
+Per model: calibration on CALIB samples, the guard on EVAL other samples (digits: its
+training split for calibration, its 360 labelled held-out images for the guard); the
+int8 decision by the default cost model. Then, against the input model, on the held-out
+data: the worst sample's cosine (all outputs), and CPU latency measured interleaved in one
+process (2 threads, pool spinning off, >= 20 rounds and >= 2 s per model, after warm-up):
+min/median/max of per-round ratios, plus the A-vs-A ratio (the input against itself) as the
+noise band. The modelled cost ratio of the int8 candidate is printed beside the measured
+one, so the cost model can be checked. Writes bench/results/target_cpu.{json,md}.
+
+Usage: python bench/target_cpu.py [--calib 48] [--eval 16] [--models a,b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from models import fetch  # noqa: E402
+from models.calib import write_calib_npz  # noqa: E402
+from nnopt_graph import optimize  # noqa: E402
+from nnopt_graph.check.compare import compare_models  # noqa: E402
+from nnopt_graph.io import load  # noqa: E402
+from nnopt_graph.runtime.data import input_specs, load_dataset  # noqa: E402
+from nnopt_graph.runtime.quant_bench import compare_latency  # noqa: E402
+
+
+def _sources(tmp: Path, calib: int, held: int, names: list[str] | None) -> dict[str, tuple[Path, Path, Path]]:
+    digits = ROOT / "models/digits"
+    out = {"digits-cnn": (digits / "digits_cnn.onnx", digits / "digits_calib.npz", digits / "digits_heldout.npz")}
+    for name in fetch.REAL_MODELS:
+        if names and name not in names:
+            continue
+        c = write_calib_npz(name, tmp / f"{name}.calib.npz", samples=calib, seed=0)
+        e = write_calib_npz(name, tmp / f"{name}.eval.npz", samples=held, seed=10_000)
+        out[name] = (fetch.fetch(name), c, e)
+    return out
+
+
+def _modelled(record) -> float | None:
+    for d in record.decisions:
+        if "modelled" in d:
+            return d["modelled"]["ratio"]
+    return None
+
+
+def main() -> None:
+    """Run every model and write the tables."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calib", type=int, default=48)
+    parser.add_argument("--eval", type=int, default=16)
+    parser.add_argument("--models")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        names = args.models.split(",") if args.models else None
+        for name, (src, calib, held) in _sources(tmp, args.calib, args.eval, names).items():
+            out = tmp / f"{name}.cpu.onnx"
+            result = optimize(src, out, target="cpu", calib=calib, eval_data=held)
+            rec = next(r for r in result.records if r.name == "quantize-int8")
+            data = load_dataset(held, input_specs(load(src)))
+            fid = compare_models(src, out, data)
+            feed = next(data.batches(1))
+            lat = compare_latency([src, src, out], feed, runs=20, warmup=5, threads=2, min_seconds=2.0,
+                                  max_runs=3000)
+            row = {
+                "model": name,
+                "outcome": rec.outcome,
+                "detail": rec.outcome_detail[:300],
+                "modelled_ratio": _modelled(rec),
+                "worst_cosine": fid.metric("cosine"),
+                "worst_index": next((o.worst_index("cosine") for o in fid.outputs), None),
+                "samples": fid.samples,
+                "latency": lat.ratio[2],
+                "a_vs_a": lat.ratio[1],
+                "rounds": lat.runs,
+                "size_ratio": out.stat().st_size / Path(src).stat().st_size,
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=ROOT).stdout.strip()
+    res = ROOT / "bench/results"
+    (res / "target_cpu.json").write_text(json.dumps(
+        {"commit": commit, "machine": "x86_64, 2 cores, shared", "calib": args.calib, "eval": args.eval,
+         "rows": rows}, indent=2) + "\n")
+    geo = math.exp(np.mean([math.log(r["latency"]["median"]) for r in rows]))
+    lines = [
+        "# `--target cpu`: worst held-out sample and latency",
+        "",
+        f"Commit {commit}, x86_64 (AVX-512 VNNI), 2 cores shared with other jobs; ONNX Runtime CPU EP. "
+        f"Calibration {args.calib} samples, guard and figures on {args.eval} other samples "
+        "(digits: training split / 360 labelled held-out images). Latency: one interleaved run "
+        "per model (input, input again, output), 2 threads, spinning off, >= 20 rounds and >= 2 s; "
+        "min / median / max of per-round ratios. A-vs-A is the input against itself: the noise band.",
+        "",
+        "| model | int8 outcome | modelled cost | worst-sample cosine | latency out/in | A-vs-A | size |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lt, aa = r["latency"], r["a_vs_a"]
+        mod = "-" if r["modelled_ratio"] is None else f"{r['modelled_ratio']:.3f}"
+        lines.append(
+            f"| {r['model']} | {r['outcome']} | {mod} | {r['worst_cosine']:.5f} (#{r['worst_index']}, "
+            f"{r['samples']} samples) | {lt['min']:.2f} / **{lt['median']:.3f}** / {lt['max']:.2f} | "
+            f"{aa['min']:.2f} / {aa['median']:.3f} / {aa['max']:.2f} | {r['size_ratio']:.3f} |"
+        )
+    lines += ["", f"Geometric mean of the median latency ratios: **{geo:.3f}** over {len(rows)} models."]
+    (res / "target_cpu.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The one measurement: equality, per-sample fidelity, guard, verification, structure checks."""

@@ -1,0 +1,121 @@
+"""A deterministic cost model for keeping int8: the same model and data, the same answer.
+
+Timed speed checks flip with machine load at the edge of the noise (the same command
+wrote different files from run to run). The default decision instead compares modelled
+costs of the float and the int8 candidate, both read off what ONNX Runtime's CPU EP will
+actually run (its optimized graph, from the fusion check):
+
+    cost(float) = sum of MACs of the Conv/ConvTranspose/Gemm/MatMul nodes
+    cost(int8)  = sum over those nodes of MACs / speedup (when fused in int8, else MACs)
+                  + QDQ_COST * elements through every Quantize/Dequantize left standalone
+
+The speedups are per kernel family (int8 GEMM with VNNI about 3x, without about 2x;
+depthwise and grouped int8 convolutions run no faster than float in ONNX Runtime's
+kernels), QDQ_COST is a standalone (de)quantization's cost per element in MAC units.
+int8 is kept only below ``KEEP_BELOW`` so a marginal gain is not taken.
+"""
+
+from __future__ import annotations
+
+__all__ = ["KEEP_BELOW", "CostModel", "node_macs"]
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import onnx_ir as ir
+import onnx_ir.passes.common as ir_passes
+
+from nnopt_graph.analysis.stats import _node_macs
+
+# Keep int8 only when its modelled cost is below this fraction of float's.
+KEEP_BELOW = 0.9
+# One standalone QuantizeLinear/DequantizeLinear element, in multiply-accumulates: it is
+# memory-bound (read 4 bytes, write 1) where a GEMM does dozens of MACs per cycle.
+QDQ_COST = 32.0
+# Drop a node family from int8 when the model says it costs this much less without it.
+DROP_BELOW = 0.97
+
+
+def _speedup(node: ir.Node, vnni: bool) -> float:
+    if node.op_type in ("Conv", "ConvTranspose"):
+        group = node.attributes.get("group")
+        if group is not None and group.as_int() > 1:
+            return 0.9  # depthwise/grouped int8 kernels are no faster than float ones
+    return 3.0 if vnni else 2.0
+
+
+def node_macs(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
+    """MACs of every main-graph Conv/ConvTranspose/Gemm/MatMul at these input shapes."""
+    clone = model.clone()
+    for value in clone.graph.inputs:
+        if value.name in shapes:
+            value.shape = ir.Shape(list(shapes[value.name]))
+    for node in clone.graph:
+        for value in node.outputs:
+            value.shape = None  # re-inferred from the concrete inputs, not the symbolic ones
+    ir_passes.ShapeInferencePass(strict_mode=False)(clone)
+    out: dict[str, int] = {}
+    for node in clone.graph:
+        macs = _node_macs(node)
+        if macs and macs > 0:  # shapes with unknown (-1) dims give no count
+            out[node.name or ""] = macs
+    return out
+
+
+def _elements(value: ir.Value | None) -> int | None:
+    if value is None or value.shape is None:
+        return None
+    dims = list(value.shape)
+    if not all(isinstance(d, int) and d >= 0 for d in dims):
+        return None
+    return math.prod(dims)  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass
+class CostModel:
+    """Modelled costs of candidates of one model (MACs at the calibration feed's shapes)."""
+
+    macs: dict[str, int]
+    vnni: bool
+
+    @property
+    def float_cost(self) -> float:
+        """Cost of the float model."""
+        return float(sum(self.macs.values()))
+
+    def cost(
+        self,
+        nodes: Iterable[ir.Node],
+        int8_nodes: set[str],
+        standalone_qdq: Sequence[ir.Value | None],
+        fallback_elements: int,
+    ) -> dict[str, Any]:
+        """Modelled cost of a candidate, relative to float.
+
+        ``int8_nodes`` run fused in int8; ``standalone_qdq`` values pass through
+        standalone Quantize/Dequantize nodes (unknown sizes count as ``fallback_elements``).
+        """
+        compute = 0.0
+        for node in nodes:
+            macs = self.macs.get(node.name or "")
+            if not macs:
+                continue
+            compute += macs / _speedup(node, self.vnni) if node.name in int8_nodes else macs
+        elements = 0
+        for value in standalone_qdq:
+            n = _elements(value)
+            elements += fallback_elements if n is None else n
+        total = compute + QDQ_COST * elements
+        base = self.float_cost
+        return {
+            "ratio": round(total / base, 4) if base else 1.0,
+            "int8-nodes": len(int8_nodes),
+            "standalone-qdq-elements": int(elements),
+        }
+
+
+def largest_activation(macs: Mapping[str, int]) -> int:
+    """A stand-in element count for a value of unknown size (the largest MACs' square root)."""
+    return math.isqrt(max(max(macs.values(), default=1), 1))

@@ -1,0 +1,28 @@
+"""Every named preset, in one place: preset name -> pipeline text.
+
+A preset name in pipeline text expands in place (``default,quantize-int8``). The target
+presets are what ``--target T`` alone runs.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DEFAULT_PIPELINE", "PRESETS"]
+
+# BatchNormalization is folded before dedup: folding refuses weights that dedup made shared.
+# Zero structure is looked for after folding, which can create it. Passes that infer
+# shapes for their own use put the input's annotations back (see annotations_kept): the
+# output carries the value_info the input had. Add infer-shapes to annotate everything.
+DEFAULT_PIPELINE = (
+    "lift-constants,eliminate-no-ops,fold-constants,fold-batchnorm,eliminate-zero-structure,"
+    "dedup,cse,eliminate-dead-code,sort-topologically"
+)
+
+PRESETS: dict[str, str] = {
+    "default": DEFAULT_PIPELINE,
+    # --target cpu / tensorrt alone: lossless cleanup, then int8 for that target (the pass
+    # reads the target from the job, so one preset text serves both).
+    "target-cpu": f"{DEFAULT_PIPELINE},quantize-int8",
+    "target-tensorrt": f"{DEFAULT_PIPELINE},quantize-int8",
+    # CUDA's EP has no int8 Conv/MatMul kernels: float16 activations, int4 MatMul weights.
+    "target-cuda": f"{DEFAULT_PIPELINE},quantize-fp16,quantize-int4",
+}

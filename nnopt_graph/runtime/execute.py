@@ -1,0 +1,95 @@
+"""Running a reference and a candidate model on the same feeds, one feed at a time."""
+
+from __future__ import annotations
+
+__all__ = ["ONE_SESSION_AT_A_TIME_BYTES", "paired_outputs", "weights_size"]
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from nnopt_graph.errors import CheckFailedError, one_line
+from nnopt_graph.progress import track
+from nnopt_graph.runtime.data import Dataset
+from nnopt_graph.runtime.session import create_session
+
+# Above this, only one model is held in memory at a time (reference outputs are kept).
+ONE_SESSION_AT_A_TIME_BYTES = 512 * 2**20
+
+ModelSource = str | os.PathLike[str] | bytes
+
+
+def weights_size(source: ModelSource) -> int:
+    """Bytes of a model file and its side files (or of serialized bytes)."""
+    if isinstance(source, bytes):
+        return len(source)
+    path = Path(source)
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
+
+
+def _session(source: ModelSource, label: str, threads: int | None) -> Any:
+    try:
+        return create_session(source, "cpu", threads=threads)
+    except Exception as exc:
+        raise CheckFailedError(
+            f"ONNX Runtime cannot load the {label} model: {one_line(exc)}"
+        ) from exc
+
+
+def _run(
+    session: Any, names: list[str], feed: dict[str, Any], label: str, source: str
+) -> list[Any]:
+    try:
+        return list(session.run(names, feed))
+    except Exception as exc:
+        hint = "; pass --calib DATA or --input-shape" if label == "input" else ""
+        raise CheckFailedError(
+            f"ONNX Runtime cannot run the {label} model on the {source} inputs: "
+            f"{one_line(exc)}{hint}"
+        ) from exc
+
+
+def _check_names(ref_names: list[str], cand_sess: Any) -> None:
+    cand_names = [o.name for o in cand_sess.get_outputs()]
+    if ref_names != cand_names:
+        raise CheckFailedError(f"output names differ: {ref_names} vs {cand_names}")
+
+
+def paired_outputs(
+    reference: ModelSource,
+    candidate: ModelSource,
+    dataset: Dataset,
+    *,
+    batch_size: int = 1,
+    threads: int | None = None,
+) -> Iterator[tuple[list[str], list[Any], list[Any]]]:
+    """(output names, reference outputs, candidate outputs) for each feed, CPU EP.
+
+    Small models run side by side; large ones one after the other, so peak memory is one
+    model plus the reference outputs rather than two models.
+
+    Raises:
+        CheckFailedError: either model cannot be loaded or run, or the output names differ.
+    """
+    source = "generated" if dataset.source == "random" else "given"
+    ref_sess = _session(reference, "input", threads)
+    names = [o.name for o in ref_sess.get_outputs()]
+    if weights_size(reference) > ONE_SESSION_AT_A_TIME_BYTES:
+        ref_outputs = [
+            _run(ref_sess, names, f, "input", source) for f in dataset.batches(batch_size)
+        ]
+        del ref_sess
+        cand_sess = _session(candidate, "output", threads)
+        _check_names(names, cand_sess)
+        feeds = dataset.batches(batch_size)
+        for feed, ref_out in zip(
+            feeds, track(ref_outputs, "verifying", len(ref_outputs)), strict=True
+        ):
+            yield names, ref_out, _run(cand_sess, names, feed, "output", source)
+        return
+    cand_sess = _session(candidate, "output", threads)
+    _check_names(names, cand_sess)
+    for feed in track(dataset.batches(batch_size), "verifying", dataset.num_samples):
+        ref_out = _run(ref_sess, names, feed, "input", source)
+        yield names, ref_out, _run(cand_sess, names, feed, "output", source)

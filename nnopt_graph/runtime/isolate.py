@@ -1,0 +1,166 @@
+"""Run model execution in a child process, so an ONNX Runtime crash becomes an error."""
+
+from __future__ import annotations
+
+__all__ = ["iter_isolated", "run_isolated"]
+
+import faulthandler
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from multiprocessing.connection import Connection
+from typing import Any, TypeVar
+
+from nnopt_graph.errors import CheckFailedError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Set NNOPT_GRAPH_NO_ISOLATION=1 to run in the calling process (debugging, profiling).
+_DISABLE_ENV = "NNOPT_GRAPH_NO_ISOLATION"
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    # fork: the child inherits the datasets, memory maps and imports, and starts in
+    # milliseconds; arguments and the callable are never pickled.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _send_error(conn: Connection, exc: BaseException) -> None:
+    try:
+        payload = pickle.dumps(exc)
+        pickle.loads(payload)  # some exceptions pickle but do not unpickle (custom __init__)
+        conn.send(("error", payload))
+    except Exception:  # an exception that does not round-trip: send its text
+        text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        conn.send(("error-text", f"{type(exc).__name__}: {text}"))
+
+
+def _child(
+    conn: Connection, fn: Callable[..., Any], args: tuple, kwargs: dict, stream: bool
+) -> None:
+    faulthandler.disable()  # a crash is reported by the parent in one line, not a dump
+    try:
+        if stream:
+            for item in fn(*args, **kwargs):
+                conn.send(("item", item))
+            conn.send(("done", None))
+        else:
+            conn.send(("done", fn(*args, **kwargs)))
+    except BaseException as exc:  # noqa: BLE001  (everything goes back to the parent)
+        _send_error(conn, exc)
+    finally:
+        conn.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # no atexit handlers, no finalizers of the parent's objects
+
+
+def _crash_error(exitcode: int | None, what: str) -> CheckFailedError:
+    if exitcode is not None and exitcode < 0:
+        number = -exitcode
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = "unknown"
+        logger.debug("child process died of %s", name)
+        return CheckFailedError(f"ONNX Runtime crashed {what} (signal {number})")
+    return CheckFailedError(f"ONNX Runtime crashed {what} (exit status {exitcode})")
+
+
+def _raise_error(kind: str, payload: Any) -> None:
+    if kind == "error":
+        raise pickle.loads(payload)
+    raise RuntimeError(payload)
+
+
+def iter_isolated(
+    fn: Callable[..., Iterable[T]], *args: Any, what: str = "running the output", **kwargs: Any
+) -> Iterator[T]:
+    """Run a generator function in a child process, yielding its items as they come.
+
+    Args:
+        fn: a callable returning an iterable; its items must pickle.
+        *args: its positional arguments (inherited by the child, not pickled).
+        what: what the child does, for the error message ("running the output").
+        **kwargs: its keyword arguments.
+
+    Raises:
+        CheckFailedError: the child died (a segfault in ONNX Runtime):
+            ``ONNX Runtime crashed running the output (signal 11)``.
+        Exception: whatever ``fn`` raised, re-raised here.
+    """
+    if os.environ.get(_DISABLE_ENV):
+        yield from fn(*args, **kwargs)
+        return
+    ctx = _context()
+    receiver, sender = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_child, args=(sender, fn, args, kwargs, True), daemon=True)
+    process.start()
+    sender.close()
+    try:
+        while True:
+            try:
+                kind, payload = receiver.recv()
+            except EOFError:
+                process.join()
+                raise _crash_error(process.exitcode, what) from None
+            if kind == "item":
+                yield payload
+            elif kind == "done":
+                return
+            else:
+                _raise_error(kind, payload)
+    finally:
+        receiver.close()
+        if process.is_alive():
+            process.kill()  # the caller stopped early (or was interrupted)
+        process.join()
+
+
+def run_isolated(
+    fn: Callable[..., T], *args: Any, what: str = "running the output", **kwargs: Any
+) -> T:
+    """Call ``fn(*args, **kwargs)`` in a child process and return its (pickled) result.
+
+    A crash of the child — ONNX Runtime segfaulting on a model — becomes a
+    CheckFailedError (exit 1) instead of killing nnopt-graph before it can say why.
+
+    Args:
+        fn: the callable; its result must pickle.
+        *args: its positional arguments (inherited by the child, not pickled).
+        what: what the child does, for the error message ("running the output").
+        **kwargs: its keyword arguments.
+
+    Raises:
+        CheckFailedError: the child died: ``ONNX Runtime crashed <what> (signal N)``.
+        Exception: whatever ``fn`` raised, re-raised here.
+    """
+    if os.environ.get(_DISABLE_ENV):
+        return fn(*args, **kwargs)
+    ctx = _context()
+    receiver, sender = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_child, args=(sender, fn, args, kwargs, False), daemon=True)
+    process.start()
+    sender.close()
+    try:
+        try:
+            kind, payload = receiver.recv()
+        except EOFError:
+            process.join()
+            raise _crash_error(process.exitcode, what) from None
+        if kind != "done":
+            _raise_error(kind, payload)
+        return payload  # type: ignore[no-any-return]
+    finally:
+        receiver.close()
+        if process.is_alive():
+            process.kill()
+        process.join()

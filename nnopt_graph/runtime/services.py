@@ -1,0 +1,89 @@
+"""What a pass may ask of ONNX Runtime, handed to it through the PassContext.
+
+Passes never open a session or write a temporary model themselves: they call these
+services, so how a model is run (which EP, threads, temporary files, isolation) is decided
+here, once.
+"""
+
+from __future__ import annotations
+
+__all__ = ["RuntimeServices"]
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from nnopt_graph.runtime.calibrate import run_with_taps
+from nnopt_graph.runtime.data import Dataset
+from nnopt_graph.runtime.quant_bench import LatencyComparison, compare_latency
+from nnopt_graph.runtime.scratch import scratch_file
+from nnopt_graph.runtime.session import create_session
+
+
+class RuntimeServices:
+    """ONNX Runtime work on behalf of passes (CPU EP)."""
+
+    def capture(
+        self,
+        model: ir.Model,
+        values: Sequence[str],
+        dataset: Dataset,
+        on_batch: Callable[[dict[str, np.ndarray]], None],
+        *,
+        batch_size: int = 1,
+        threads: int | None = 2,
+    ) -> int:
+        """Hand the named main-graph values of every feed to ``on_batch``; returns the feeds run."""
+        return run_with_taps(
+            model, values, dataset, on_batch, batch_size=batch_size, threads=threads
+        )
+
+    def optimized_graph(self, model: ir.Model) -> onnx.ModelProto:
+        """The graph ONNX Runtime's CPU EP runs after all its optimizations (fusions)."""
+        with scratch_file(model, "check") as source:
+            optimized = source.with_name("check.optimized.onnx")
+            create_session(source, "cpu", threads=1, optimized_model_path=str(optimized))
+            return onnx.load(str(optimized), load_external_data=False)
+
+    def outputs(
+        self,
+        models: Sequence[ir.Model],
+        dataset: Dataset,
+        names: Sequence[str] | None = None,
+        *,
+        threads: int | None = 2,
+    ) -> Iterator[list[dict[str, np.ndarray]]]:
+        """Per feed, each model's outputs by name (``names``, or each model's graph outputs)."""
+        with contextlib.ExitStack() as stack:
+            sessions: list[Any] = []
+            for i, model in enumerate(models):
+                path = stack.enter_context(scratch_file(model, f"model{i}"))
+                sessions.append(create_session(path, "cpu", threads=threads))
+            wanted = [
+                list(names) if names is not None else [o.name for o in s.get_outputs()]
+                for s in sessions
+            ]
+            for feed in dataset.batches():
+                yield [
+                    dict(zip(w, s.run(w, feed), strict=True))
+                    for s, w in zip(sessions, wanted, strict=True)
+                ]
+
+    def output_names(self, model: ir.Model) -> list[str]:
+        """The output names ONNX Runtime reports for a model."""
+        with scratch_file(model) as path:
+            return [o.name for o in create_session(path, "cpu", threads=1).get_outputs()]
+
+    def latency(
+        self, models: Sequence[ir.Model], feed: Mapping[str, np.ndarray], **options: Any
+    ) -> LatencyComparison:
+        """Interleaved CPU latency of the models on one feed (see ``compare_latency``)."""
+        with contextlib.ExitStack() as stack:
+            paths = [
+                stack.enter_context(scratch_file(m, f"bench{i}")) for i, m in enumerate(models)
+            ]
+            return compare_latency(paths, feed, **options)

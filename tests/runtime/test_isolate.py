@@ -1,0 +1,78 @@
+"""run_isolated / iter_isolated: a crash in the child becomes an error in the parent."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from nnopt_graph.errors import BadInputError, CheckFailedError, PassFailedError
+from nnopt_graph.runtime.isolate import iter_isolated, run_isolated
+
+
+def _segfault() -> None:
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def _abort_after(items: int):
+    yield from range(items)
+    os.kill(os.getpid(), signal.SIGABRT)
+
+
+def _exit_quietly() -> None:
+    os._exit(5)
+
+
+def test_segfault_becomes_check_failed_error() -> None:
+    with pytest.raises(CheckFailedError) as info:
+        run_isolated(_segfault)
+    assert str(info.value) == "ONNX Runtime crashed running the output (signal 11)"
+    assert info.value.exit_code == 1
+
+
+def test_crash_message_says_what_ran() -> None:
+    with pytest.raises(CheckFailedError, match=r"crashed loading the input \(signal 11\)"):
+        run_isolated(_segfault, what="loading the input")
+    with pytest.raises(CheckFailedError, match=r"exit status 5"):
+        run_isolated(_exit_quietly)
+
+
+def test_result_comes_back() -> None:
+    data = np.arange(12.0).reshape(3, 4)  # inherited by the child, not pickled
+    out = run_isolated(np.multiply, data, 2.0)
+    np.testing.assert_array_equal(out, data * 2)
+    assert run_isolated(sorted, [3, 1, 2], reverse=True) == [3, 2, 1]
+
+
+def test_exceptions_are_re_raised_with_their_type() -> None:
+    def bad_input() -> None:
+        raise BadInputError("x.npz: no samples")
+
+    def pass_failed() -> None:
+        raise PassFailedError("dedup", ["cse"], "boom")  # a custom __init__: sent as text
+
+    with pytest.raises(BadInputError, match="no samples"):
+        run_isolated(bad_input)
+    with pytest.raises(RuntimeError, match="pass 'dedup' failed"):
+        run_isolated(pass_failed)
+
+
+def test_stream_yields_items_then_reports_the_crash() -> None:
+    seen = []
+    with pytest.raises(CheckFailedError, match=r"signal 6"):
+        for item in iter_isolated(_abort_after, 3):
+            seen.append(item)
+    assert seen == [0, 1, 2]
+
+
+def test_stream_without_crash() -> None:
+    assert list(iter_isolated(range, 5)) == [0, 1, 2, 3, 4]
+
+
+def test_isolation_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NNOPT_GRAPH_NO_ISOLATION", "1")
+    assert run_isolated(os.getpid) == os.getpid()
+    monkeypatch.delenv("NNOPT_GRAPH_NO_ISOLATION")
+    assert run_isolated(os.getpid) != os.getpid()
