@@ -63,3 +63,13 @@ def test_a_dim_copied_to_another_position_is_not_folded():
 def test_allowzero_reshape_is_left_alone():
     model = ir.serde.deserialize_model(_model(allowzero=1))
     assert fold_copied_reshape_dims(model) == 0
+
+
+def test_prune_channels_folds_only_when_asked():
+    from nnopt_graph.passes.prune_channels import PruneChannelsPass
+    from nnopt_graph.pipeline.base import PassContext
+
+    for fold, expected in ((False, 0), (True, 1)):
+        model = ir.serde.deserialize_model(_model())
+        result = PruneChannelsPass(ratio=0.25, fold_shapes=fold).run(model, PassContext())
+        assert result.stats["reshape-targets-folded"] == expected
