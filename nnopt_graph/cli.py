@@ -86,6 +86,7 @@ def _cmd_opt(args: argparse.Namespace) -> int:
     )
     from nnopt_graph.pipeline.manager import Instrument
     from nnopt_graph.report import print_summary
+    from nnopt_graph.tracking import log_run, parse_log_spec
 
     _existing_file(args.input)
     data = [d for d in (args.calib, args.eval) if d]
@@ -108,6 +109,7 @@ def _cmd_opt(args: argparse.Namespace) -> int:
         instruments.append(TimePassesInstrument())
     if args.stats:
         instruments.append(StatsInstrument())
+    log_spec = parse_log_spec(args.log) if args.log else None  # bad --log: exit 2 up front
     result = optimize(
         args.input,
         args.output,
@@ -127,6 +129,8 @@ def _cmd_opt(args: argparse.Namespace) -> int:
         in_place=args.in_place,
     )
     print_summary(result.report)
+    if log_spec is not None:
+        print(f"logged to {log_run(result.report, log_spec)}")
     return 0
 
 
@@ -378,6 +382,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     opt.add_argument("--time-passes", action="store_true", help="print each pass's wall time")
     opt.add_argument("--stats", action="store_true", help="print every pass's statistics")
+    opt.add_argument(
+        "--log",
+        metavar="tensorboard:DIR|wandb[:PROJECT]",
+        help="record the run in TensorBoard or W&B (offline unless WANDB_MODE is set)",
+    )
     opt.add_argument("--print-ir-after", metavar="NAMES", help="comma-separated pass names, or all")
     opt.add_argument("--dump-dir", metavar="DIR", help="write the model after each pass to DIR")
     opt.add_argument("--no-check", action="store_true", help="skip verification of the output")

@@ -33,6 +33,11 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from nnopt_graph.errors import BadInputError
+from nnopt_graph.opaque_types import (
+    ir_has_opaque_types,
+    restore_opaque_types,
+    strip_opaque_types,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +126,7 @@ def load(path: str | os.PathLike[str]) -> ir.Model:
         from nnopt_graph.sparse_format import densify_sparse_initializers
 
         densify_sparse_initializers(proto)
+    strip_opaque_types(proto)  # Map/Sequence(Map) types: onnx-ir cannot hold them
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # the IR rejects malformed protos with many exception types
@@ -345,10 +351,13 @@ def check_job_paths(
     """
     in_path = Path(input) if input is not None else None
     in_files: list[tuple[Path, str]] = []
+    existing = [Path(p) for p in (output, report) if p is not None and Path(p).exists()]
     if in_path is not None:
         in_files.append((in_path, "the input model"))
-        for data_file in sorted(referenced_data_files(in_path)):
-            in_files.append((data_file, "an external-data file of the input"))
+        # Only an existing file can be a side file of the input: parse the graph then.
+        if any(not _is_same_file(p, in_path) for p in existing):
+            for data_file in sorted(referenced_data_files(in_path)):
+                in_files.append((data_file, "an external-data file of the input"))
     for extra in extra_inputs:
         in_files.append((Path(extra), "an input data file"))
     written: list[tuple[Path, str]] = []
@@ -504,6 +513,28 @@ def _stage_folder(path: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def _no_initializer_value_info(model: ir.Model) -> Iterator[None]:
+    """While saving, initializers carry no type, so no value_info is written for them.
+
+    onnx-ir writes a value_info entry for every typed initializer; the tensor already
+    says its type and shape, and on a model of many small weights the entries grew the
+    file by a quarter. Initializers that are also graph inputs keep theirs.
+    """
+    saved = []
+    for graph in model.graphs():
+        inputs = {id(v) for v in graph.inputs}
+        for value in graph.initializers.values():
+            if id(value) not in inputs and (value.type is not None or value.shape is not None):
+                saved.append((value, value.type, value.shape))
+                value.type, value.shape = None, None
+    try:
+        yield
+    finally:
+        for value, old_type, old_shape in saved:
+            value.type, value.shape = old_type, old_shape
+
+
+@contextlib.contextmanager
 def staged_save(
     model: ir.Model,
     path: str | os.PathLike[str],
@@ -536,19 +567,26 @@ def staged_save(
         external_data = uses_external_data(model) or tensor_bytes(model) >= EXTERNAL_DATA_THRESHOLD
     with _stage_folder(path) as stage:
         staged = stage / path.name
-        _write_model(model, staged, external_data, write_sparse)
+        with _no_initializer_value_info(model):
+            _write_model(model, staged, external_data, write_sparse)
         data_name = None
         if external_data and (stage / _PAYLOAD).is_file():
             data_name = _data_name(path.name, _file_digest(stage / _PAYLOAD))
             _rename_payload(staged, data_name)
             os.replace(stage / _PAYLOAD, stage / data_name)
+        if ir_has_opaque_types(model):
+            restore_opaque_types(staged)
         yield staged
         _publish(stage, staged, path, data_name)
 
 
 def _publish(stage: Path, staged: Path, path: Path, data_name: str | None) -> None:
     """Move a staged pair into place: side file, then the graph (the one publishing step)."""
-    old_files = referenced_data_files(path) if path.exists() else set()
+    # Parse the old graph only when a side file named for it exists (a big inline
+    # model is not read for nothing).
+    owned = _owned_data_pattern(path.name)
+    has_owned = any(owned.fullmatch(p.name) for p in path.parent.iterdir() if p.name != data_name)
+    old_files = referenced_data_files(path) if path.exists() and has_owned else set()
     if data_name is not None:
         _fsync(stage / data_name)
     _fsync(staged)
@@ -559,7 +597,6 @@ def _publish(stage: Path, staged: Path, path: Path, data_name: str | None) -> No
     _fsync(path.parent)
     logger.info("wrote %s", path)
     keep = (path.parent / data_name).resolve() if data_name is not None else None
-    owned = _owned_data_pattern(path.name)
     for old in old_files:
         # Only side files named for this output: another model may share a foreign one.
         if old != keep and old.parent == path.parent.resolve() and owned.fullmatch(old.name):

@@ -11,7 +11,6 @@ __all__ = [
     "write_report",
 ]
 
-import html
 import json
 import math
 import os
@@ -26,6 +25,7 @@ from rich.table import Table
 from nnopt_graph.analysis.stats import ModelSummary
 from nnopt_graph.check.compare import Comparison
 from nnopt_graph.pipeline.manager import PassRecord
+from nnopt_graph.report_html import render_html
 
 
 def _model_entry(summary: ModelSummary | None) -> dict[str, Any] | None:
@@ -99,78 +99,11 @@ def build_report(
     }
 
 
-def _svg_bars(title: str, items: list[tuple[str, float]], unit: str = "") -> str:
-    """A horizontal bar chart as inline SVG (no plotting library needed in the report)."""
-    if not items:
-        return ""
-    top = max((abs(v) for _, v in items), default=0.0) or 1.0
-    row, label_w, bar_w = 22, 220, 360
-    height = row * len(items) + 30
-    parts = [
-        "<svg xmlns='http://www.w3.org/2000/svg' "
-        f"width='{label_w + bar_w + 120}' height='{height}'>",
-        f"<text x='0' y='16' font-weight='bold'>{html.escape(title)}</text>",
-    ]
-    for i, (label, value) in enumerate(items):
-        y = 28 + i * row
-        width = max(1.0, bar_w * abs(value) / top)
-        parts.append(f"<text x='0' y='{y + 14}'>{html.escape(label)}</text>")
-        parts.append(
-            f"<rect x='{label_w}' y='{y}' width='{width:.1f}' height='16' fill='#4a7ebb'/>"
-        )
-        parts.append(f"<text x='{label_w + width + 6:.1f}' y='{y + 14}'>{value:.4g}{unit}</text>")
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _html(report: dict[str, Any]) -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(p['name'])}</td><td>{p['modified']}</td>"
-        f"<td>{html.escape(json.dumps(p['stats']))}</td><td>{p['seconds']:.3f}</td>"
-        f"<td>{html.escape(str(p.get('outcome') or ''))}</td></tr>"
-        for p in report["passes"]
-    )
-    before, after = report.get("input") or {}, report.get("output") or {}
-    ratios = [
-        (key, after[key] / before[key])
-        for key in ("size_bytes", "params", "nodes", "flops")
-        if isinstance(before.get(key), (int, float))
-        and before.get(key)
-        and after.get(key) is not None
-    ]
-    cosines = [
-        (p["name"], p["fidelity"]["values"]["cosine"])
-        for p in report["passes"]
-        if p.get("fidelity")
-        and isinstance(p["fidelity"].get("values", {}).get("cosine"), (int, float))
-    ]
-    charts = "".join(
-        [
-            _svg_bars("output / input", ratios),
-            _svg_bars(
-                "seconds per pass", [(p["name"], p["seconds"]) for p in report["passes"]], " s"
-            ),
-            _svg_bars("cosine after each lossy pass", cosines),
-        ]
-    )
-    body = html.escape(json.dumps(report, indent=2, default=str))
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>nnopt-graph report</title>"
-        "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px}"
-        "svg{display:block;margin:12px 0;font:12px sans-serif}</style>"
-        "</head><body><h1>nnopt-graph report</h1>"
-        f"<p>pipeline: <code>{html.escape(report.get('pipeline', ''))}</code>; guard: "
-        f"{html.escape(json.dumps(report.get('guard')))}</p>{charts}"
-        "<table><tr><th>pass</th><th>modified</th><th>stats</th><th>seconds</th><th>guard</th></tr>"
-        f"{rows}</table><h2>full report</h2><pre>{body}</pre></body></html>"
-    )
-
-
 def write_report(report: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Write the report atomically as JSON, or HTML when the name ends in .html."""
     path = Path(path)
     if path.suffix.lower() in {".html", ".htm"}:
-        _write_text(_html(report), path)
+        _write_text(render_html(report), path)
     else:
         write_json(report, path)
 

@@ -66,10 +66,13 @@ def _static(value: ir.Value | None) -> list[int] | None:
     return None
 
 
+_MAC_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
 def _node_macs(node: ir.Node) -> int | None:
     """Multiply-accumulates of one Conv/ConvTranspose/Gemm/MatMul; None if shapes unknown."""
     op = node.op_type
-    if node.domain not in ("", "ai.onnx") or op not in {"Conv", "ConvTranspose", "Gemm", "MatMul"}:
+    if node.domain not in ("", "ai.onnx") or op not in _MAC_OPS:
         return 0
     if len(node.inputs) < 2:
         return None
@@ -173,7 +176,9 @@ def summarize(
         for value in model.graph.inputs:
             if value.name in shapes:
                 value.shape = ir.Shape(shapes[value.name])
-        ir_passes.ShapeInferencePass(strict_mode=False)(model)
+        # Only Conv/ConvTranspose/Gemm/MatMul count: without them, no inference to run.
+        if any(n.op_type in _MAC_OPS and n.domain in ("", "ai.onnx") for n in all_nodes(model)):
+            ir_passes.ShapeInferencePass(strict_mode=False)(model)
         macs, unknown = estimate_macs(model)
         if unknown:
             logger.info(

@@ -284,6 +284,9 @@ class FoldConstantsOptions:
     max_rounds: int = dataclasses.field(default=4, metadata={"range": (1, None, True, True)})
 
 
+_SHAPE_READERS = frozenset({"Shape", "Size"})
+
+
 @register_pass
 class FoldConstantsPass(Pass):
     """Fold nodes whose inputs are all constant, never growing the model."""
@@ -304,9 +307,15 @@ class FoldConstantsPass(Pass):
         before_bytes = _initializer_bytes(model)
         # Shapes that full inference derives let more Shape/Gather chains fold; repeat
         # until nothing folds so that a second run of the pass finds nothing to do.
+        # Whole-model inference only pays where an op reads shapes (Shape, Size): the
+        # folder infers node by node itself. It costs a full serialize/infer/merge.
+        full_inference = any(
+            n.op_type in _SHAPE_READERS and n.domain in STANDARD_DOMAINS for n in all_nodes(model)
+        )
         with annotations_kept(model):
             for _ in range(self.options.max_rounds):
-                ir_passes.ShapeInferencePass(strict_mode=False)(model)
+                if full_inference:
+                    ir_passes.ShapeInferencePass(strict_mode=False)(model)
                 folded = onnxscript.optimizer.fold_constants(
                     model,
                     input_size_limit=self.options.max_input_elements,

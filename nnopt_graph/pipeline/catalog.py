@@ -30,13 +30,19 @@ def _jsonable(value: Any) -> Any:
 
 
 def build_catalog() -> dict[str, Any]:
-    """Every registered pass (name, lossy, summary, options, spec text) and every preset."""
+    """Every built-in pass (name, lossy, summary, options, spec text) and every preset.
+
+    Built-in: defined under ``nnopt_graph.passes``; passes a user registers at run time
+    (plugins, tests) are not part of the committed catalog.
+    """
     from nnopt_graph.pipeline.grammar import PassSpec, describe_options, option_fields
     from nnopt_graph.pipeline.presets import PRESETS
     from nnopt_graph.pipeline.registry import registered_passes
 
     passes = []
     for name, cls in registered_passes().items():
+        if not cls.__module__.startswith("nnopt_graph.passes."):
+            continue
         options = []
         for key, field, kind in option_fields(cls):
             default = field.default

@@ -31,6 +31,7 @@ import onnx_ir as ir
 from onnx import numpy_helper
 
 from nnopt_graph.errors import BadInputError
+from nnopt_graph.opaque_types import describe_type, opaque_type_of
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +88,21 @@ class InputSpec:
 
 
 def input_specs(model: ir.Model) -> list[InputSpec]:
-    """The model's real inputs (initializers that are also inputs excluded)."""
+    """The model's real inputs (initializers that are also inputs excluded).
+
+    Raises:
+        BadInputError: an input is not a tensor (a Map input).
+    """
     specs = []
     for value in model.graph.inputs:
         if value.is_initializer():
             continue
+        opaque = opaque_type_of(value.metadata_props)
+        if opaque is not None:
+            raise BadInputError(
+                f"input '{value.name}' has type {describe_type(opaque)}: nnopt-graph feeds "
+                "only tensor inputs (a Map input, e.g. a DictVectorizer's, is not supported)"
+            )
         dtype = value.dtype.numpy() if value.dtype is not None else np.dtype(np.float32)
         dims = None
         if value.shape is not None:

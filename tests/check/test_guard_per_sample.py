@@ -136,3 +136,19 @@ def test_nan_held_out_data_is_never_a_free_pass(tmp_path):
     outcome = guard.measure_path(src)  # even the model against itself
     assert not outcome.passed
     assert outcome.failed == ["cosine.min>=0.99: not measurable: a sample has no finite values to compare (NaN/Inf)"]
+
+
+def test_nan_held_out_file_is_refused_before_any_work(tmp_path):
+    """The reported case: digits pruned at 0.9 with an all-NaN --eval file once "verified" at cosine 1."""
+    from conftest import run_cli
+
+    x = np.load("models/digits/digits_heldout.npz")["input"]
+    nan = tmp_path / "nan.npz"
+    np.savez(nan, input=np.full_like(x, np.nan))
+    out = tmp_path / "out.onnx"
+    proc = run_cli("opt", "models/digits/digits_cnn.onnx", out, "-p", "prune-channels{ratio=0.9}",
+                   "--calib", "models/digits/digits_calib.npz", "--eval", nan)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("nnopt-graph: error: ") and "NaN" in line and "'input'" in line
+    assert not out.exists()

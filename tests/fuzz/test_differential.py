@@ -8,6 +8,7 @@ default suite; ``-m slow`` runs a large one.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -89,3 +90,11 @@ def test_the_generator_makes_what_the_pipeline_rewrites() -> None:
     assert "BatchNormalization" in before and "BatchNormalization" not in after
     assert "Exp" in before and "Exp" not in after
     assert len(after) < len(before)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _report_counts():
+    """With NNOPT_FUZZ_REPORT=1 (and -s), print how many cases ran."""
+    yield
+    if os.environ.get("NNOPT_FUZZ_REPORT"):
+        print(f"\n{__name__}: {dict(GENERATED)}")

@@ -140,7 +140,9 @@ def test_identity_between_two_outputs_is_kept():
 )
 def test_ops_that_compute_are_kept(node):
     out = "int64[N,4]" if "Cast" in node else "float[4,N]"
-    proto = model_from_text(f"{HEADER} g (float[N,4] x) => ({out} y) {{ r = Relu (x) {node.replace('(x)', '(r)')} }}")
+    proto = model_from_text(
+        f"{HEADER} g (float[N,4] x) => ({out} y) {{ r = Relu (x) {node.replace('(x)', '(r)')} }}"
+    )
     model, result = run_pass(proto, "eliminate-no-ops")
     assert not result.modified
 
@@ -199,7 +201,12 @@ def test_fold_constants_never_grows_the_model():
     big = np.arange(4, dtype=np.float32)
     graph = helper.make_graph(
         [
-            helper.make_node("Constant", [], ["shape"], value=numpy_helper.from_array(np.array([4096, 4], np.int64))),
+            helper.make_node(
+                "Constant",
+                [],
+                ["shape"],
+                value=numpy_helper.from_array(np.array([4096, 4], np.int64)),
+            ),
             helper.make_node("Expand", ["w", "shape"], ["wide"]),
             helper.make_node("Add", ["x", "wide"], ["y"]),
         ],
@@ -218,7 +225,9 @@ def test_fold_constants_never_grows_the_model():
 
 
 def test_fold_constants_leaves_inputs_dependent_nodes():
-    proto = model_from_text(f"{HEADER} g (float[N,4] x) => (float[N,4] y) {{ r = Relu (x) y = Neg (r) }}")
+    proto = model_from_text(
+        f"{HEADER} g (float[N,4] x) => (float[N,4] y) {{ r = Relu (x) y = Neg (r) }}"
+    )
     model, result = run_pass(proto, "fold-constants")
     assert not result.modified
     assert op_types(model) == ["Relu", "Neg"]
@@ -252,7 +261,9 @@ def test_fold_constants_inside_subgraph():
 # ---------------------------------------------------------------- fold-batchnorm
 
 
-def _conv_bn(shared_weight: bool = False, extra_use: bool = False, gemm: bool = False) -> onnx.ModelProto:
+def _conv_bn(
+    shared_weight: bool = False, extra_use: bool = False, gemm: bool = False
+) -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     c = 6
     inits = [
@@ -267,10 +278,14 @@ def _conv_bn(shared_weight: bool = False, extra_use: bool = False, gemm: bool = 
         nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["t"])]
         x_shape, y_shape = ["N", 4], ["N", c]
     else:
-        inits.append(numpy_helper.from_array(rng.standard_normal((c, 3, 3, 3)).astype(np.float32), "w"))
+        inits.append(
+            numpy_helper.from_array(rng.standard_normal((c, 3, 3, 3)).astype(np.float32), "w")
+        )
         nodes = [helper.make_node("Conv", ["x", "w", "b"], ["t"], pads=[1, 1, 1, 1])]
         x_shape, y_shape = ["N", 3, 5, 5], ["N", c, 5, 5]
-    nodes.append(helper.make_node("BatchNormalization", ["t", "scale", "bias_bn", "mean", "var"], ["y"]))
+    nodes.append(
+        helper.make_node("BatchNormalization", ["t", "scale", "bias_bn", "mean", "var"], ["y"])
+    )
     outputs = [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, y_shape)]
     if shared_weight:
         nodes.append(helper.make_node("Conv", ["x", "w"], ["z"], pads=[1, 1, 1, 1]))
@@ -279,7 +294,11 @@ def _conv_bn(shared_weight: bool = False, extra_use: bool = False, gemm: bool = 
         nodes.append(helper.make_node("Relu", ["t"], ["z"]))
         outputs.append(helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, y_shape))
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x_shape)], outputs, inits
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x_shape)],
+        outputs,
+        inits,
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(proto, full_check=True)
@@ -339,7 +358,9 @@ def test_dead_code_removed_everywhere():
 
 
 def test_dead_code_keeps_what_outputs_need():
-    proto = model_from_text(f"{HEADER} g (float[N,4] x) => (float[N,4] y) {{ r = Relu (x) y = Neg (r) }}")
+    proto = model_from_text(
+        f"{HEADER} g (float[N,4] x) => (float[N,4] y) {{ r = Relu (x) y = Neg (r) }}"
+    )
     model, result = run_pass(proto, "eliminate-dead-code")
     assert not result.modified
 
@@ -348,7 +369,9 @@ def test_dead_code_keeps_what_outputs_need():
 
 
 def test_sort_topologically_repairs_order():
-    proto = model_from_text(f"{HEADER} g (float[N,4] x) => (float[N,4] y) {{ r = Relu (x) n = Neg (r) y = Abs (n) }}")
+    proto = model_from_text(
+        f"{HEADER} g (float[N,4] x) => (float[N,4] y) {{ r = Relu (x) n = Neg (r) y = Abs (n) }}"
+    )
     nodes = list(proto.graph.node)
     del proto.graph.node[:]
     proto.graph.node.extend(reversed(nodes))
@@ -364,7 +387,9 @@ def test_sort_topologically_repairs_order():
 
 
 def test_sort_topologically_keeps_sorted_graph():
-    proto = model_from_text(f"{HEADER} g (float[N,4] x) => (float[N,4] y) {{ r = Relu (x) y = Neg (r) }}")
+    proto = model_from_text(
+        f"{HEADER} g (float[N,4] x) => (float[N,4] y) {{ r = Relu (x) y = Neg (r) }}"
+    )
     _, result = run_pass(proto, "sort-topologically")
     assert not result.modified
 
@@ -373,7 +398,9 @@ def test_sort_topologically_keeps_sorted_graph():
 
 
 def test_infer_shapes_annotates_and_is_idempotent():
-    proto = model_from_text(f"{HEADER} g (float[N,4] x) => (float[N,4] y) {{ r = Relu (x) y = Neg (r) }}")
+    proto = model_from_text(
+        f"{HEADER} g (float[N,4] x) => (float[N,4] y) {{ r = Relu (x) y = Neg (r) }}"
+    )
     model, result = run_pass(proto, "infer-shapes")
     assert result.modified
     relu_out = model.graph.node(0).outputs[0]
@@ -388,3 +415,144 @@ def test_infer_shapes_tolerates_custom_ops():
     )
     model, result = run_pass(proto, "infer-shapes")
     assert op_types(model) == ["Mystery", "Relu"]
+
+
+# ---------------------------------------------------------------- traceable output
+
+
+def _named_conv_bn(gemm: bool = False) -> onnx.ModelProto:
+    proto = _conv_bn(gemm=gemm)
+    proto.graph.node[0].name = "exporter/host"
+    proto.graph.node[1].name = "exporter/bn"
+    return proto
+
+
+@pytest.mark.parametrize("gemm", [False, True])
+def test_fold_batchnorm_keeps_the_host_node_name(gemm):
+    model, result = run_pass(_named_conv_bn(gemm), "fold-batchnorm")
+    assert result.stats["batchnorms-folded"] == 1
+    names = [n.name for n in model.graph]
+    assert names == ["exporter/host"], names
+    assert [o.name for n in model.graph for o in n.outputs] == ["y"]
+
+
+def test_fold_batchnorm_unnamed_host_gets_no_borrowed_name():
+    proto = _conv_bn()
+    proto.graph.node[1].name = "exporter/bn"  # the Conv has no name
+    model, _ = run_pass(proto, "fold-batchnorm")
+    assert all(n.name != "exporter/bn" for n in model.graph)
+
+
+def test_kept_batchnorm_keeps_both_names():
+    proto = _conv_bn(extra_use=True)
+    proto.graph.node[0].name, proto.graph.node[1].name = "c", "bn"
+    model, result = run_pass(proto, "fold-batchnorm")
+    assert not result.modified
+    assert {"c", "bn"} <= {n.name for n in model.graph}
+
+
+def _value_info_names(proto: onnx.ModelProto) -> set[str]:
+    """value_info names of the main graph, less initializers (io.save writes none for them)."""
+    inits = {i.name for i in proto.graph.initializer}
+    return {v.name for v in proto.graph.value_info} - inits
+
+
+def _unannotated_shape_model() -> onnx.ModelProto:
+    return model_from_text(
+        f"""{HEADER}
+        g (float[N,4] x) => (float[N,4] y) <float[4] w = {{1.0, 2.0, 3.0, 4.0}}> {{
+            s = Shape (x)
+            a = Relu (x)
+            b = Mul (a, w)
+            y = Add (b, x)
+        }}"""
+    )
+
+
+def test_fold_constants_adds_no_value_info():
+    proto = _unannotated_shape_model()
+    model, _ = run_pass(proto, "fold-constants")
+    assert _value_info_names(to_proto(model)) == set()
+
+
+def test_fold_constants_keeps_value_info_the_input_had():
+    proto = _unannotated_shape_model()
+    proto.graph.value_info.append(
+        helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, ["N", 4])
+    )
+    model, _ = run_pass(proto, "fold-constants")
+    out = to_proto(model)
+    kept = {v.name: v for v in out.graph.value_info}
+    assert _value_info_names(out) == {"a"}
+    dims = kept["a"].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "N" and dims[1].dim_value == 4
+
+
+def test_infer_shapes_still_annotates_on_request():
+    model, result = run_pass(_unannotated_shape_model(), "infer-shapes")
+    assert result.modified
+    assert {"a", "b"} <= _value_info_names(to_proto(model))
+
+
+def test_fold_constants_inlined_branch_keeps_node_names():
+    then_b = "then_g () => (float[N,4] t) { t = Relu (x) }"
+    else_b = "else_g () => (float[N,4] e) { e = Neg (x) }"
+    proto = model_from_text(
+        f"""{HEADER}
+        g (float[N,4] x) => (float[N,4] y) {{
+            c = Constant <value = bool {{1}}> ()
+            y = If (c) <then_branch = {then_b}, else_branch = {else_b}>
+        }}"""
+    )
+    for node in proto.graph.node[1].attribute[0].g.node:
+        node.name = "exporter/relu"
+    model, result = run_pass(proto, "fold-constants")
+    assert result.modified and op_types(model) == ["Relu"]
+    assert [n.name for n in model.graph] == ["exporter/relu"]
+
+
+def test_inlined_name_that_collides_is_not_restored():
+    from nnopt_graph.passes.cleanup import _node_names, _restore_node_names
+
+    model = ir.from_onnx_text(
+        f"""{HEADER}
+        g (float[N,4] x) => (float[N,4] y) {{ a = Relu (x) y = Neg (a) }}"""
+    )
+    first, second = list(model.graph)
+    first.name, second.name = "one", "two"
+    saved = _node_names(model)
+    first.name = "prefix/one"
+    second.name = "one"  # another node took the old name meanwhile
+    assert _restore_node_names(saved) == 1  # only the second gets its name back
+    assert (first.name, second.name) == ("prefix/one", "two")
+
+
+def test_default_pipeline_output_has_no_new_value_info():
+    from nnopt_graph.pipeline.grammar import Pipeline
+    from nnopt_graph.pipeline.manager import PassManager
+
+    proto = _unannotated_shape_model()
+    model = ir.serde.deserialize_model(proto)
+    PassManager(Pipeline.parse("default")).run(model)
+    assert _value_info_names(to_proto(model)) == set()
+
+
+def test_saved_file_has_no_value_info_for_initializers(tmp_path):
+    from nnopt_graph.io import save
+
+    model = ir.serde.deserialize_model(_unannotated_shape_model())
+    assert model.graph.initializers["w"].type is not None
+    save(model, tmp_path / "out.onnx")
+    assert [v.name for v in onnx.load(tmp_path / "out.onnx").graph.value_info] == []
+    assert model.graph.initializers["w"].type is not None  # the IR keeps it
+
+
+def test_saved_file_keeps_value_info_of_intermediates(tmp_path):
+    from nnopt_graph.io import save
+
+    proto = _unannotated_shape_model()
+    proto.graph.value_info.append(
+        helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, ["N", 4])
+    )
+    save(ir.serde.deserialize_model(proto), tmp_path / "out.onnx")
+    assert [v.name for v in onnx.load(tmp_path / "out.onnx").graph.value_info] == ["a"]
