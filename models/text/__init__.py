@@ -1,0 +1,1 @@
+"""Real text for calibrating and checking text encoders (public-domain sources)."""
