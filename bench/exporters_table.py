@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from nnopt_graph import io
-from nnopt_graph.optimize import optimize
+from nnopt_graph.job import optimize
 from tests.exporters.builders import HEAVY, build_isolated, skl_models
 
 

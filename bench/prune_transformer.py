@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import calib, fetch, zoo  # noqa: E402
 from models.text import tokenize  # noqa: E402
 from nnopt_graph import io  # noqa: E402
-from nnopt_graph.optimize import optimize  # noqa: E402
+from nnopt_graph.job import optimize  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ["minilm-l3-paraphrase", "bert-encoder", "nudenet-320n-static"]

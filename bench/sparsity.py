@@ -49,7 +49,7 @@ from sparsity_check import check_model, summarize  # noqa: E402
 from models import calib, fetch, zoo  # noqa: E402
 from nnopt_graph import io  # noqa: E402
 from nnopt_graph.check.compare import compare_models  # noqa: E402
-from nnopt_graph.optimize import optimize  # noqa: E402
+from nnopt_graph.job import optimize  # noqa: E402
 from nnopt_graph.pipeline.base import PassContext  # noqa: E402
 from nnopt_graph.pipeline.grammar import PassSpec, Pipeline  # noqa: E402
 from nnopt_graph.pipeline.manager import PassManager  # noqa: E402

@@ -37,8 +37,8 @@ _LAZY = {
     "PassFailedError": "nnopt_graph.errors",
     "load": "nnopt_graph.io",
     "save": "nnopt_graph.io",
-    "OptimizeResult": "nnopt_graph.optimize",
-    "optimize": "nnopt_graph.optimize",
+    "OptimizeResult": "nnopt_graph.job",
+    "optimize": "nnopt_graph.job",
     "Pass": "nnopt_graph.pipeline.base",
     "PassContext": "nnopt_graph.pipeline.base",
     "PassResult": "nnopt_graph.pipeline.base",
@@ -51,7 +51,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from nnopt_graph.errors import BadInputError, CheckFailedError, NnoptError, PassFailedError
     from nnopt_graph.io import load, save
-    from nnopt_graph.optimize import OptimizeResult, optimize
+    from nnopt_graph.job import OptimizeResult, optimize
     from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
     from nnopt_graph.pipeline.grammar import PassSpec, Pipeline
     from nnopt_graph.pipeline.manager import PassManager

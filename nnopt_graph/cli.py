@@ -77,7 +77,7 @@ def _existing_file(path: str) -> Path:
 
 def _cmd_opt(args: argparse.Namespace) -> int:
     from nnopt_graph.io import check_job_paths
-    from nnopt_graph.optimize import optimize
+    from nnopt_graph.job import optimize
     from nnopt_graph.pipeline.instruments import (
         DumpDirInstrument,
         PrintIRAfterInstrument,

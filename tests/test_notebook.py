@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nnopt_graph.optimize import OptimizeResult
+from nnopt_graph.job import OptimizeResult
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "docs" / "quickstart.ipynb"
 

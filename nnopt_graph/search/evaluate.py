@@ -31,7 +31,7 @@ def evaluate_candidate(job: dict[str, Any]) -> dict[str, Any]:
         (candidate / input, median of per-round ratios, with min and max) and ``error``.
     """
     from nnopt_graph.errors import NnoptError, one_line
-    from nnopt_graph.optimize import optimize
+    from nnopt_graph.job import optimize
     from nnopt_graph.runtime.data import input_specs, load_dataset
     from nnopt_graph.runtime.quant_bench import compare_latency
 

@@ -281,7 +281,7 @@ def run_search(
         BadInputError: unusable model, data, space, guard or options (exit 2).
         CheckFailedError: no candidate met the guard (exit 1; the front files are written).
     """
-    from nnopt_graph.optimize import TARGETS
+    from nnopt_graph.job import TARGETS
     from nnopt_graph.search.executors import make_executor
 
     if target not in TARGETS:

@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from models import fetch
-from nnopt_graph.optimize import optimize
+from nnopt_graph.job import optimize
 
 _NAME = "nudenet-320n"
 

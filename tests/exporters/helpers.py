@@ -7,7 +7,7 @@ from pathlib import Path
 
 import onnx
 
-from nnopt_graph.optimize import OptimizeResult, optimize
+from nnopt_graph.job import OptimizeResult, optimize
 
 
 def op_counts(path: Path, domain: str | None = None) -> Counter[str]:

@@ -418,7 +418,7 @@ def test_back_off_sequence():
 
 
 def test_guard_backs_off_to_keep_dense(tmp_path):
-    from nnopt_graph.optimize import optimize
+    from nnopt_graph.job import optimize
 
     proto = mlp()
     x = np.stack([weights(60 + s, 4, 64) for s in range(10)])

@@ -70,7 +70,7 @@ def test_outdir_holds_front_and_best(searched: Path) -> None:
 
 
 def test_best_pipeline_reruns_with_opt_and_meets_the_guard(searched: Path, tmp_path: Path) -> None:
-    from nnopt_graph.optimize import optimize
+    from nnopt_graph.job import optimize
 
     text = (searched / "best.pipeline.txt").read_text().strip()
     out = tmp_path / "rerun.onnx"
