@@ -46,3 +46,11 @@ def test_report_file_has_the_users_umask(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(report.stat().st_mode) == 0o666 & ~mask
+
+
+def test_unknown_pass_and_option_names_suggest(tmp_path):
+    proc = run_cli("opt", DIGITS, tmp_path / "o.onnx", "-p", "dedupe")
+    assert proc.returncode == 2 and "unknown pass 'dedupe'; did you mean 'dedup'?" in proc.stderr
+    proc = run_cli("opt", DIGITS, tmp_path / "o.onnx", "-p", "prune-channels{ration=0.2}")
+    assert proc.returncode == 2 and "no option 'ration'; did you mean 'ratio'?" in proc.stderr
+    assert not (tmp_path / "o.onnx").exists()

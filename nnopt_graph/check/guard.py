@@ -42,6 +42,7 @@ from nnopt_graph.check.compare import Comparison, compare_models
 from nnopt_graph.check.metrics import METRICS
 from nnopt_graph.errors import BadInputError
 from nnopt_graph.runtime.data import Dataset
+from nnopt_graph.runtime.isolate import run_isolated
 from nnopt_graph.runtime.scratch import scratch_file
 
 logger = logging.getLogger(__name__)
@@ -206,7 +207,15 @@ class Guard:
 
     def measure_path(self, candidate: Path) -> GuardOutcome:
         """Measure a model file against the reference."""
-        fidelity = compare_models(self.reference, candidate, self.dataset)
+        # In a child process: an ONNX Runtime crash on a candidate fails the job in one
+        # line instead of killing it (only the metrics come back).
+        fidelity = run_isolated(
+            compare_models,
+            self.reference,
+            candidate,
+            self.dataset,
+            what="running a candidate for the guard",
+        )
         user = float(self.metric(str(candidate))) if self.metric is not None else None
         values: dict[str, float] = {}
         failed = []

@@ -33,5 +33,9 @@ def get_pass(name: str) -> type[Pass]:
     """
     passes = registered_passes()
     if name not in passes:
-        raise BadInputError(f"unknown pass '{name}' (see 'nnopt-graph list-passes')")
+        import difflib
+
+        close = difflib.get_close_matches(name, [*passes, *PRESETS], n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else " (see 'nnopt-graph list-passes')"
+        raise BadInputError(f"unknown pass '{name}'{hint}")
     return passes[name]

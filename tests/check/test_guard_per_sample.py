@@ -152,3 +152,23 @@ def test_nan_held_out_file_is_refused_before_any_work(tmp_path):
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("nnopt-graph: error: ") and "NaN" in line and "'input'" in line
     assert not out.exists()
+
+
+def test_an_ort_crash_while_guarding_is_one_error_not_a_dead_process(tmp_path):
+    """Split with an empty optional output makes ONNX Runtime segfault when run."""
+    import pytest
+
+    from nnopt_graph.check.guard import Guard
+    from nnopt_graph.errors import CheckFailedError
+    from nnopt_graph.runtime.data import Dataset
+
+    node = helper.make_node("Split", ["X"], ["Y", ""], axis=0, num_outputs=2)
+    graph = helper.make_graph(
+        [node], "split", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [4, 6])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 6])],
+    )
+    path = tmp_path / "split.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), path)
+    data = Dataset({"X": np.ones((2, 4, 6), np.float32)}, "given", frozenset({"X"}))
+    with pytest.raises(CheckFailedError, match=r"ONNX Runtime crashed running a candidate for the guard \(signal"):
+        Guard("cosine>=0.99", path, data).measure_path(path)
