@@ -12,6 +12,7 @@ from typing import Any
 
 import onnx_ir as ir
 
+from nnopt_graph import progress
 from nnopt_graph.errors import NnoptError, PassFailedError
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, is_skip_stat
 from nnopt_graph.pipeline.grammar import Pipeline, option_fields
@@ -192,11 +193,16 @@ class PassManager:
             fidelity = None
             action = None
             ran = pass_
+            label = f"pass {len(done) + 1}/{len(self.passes)} {pass_.name}"
             if pass_.lossy and self.guard is not None:
-                model, ran, result, fidelity, action, detail = self._run_guarded(pass_, model, done)
+                with progress.step(label):
+                    model, ran, result, fidelity, action, detail = self._run_guarded(
+                        pass_, model, done
+                    )
                 outcome = action
             else:
-                result = self._run_one(pass_, model, done)
+                with progress.step(label):
+                    result = self._run_one(pass_, model, done)
                 outcome = "changed" if result.modified else "unchanged"
                 detail = _stats_text(result.stats) if result.modified else ""
                 if pass_.lossy and not result.modified:
