@@ -94,7 +94,7 @@ def test_version_flag_prints_version():
 def test_public_api_still_loads_on_use():
     import nnopt_graph
 
-    assert callable(nnopt_graph.job)
+    assert callable(nnopt_graph.optimize)
     assert nnopt_graph.Pipeline.parse("default").passes
     with pytest.raises(AttributeError):
         _ = nnopt_graph.no_such_name
