@@ -31,10 +31,11 @@ class Tolerance:
 
 # Lossless passes only re-associate float arithmetic (folded constants, fused BatchNorm,
 # reordered sums). Measured with the default pipeline on every zoo model, the digits CNN
-# and the 10 real models (bench/results/equality_margin.md): the largest per-sample
-# relative L2 error was 3.3e-7 (zoo bert-encoder; the real models came out bit-identical)
-# and no element needed more than atol 4.8e-7 beside rtol 1e-4. The bounds below keep a
-# margin of ~30x on rel-L2 and ~20x on atol; an output
+# and the real models (bench/results/equality_margin.md): the largest per-sample relative
+# L2 error was 3.3e-7 (zoo bert-encoder, while the pipeline still ended with infer-shapes,
+# which changed ONNX Runtime's fusions; today every output is bit-identical) and no element
+# needed more than atol 4.8e-7 beside rtol 1e-4. The bounds below keep a margin of ~30x on
+# that rel-L2 and ~20x on that atol, for fusions a future ORT may change; an output
 # off by a factor, an offset of 1e-2 of its mean, one changed element of a 10^6-element
 # tensor or a NaN still fails (tests/check/test_mutations.py).
 LOSSLESS = Tolerance(rtol=1e-4, atol=1e-5, rel_l2=1e-5)
