@@ -29,6 +29,7 @@ import onnx_ir.passes.common as ir_passes
 import onnxscript.optimizer
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS, opset_version
+from nnopt_graph.ir_constants import set_constant
 
 logger = logging.getLogger(__name__)
 
@@ -300,15 +301,7 @@ def _const_shape(value: ir.Value) -> tuple[int, ...] | None:
 
 def _set_const(value: ir.Value, array: np.ndarray) -> None:
     """Replace a constant's contents (the old tensor object is left untouched)."""
-    tensor = ir.tensor(np.ascontiguousarray(array), name=value.name)
-    producer = value.producer()
-    if producer is not None and producer.op_type == "Constant":
-        producer.attributes["value"] = ir.AttrTensor("value", tensor)
-        if value.const_value is not None:
-            value.const_value = tensor
-    else:
-        value.const_value = tensor
-    value.shape = ir.Shape(array.shape)
+    set_constant(value, array)
 
 
 def _unique_name(graph: ir.Graph, base: str) -> str:

@@ -58,6 +58,7 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
     ):
         return None
     try:
+        # get_const_tensor reads every Constant attribute form (value_float, value_ints...).
         tensor = ir.convenience.get_const_tensor(value)
     except Exception:  # an attribute onnx-ir cannot read (sparse_value): not a weight
         return None

@@ -20,6 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
+from nnopt_graph.ir_constants import constant_node_tensor, set_constant
 
 logger = logging.getLogger(__name__)
 
@@ -102,38 +103,16 @@ class Layer:
         return self.node.inputs[0] if self.node.inputs else None
 
 
-def _constant_node_tensor(value: ir.Value) -> ir.TensorProtocol | None:
-    producer = value.producer()
-    if (
-        producer is None
-        or producer.op_type != "Constant"
-        or producer.domain not in STANDARD_DOMAINS
-    ):
-        return None
-    attr = producer.attributes.get("value")
-    if attr is None or attr.type != ir.AttributeType.TENSOR:
-        return None
-    return attr.as_tensor()
-
-
 def read_weight(value: ir.Value) -> ir.TensorProtocol | None:
     """The constant tensor of an initializer or a Constant node's output, else None."""
     if value.is_initializer() and value.const_value is not None:
         return value.const_value
-    return _constant_node_tensor(value)
+    return constant_node_tensor(value)
 
 
 def write_weight(value: ir.Value, array: np.ndarray) -> None:
     """Replace the constant behind ``value`` (initializer or Constant node) by ``array``."""
-    tensor = ir.tensor(array, name=value.name)
-    producer = value.producer()
-    if producer is not None and producer.op_type == "Constant":
-        producer.attributes["value"] = ir.AttrTensor("value", tensor)
-        if value.const_value is not None:
-            value.const_value = tensor
-    else:
-        value.const_value = tensor
-    value.shape = ir.Shape(array.shape)
+    tensor = set_constant(value, array)
     if value.type is None:
         value.type = ir.TensorType(tensor.dtype)
 
