@@ -22,7 +22,28 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one line and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            import difflib
+
+            known = [o for a in self._all_actions() for o in a.option_strings]
+            for word in message[len(prefix) :].split():
+                flag = word.split("=", 1)[0]
+                if flag.startswith("-"):
+                    close = difflib.get_close_matches(flag, known, n=1)
+                    if close:
+                        message += f"; did you mean '{close[0]}'?"
+                        break
         raise BadInputError(message)
+
+    def _all_actions(self) -> list[argparse.Action]:
+        """This parser's actions and those of its subcommands."""
+        actions = list(self._actions)
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+                for sub in action.choices.values():
+                    actions.extend(sub._actions)  # noqa: SLF001
+        return actions
 
 
 def _input_shapes(values: Sequence[str] | None) -> dict[str, list[int]]:

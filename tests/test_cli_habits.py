@@ -54,3 +54,10 @@ def test_unknown_pass_and_option_names_suggest(tmp_path):
     proc = run_cli("opt", DIGITS, tmp_path / "o.onnx", "-p", "prune-channels{ration=0.2}")
     assert proc.returncode == 2 and "no option 'ration'; did you mean 'ratio'?" in proc.stderr
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_unknown_flag_suggests(tmp_path):
+    proc = run_cli("opt", DIGITS, tmp_path / "o.onnx", "--tagret", "cpu")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "nnopt-graph: error: unrecognized arguments: --tagret cpu; did you mean '--target'?"
+    assert not (tmp_path / "o.onnx").exists()
