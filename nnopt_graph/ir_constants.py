@@ -26,12 +26,12 @@ def constant_node_tensor(value: ir.Value) -> ir.TensorProtocol | None:
     return attr.as_tensor()
 
 
-def set_constant(value: ir.Value, array: np.ndarray) -> ir.Tensor:
+def set_constant(value: ir.Value, array: np.ndarray) -> ir.TensorProtocol:
     """Replace the constant behind ``value`` (initializer or Constant node) by ``array``.
 
     The old tensor object is left untouched (other graphs may share it). Returns the new one.
     """
-    tensor = ir.tensor(np.ascontiguousarray(array), name=value.name)
+    tensor: ir.TensorProtocol = ir.tensor(np.ascontiguousarray(array), name=value.name)
     producer = value.producer()
     if producer is not None and producer.op_type == "Constant":
         producer.attributes["value"] = ir.AttrTensor("value", tensor)

@@ -1,4 +1,4 @@
-"""mypy --strict is clean on the measurement layer (check/): the figures users trust."""
+"""mypy --strict is clean on the measurement (check/), the pass contract and manager (pipeline/)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_mypy_strict_on_check():
     proc = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", "nnopt_graph/check",
-         "nnopt_graph/sparse_format.py", "nnopt_graph/errors.py"],
+         "nnopt_graph/pipeline", "nnopt_graph/sparse_format.py", "nnopt_graph/errors.py",
+         "nnopt_graph/ir_constants.py"],
         cwd=ROOT, capture_output=True, text=True, check=False,
     )
     assert proc.returncode == 0, proc.stdout[-4000:]
