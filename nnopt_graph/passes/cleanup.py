@@ -303,7 +303,8 @@ class FoldConstantsPass(Pass):
         """
         custom = {id(n) for n in custom_domain_nodes(model)}
         names = _node_names(model)
-        before_nodes = count_nodes(model) - _count_op(model, "Constant")
+        constants_before = _count_op(model, "Constant")
+        before_nodes = count_nodes(model) - constants_before
         before_bytes = _initializer_bytes(model)
         # Shapes that full inference derives let more Shape/Gather chains fold; repeat
         # until nothing folds so that a second run of the pass finds nothing to do.
@@ -328,10 +329,16 @@ class FoldConstantsPass(Pass):
         # The folder prefixes the names of nodes it inlines from a constant-condition If.
         _restore_node_names(names)
         after_nodes = count_nodes(model) - _count_op(model, "Constant")
+        # The folder writes what it computes (a folded Shape, say) as Constant nodes: make
+        # them initializers like lift-constants did before, so a second run finds nothing.
+        lifted = 0
+        if _count_op(model, "Constant") > constants_before:
+            lifted = LiftConstantsPass().run(model, context).stats["constants-lifted"]
         after_bytes = _initializer_bytes(model)
         return PassResult(
             {
                 "nodes-folded": max(before_nodes - after_nodes, 0),
+                "constants-lifted": max(lifted, 0),
                 "bytes-saved": max(before_bytes - after_bytes, 0),
                 "skipped-custom-domain-nodes": len(custom),
             }

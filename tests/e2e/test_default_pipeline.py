@@ -61,21 +61,8 @@ def real_model_paths():
     return fetch.fetch_all()
 
 
-# Known bug, found when the model was added: a second default run still lifts 2 Constants
-# and dedups 1 tensor on the MiniLM export (the pipeline is not yet idempotent there).
-_NOT_IDEMPOTENT = pytest.mark.xfail(
-    strict=True, reason="default pipeline not idempotent on minilm-l3-paraphrase"
-)
-
-
 @pytest.mark.realmodels
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=_NOT_IDEMPOTENT) if n == "minilm-l3-paraphrase" else n
-        for n in sorted(fetch.REAL_MODELS)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(fetch.REAL_MODELS))
 def test_default_pipeline_on_real_models(tmp_path, real_model_paths, name):
     calib = write_calib_npz(name, tmp_path / "calib.npz", samples=2)
     out = tmp_path / "out.onnx"

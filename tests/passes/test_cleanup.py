@@ -556,3 +556,34 @@ def test_saved_file_keeps_value_info_of_intermediates(tmp_path):
     )
     save(ir.serde.deserialize_model(proto), tmp_path / "out.onnx")
     assert [v.name for v in onnx.load(tmp_path / "out.onnx").graph.value_info] == ["a"]
+
+
+def test_fold_constants_lifts_the_constants_it_writes():
+    """A folded Shape becomes an initializer, not a Constant node: a second run has nothing to do."""
+    import onnx_ir as ir
+
+    from nnopt_graph.pipeline.grammar import Pipeline
+    from nnopt_graph.pipeline.manager import PassManager
+
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+    g (float[2,3] x) => (float[2,3] y) { s = Shape (x) z = ConstantOfShape (s) y = Add (x, z) }"""
+    model = ir.from_onnx_text(text)
+    (record,) = PassManager(Pipeline.parse("fold-constants")).run(model)
+    assert record.modified and record.stats["constants-lifted"] >= 1
+    assert [n.op_type for n in model.graph if n.op_type == "Constant"] == []
+    (again,) = PassManager(Pipeline.parse("fold-constants")).run(model)
+    assert not again.modified, again.stats
+
+
+def test_fold_constants_leaves_constants_it_did_not_write():
+    import onnx_ir as ir
+
+    from nnopt_graph.pipeline.grammar import Pipeline
+    from nnopt_graph.pipeline.manager import PassManager
+
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+    g (float[2] x) => (float[2] y) { c = Constant <value = float[2] {1.0, 2.0}> () y = Add (x, c) }"""
+    model = ir.from_onnx_text(text)
+    (record,) = PassManager(Pipeline.parse("fold-constants")).run(model)
+    assert record.stats["constants-lifted"] == 0
+    assert [n.op_type for n in model.graph] == ["Constant", "Add"]
