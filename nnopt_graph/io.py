@@ -26,12 +26,12 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
+from nnopt_graph.empty_outputs import has_trailing_empty_outputs, restore_empty_outputs
 from nnopt_graph.errors import BadInputError
 from nnopt_graph.opaque_types import (
     ir_has_opaque_types,
@@ -420,69 +420,13 @@ def _rename_payload(staged: Path, new_name: str) -> None:
         handle.write(proto.SerializeToString())
 
 
-def _ir_graphs_in_order(graph: ir.Graph | ir.Function) -> Iterator[ir.Graph | ir.Function]:
-    """A graph and its subgraphs, in the order the serializer writes them."""
-    yield graph
-    for node in graph:
-        for attr in node.attributes.values():
-            if attr.is_ref():
-                continue
-            if attr.type == ir.AttributeType.GRAPH:
-                yield from _ir_graphs_in_order(attr.value)
-            elif attr.type == ir.AttributeType.GRAPHS:
-                for sub in attr.value:
-                    yield from _ir_graphs_in_order(sub)
-
-
-def _proto_graphs_in_order(graph: onnx.GraphProto | onnx.FunctionProto) -> Iterator[Any]:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.ref_attr_name:
-                continue
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _proto_graphs_in_order(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from _proto_graphs_in_order(sub)
-
-
-def _has_trailing_empty_outputs(model: ir.Model) -> bool:
-    roots: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
-    return any(
-        len(node.outputs) and not node.outputs[-1].name
-        for root in roots
-        for graph in _ir_graphs_in_order(root)
-        for node in graph
-    )
-
-
-def _restore_empty_outputs(model: ir.Model, staged: Path) -> None:
-    """Put back the trailing empty optional outputs the IR's serializer drops.
-
-    Ops like Split-18 need as many outputs as ``num_outputs`` (``Split -> [Y, '']``).
-    """
-    proto = onnx.load(staged, load_external_data=False)
-    roots = [(model.graph, proto.graph)]
-    roots += list(zip(model.functions.values(), proto.functions, strict=True))
-    for ir_root, proto_root in roots:
-        pairs = zip(_ir_graphs_in_order(ir_root), _proto_graphs_in_order(proto_root), strict=True)
-        for ir_graph, proto_graph in pairs:
-            for node, node_proto in zip(ir_graph, proto_graph.node, strict=True):
-                missing = len(node.outputs) - len(node_proto.output)
-                if missing > 0:
-                    node_proto.output.extend([""] * missing)
-    with open(staged, "wb") as handle:
-        handle.write(proto.SerializeToString())
-
-
 def _write_model(model: ir.Model, staged: Path, external_data: bool, write_sparse: bool) -> None:
     if external_data:
         ir.save(model, staged, external_data=_PAYLOAD, size_threshold_bytes=1024)
     else:
         ir.save(model, staged)
-    if _has_trailing_empty_outputs(model):
-        _restore_empty_outputs(model, staged)
+    if has_trailing_empty_outputs(model):
+        restore_empty_outputs(model, staged)
     if write_sparse and _marked_sparse(model):
         # store-sparse marks tensors; the sparse form is written on the saved proto.
         from nnopt_graph.sparse_format import write_sparse_initializers

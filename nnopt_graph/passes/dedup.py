@@ -1,5 +1,11 @@
 """Lossless weight sharing: merge identical weights in all scopes, derive exact transforms."""
 
+# One module (~740 lines): the three stages of one pass (identical bytes, then exact
+# transposes / negations / scalar multiples, then moving a shared weight to the common
+# scope) work on the same per-run state (_Run: digests, scopes, fresh names), and each
+# stage's code is short; the tensor hashing and equality helpers at the top are also
+# what cse.py imports.
+
 from __future__ import annotations
 
 __all__ = [

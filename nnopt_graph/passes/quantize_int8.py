@@ -1,5 +1,9 @@
 """Target-aware int8 QDQ quantization, checked to fuse on the target and to run faster."""
 
+# The pass alone (~600 lines) after its parts moved to passes/int8/: what is left is the
+# orchestration the methods share through the per-model cache (calibration sweeps,
+# calibrator choice, sensitivity ranking, speed search), which back-offs reuse.
+
 from __future__ import annotations
 
 __all__ = ["QuantizeInt8Options", "QuantizeInt8Pass", "cpu_int8_features"]

@@ -118,9 +118,7 @@ class PassSpec:
 
                 close = difflib.get_close_matches(key, list(fields), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise BadInputError(
-                    f"pass '{name}' has no option '{key}'{hint} (options: {known})"
-                )
+                raise BadInputError(f"pass '{name}' has no option '{key}'{hint} (options: {known})")
             f, kind = fields[key]
             values[f.name] = _convert(name, key, text, f, kind)
         by_name = {f.name: (key, f) for key, f, _ in option_fields(pass_cls)}
