@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from nnopt_graph.check.equality import Tolerance, value_problems
-from nnopt_graph.check.metrics import METRICS, OutputFidelity, SampleMetrics, sample_metrics
+from nnopt_graph.check.metrics import METRICS, OutputFidelity, sample_metrics
 from nnopt_graph.runtime.data import Dataset
 from nnopt_graph.runtime.execute import paired_outputs
 
@@ -171,10 +171,3 @@ def compare_models(
     return Comparison(
         collector.outputs, collector.samples, tolerance, collector.problems, collector.unequal
     )
-
-
-def fidelity_of_arrays(
-    reference: list[np.ndarray], candidate: list[np.ndarray]
-) -> list[SampleMetrics]:
-    """Metrics of already-computed output lists (one entry per output)."""
-    return [sample_metrics(r, c) for r, c in zip(reference, candidate, strict=True)]

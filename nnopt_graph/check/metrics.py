@@ -210,12 +210,10 @@ class OutputFidelity:
     @property
     def top1(self) -> float | None:
         """Agreement rate of the argmax over samples (None without a class axis)."""
+        if not self.shape_match:
+            return 0.0
         values = self.values("top1")
-        return (
-            float(np.mean(values))
-            if values and self.shape_match
-            else (0.0 if not self.shape_match else None)
-        )
+        return float(np.mean(values)) if values else None
 
     def summary(self, metric: str) -> dict[str, Any]:
         """min/p5/median (or max/p95/median for errors), worst index, per-sample values."""
