@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 WORKER = """
 import sys, time
 from models import fetch
-from nnopt_graph.io import load
+from nnopt_graph.core.io import load
 from nnopt_graph.runtime.calibrate import MinMaxStats, run_with_taps
 from nnopt_graph.runtime.data import input_specs, load_dataset
 model = load(fetch.fetch("rapidocr-det"))

@@ -48,8 +48,9 @@ sys.path.insert(0, str(ROOT))
 
 from models import fetch  # noqa: E402
 from models.calib import write_calib_npz  # noqa: E402
-from nnopt_graph import io, optimize  # noqa: E402
+from nnopt_graph import optimize  # noqa: E402
 from nnopt_graph.check.compare import compare_models  # noqa: E402
+from nnopt_graph.core import io  # noqa: E402
 from nnopt_graph.errors import CheckFailedError  # noqa: E402
 from nnopt_graph.runtime.data import input_specs, load_dataset  # noqa: E402
 

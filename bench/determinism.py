@@ -42,7 +42,13 @@ def _cases(tmp: Path) -> dict[str, list[str]]:
     cases = {"digits --target cpu": [str(DIGITS), "--target", "cpu", "--calib", str(DIGITS_CALIB)]}
     for name in ("nudenet-320n", "rapidocr-det", "rapidocr-rec", "rapidocr-cls"):
         calib = write_calib_npz(name, tmp / f"{name}.npz", samples=24)
-        cases[f"{name} --target cpu"] = [str(fetch.fetch(name)), "--target", "cpu", "--calib", str(calib)]
+        cases[f"{name} --target cpu"] = [
+            str(fetch.fetch(name)),
+            "--target",
+            "cpu",
+            "--calib",
+            str(calib),
+        ]
     for spec in LOSSY:
         cases[f"digits -p {spec}"] = [str(DIGITS), "-p", spec, "--calib", str(DIGITS_CALIB)]
     return cases
@@ -52,11 +58,18 @@ def _run(args: list[str], out: Path) -> tuple[str, float, int]:
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "nnopt_graph.cli", "opt", args[0], str(out), *args[1:]],
-        capture_output=True, text=True, cwd=ROOT, check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
     )
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
-        return f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1]}", seconds, proc.returncode
+        return (
+            f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1]}",
+            seconds,
+            proc.returncode,
+        )
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
     out.unlink()
     return digest, seconds, 0
@@ -88,17 +101,34 @@ def main() -> None:
                     for p in busy:
                         p.kill()
                         p.wait()
-                runs.append({"run": i, "loaded": i in loaded, "sha256": digest, "seconds": round(seconds, 1)})
+                runs.append(
+                    {
+                        "run": i,
+                        "loaded": i in loaded,
+                        "sha256": digest,
+                        "seconds": round(seconds, 1),
+                    }
+                )
             distinct = sorted({r["sha256"] for r in runs})
             rows.append({"case": case, "runs": runs, "distinct": len(distinct)})
             print(json.dumps(rows[-1]), flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
     out = ROOT / "bench/results"
     name = "determinism" if not args.only else "determinism_partial"
-    (out / f"{name}.json").write_text(json.dumps(
-        {"commit": commit, "machine": "x86_64, 2 cores, shared", "loaded_runs": sorted(loaded), "rows": rows},
-        indent=2) + "\n")
+    (out / f"{name}.json").write_text(
+        json.dumps(
+            {
+                "commit": commit,
+                "machine": "x86_64, 2 cores, shared",
+                "loaded_runs": sorted(loaded),
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     lines = [
         "# Determinism: the same command, the same bytes",
         "",

@@ -29,7 +29,7 @@ from models import fetch, zoo  # noqa: E402
 from models.calib import write_calib_npz  # noqa: E402
 from nnopt_graph import optimize  # noqa: E402
 from nnopt_graph.check.equality import LOSSLESS  # noqa: E402
-from nnopt_graph.io import load  # noqa: E402
+from nnopt_graph.core.io import load  # noqa: E402
 from nnopt_graph.runtime.data import input_specs, load_dataset  # noqa: E402
 from nnopt_graph.runtime.execute import paired_outputs  # noqa: E402
 

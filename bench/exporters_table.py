@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from nnopt_graph import io
+from nnopt_graph.core import io
 from nnopt_graph.job import optimize
 from tests.exporters.builders import HEAVY, build_isolated, skl_models
 

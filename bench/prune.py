@@ -35,9 +35,9 @@ import onnx_ir as ir
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import calib, fetch, zoo  # noqa: E402
-from nnopt_graph import io  # noqa: E402
 from nnopt_graph.analysis.stats import summarize  # noqa: E402
 from nnopt_graph.check.compare import compare_models  # noqa: E402
+from nnopt_graph.core import io  # noqa: E402
 from nnopt_graph.pipeline.base import PassContext  # noqa: E402
 from nnopt_graph.pipeline.grammar import Pipeline  # noqa: E402
 from nnopt_graph.pipeline.manager import PassManager  # noqa: E402

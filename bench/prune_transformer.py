@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import calib, fetch, zoo  # noqa: E402
 from models.text import tokenize  # noqa: E402
-from nnopt_graph import io  # noqa: E402
+from nnopt_graph.core import io  # noqa: E402
 from nnopt_graph.job import optimize  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

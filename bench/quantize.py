@@ -48,7 +48,7 @@ from models import fetch, zoo  # noqa: E402
 from models.calib import write_calib_npz  # noqa: E402
 from nnopt_graph import optimize  # noqa: E402
 from nnopt_graph.check.compare import compare_models  # noqa: E402
-from nnopt_graph.io import load  # noqa: E402
+from nnopt_graph.core.io import load  # noqa: E402
 from nnopt_graph.pipeline.registry import PRESETS  # noqa: E402
 from nnopt_graph.runtime.bench import benchmark  # noqa: E402
 from nnopt_graph.runtime.data import input_specs, load_dataset  # noqa: E402
@@ -564,7 +564,7 @@ def write_cuda(rows: list[dict[str, Any]], int4: list[dict[str, Any]]) -> None:
 RSS_WORKER = """
 import sys, time, json
 from models import fetch
-from nnopt_graph.io import load
+from nnopt_graph.core.io import load
 from nnopt_graph.pipeline.base import PassContext
 from nnopt_graph.pipeline.grammar import Pipeline, PassSpec
 from nnopt_graph.pipeline.manager import PassManager

@@ -83,7 +83,7 @@ def _bench(name: str, trials: int, work: Path) -> dict:
     preset = next(r for r in grid.records if r["pipeline"] == "default,quantize-int8")
     best = search.best
     assert best is not None
-    from nnopt_graph import io
+    from nnopt_graph.core import io
 
     feed = next(load_dataset(held or cal, input_specs(io.load(model))).batches(1))
     direct = compare_latency(

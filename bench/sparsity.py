@@ -47,8 +47,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from sparsity_check import check_model, summarize  # noqa: E402
 
 from models import calib, fetch, zoo  # noqa: E402
-from nnopt_graph import io  # noqa: E402
 from nnopt_graph.check.compare import compare_models  # noqa: E402
+from nnopt_graph.core import io  # noqa: E402
 from nnopt_graph.job import optimize  # noqa: E402
 from nnopt_graph.pipeline.base import PassContext  # noqa: E402
 from nnopt_graph.pipeline.grammar import PassSpec, Pipeline  # noqa: E402
@@ -185,7 +185,7 @@ def _md_nm(data: dict[str, Any]) -> str:
         "kernels: a 2:4 model runs at the dense model's speed on its CPU and CUDA EPs; only "
         "TensorRT (with --sparsity / kSPARSE_WEIGHTS, FP16 or INT8) can use sparse Tensor "
         "Cores, on the layers it judges worth it (see the per-layer verdicts in the pass's "
-        "decisions; rule in nnopt_graph/passes/sparse_patterns.py TENSORRT_RULE, not "
+        "decisions; rule in nnopt_graph/passes/sparsity/patterns.py TENSORRT_RULE, not "
         "verified on a GPU here).",
         "",
     ]
@@ -207,7 +207,7 @@ def _storage_case(name: str, workdir: Path, ratio: float, index_type: str) -> di
     dense = workdir / f"{name}.dense.onnx"
     io.save(model, dense)
     storage = PassManager(Pipeline.parse(f"store-sparse{{index-type={index_type}}}")).run(model)[0]
-    from nnopt_graph.sparse_format import write_sparse_initializers
+    from nnopt_graph.core.sparse_format import write_sparse_initializers
 
     sparse = workdir / f"{name}.{index_type}.onnx"
     io.save(model, sparse, write_sparse=False)
@@ -321,7 +321,7 @@ def _zero_channels(model: Any, fraction: float, seed: int) -> dict[str, int]:
         const_array,
         find_channel_groups,
     )
-    from nnopt_graph.passes.sparse_layers import write_weight
+    from nnopt_graph.passes.sparsity.layers import write_weight
 
     rng = np.random.default_rng(seed)
     zeroed = total = 0

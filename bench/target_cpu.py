@@ -31,14 +31,22 @@ from models import fetch  # noqa: E402
 from models.calib import write_calib_npz  # noqa: E402
 from nnopt_graph import optimize  # noqa: E402
 from nnopt_graph.check.compare import compare_models  # noqa: E402
-from nnopt_graph.io import load  # noqa: E402
+from nnopt_graph.core.io import load  # noqa: E402
 from nnopt_graph.runtime.data import input_specs, load_dataset  # noqa: E402
 from nnopt_graph.runtime.quant_bench import compare_latency  # noqa: E402
 
 
-def _sources(tmp: Path, calib: int, held: int, names: list[str] | None) -> dict[str, tuple[Path, Path, Path]]:
+def _sources(
+    tmp: Path, calib: int, held: int, names: list[str] | None
+) -> dict[str, tuple[Path, Path, Path]]:
     digits = ROOT / "models/digits"
-    out = {"digits-cnn": (digits / "digits_cnn.onnx", digits / "digits_calib.npz", digits / "digits_heldout.npz")}
+    out = {
+        "digits-cnn": (
+            digits / "digits_cnn.onnx",
+            digits / "digits_calib.npz",
+            digits / "digits_heldout.npz",
+        )
+    }
     for name in fetch.REAL_MODELS:
         if names and name not in names:
             continue
@@ -73,8 +81,9 @@ def main() -> None:
             data = load_dataset(held, input_specs(load(src)))
             fid = compare_models(src, out, data)
             feed = next(data.batches(1))
-            lat = compare_latency([src, src, out], feed, runs=20, warmup=5, threads=2, min_seconds=2.0,
-                                  max_runs=3000)
+            lat = compare_latency(
+                [src, src, out], feed, runs=20, warmup=5, threads=2, min_seconds=2.0, max_runs=3000
+            )
             row = {
                 "model": name,
                 "outcome": rec.outcome,
@@ -90,12 +99,23 @@ def main() -> None:
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
     res = ROOT / "bench/results"
-    (res / "target_cpu.json").write_text(json.dumps(
-        {"commit": commit, "machine": "x86_64, 2 cores, shared", "calib": args.calib, "eval": args.eval,
-         "rows": rows}, indent=2) + "\n")
+    (res / "target_cpu.json").write_text(
+        json.dumps(
+            {
+                "commit": commit,
+                "machine": "x86_64, 2 cores, shared",
+                "calib": args.calib,
+                "eval": args.eval,
+                "rows": rows,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     geo = math.exp(np.mean([math.log(r["latency"]["median"]) for r in rows]))
     lines = [
         "# `--target cpu`: worst held-out sample and latency",
@@ -117,7 +137,10 @@ def main() -> None:
             f"{r['samples']} samples) | {lt['min']:.2f} / **{lt['median']:.3f}** / {lt['max']:.2f} | "
             f"{aa['min']:.2f} / {aa['median']:.3f} / {aa['max']:.2f} | {r['size_ratio']:.3f} |"
         )
-    lines += ["", f"Geometric mean of the median latency ratios: **{geo:.3f}** over {len(rows)} models."]
+    lines += [
+        "",
+        f"Geometric mean of the median latency ratios: **{geo:.3f}** over {len(rows)} models.",
+    ]
     (res / "target_cpu.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

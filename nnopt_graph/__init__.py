@@ -35,8 +35,8 @@ _LAZY = {
     "CheckFailedError": "nnopt_graph.errors",
     "NnoptError": "nnopt_graph.errors",
     "PassFailedError": "nnopt_graph.errors",
-    "load": "nnopt_graph.io",
-    "save": "nnopt_graph.io",
+    "load": "nnopt_graph.core.io",
+    "save": "nnopt_graph.core.io",
     "OptimizeResult": "nnopt_graph.job",
     "optimize": "nnopt_graph.job",
     "Pass": "nnopt_graph.pipeline.base",
@@ -49,8 +49,8 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from nnopt_graph.core.io import load, save
     from nnopt_graph.errors import BadInputError, CheckFailedError, NnoptError, PassFailedError
-    from nnopt_graph.io import load, save
     from nnopt_graph.job import OptimizeResult, optimize
     from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
     from nnopt_graph.pipeline.grammar import PassSpec, Pipeline

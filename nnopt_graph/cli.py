@@ -97,7 +97,7 @@ def _existing_file(path: str) -> Path:
 
 
 def _cmd_opt(args: argparse.Namespace) -> int:
-    from nnopt_graph.io import check_job_paths
+    from nnopt_graph.core.io import check_job_paths
     from nnopt_graph.job import optimize
     from nnopt_graph.pipeline.instruments import (
         DumpDirInstrument,
@@ -210,7 +210,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from nnopt_graph.check.compare import compare_models
     from nnopt_graph.check.equality import LOSSLESS
     from nnopt_graph.check.guard import parse_guard
-    from nnopt_graph.io import load
+    from nnopt_graph.core.io import load
     from nnopt_graph.report import strict_json
     from nnopt_graph.runtime.data import input_specs, load_dataset, random_dataset, resolve_shapes
 
@@ -509,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import onnxruntime
 
             onnxruntime.set_default_logger_severity(0)
-        from nnopt_graph import progress
+        from nnopt_graph.core import progress
 
         with progress.enable() if sys.stderr.isatty() else contextlib.nullcontext():
             return int(args.func(args))

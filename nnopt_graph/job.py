@@ -17,7 +17,6 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from nnopt_graph import io
 from nnopt_graph._version import __version__
 from nnopt_graph.analysis.stats import ModelSummary, summarize
 from nnopt_graph.check.compare import Comparison
@@ -25,6 +24,7 @@ from nnopt_graph.check.equality import LOSSLESS
 from nnopt_graph.check.guard import DEFAULT_GUARD, Guard, MetricFn
 from nnopt_graph.check.structure import structural_problems
 from nnopt_graph.check.verify import verify_written
+from nnopt_graph.core import io
 from nnopt_graph.errors import BadInputError, CheckFailedError
 from nnopt_graph.pipeline.base import PassContext
 from nnopt_graph.pipeline.grammar import Pipeline

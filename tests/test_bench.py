@@ -37,4 +37,6 @@ def test_bench_cli_json(tmp_path):
 def test_bench_cli_bad_ep():
     proc = run_cli("bench", DIGITS, "--ep", "cpu,tpu")
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["nnopt-graph: error: unknown execution provider 'tpu' (choose from cpu, cuda, tensorrt)"]
+    assert proc.stderr.strip().splitlines() == [
+        "nnopt-graph: error: unknown execution provider 'tpu' (choose from cpu, cuda, tensorrt)"
+    ]

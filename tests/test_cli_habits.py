@@ -14,21 +14,33 @@ DIGITS = "models/digits/digits_cnn.onnx"
 def test_bare_command_prints_usage_and_exits_2():
     proc = run_cli()
     assert proc.returncode == 2
-    assert proc.stderr.startswith("usage: nnopt-graph") and "opt" in proc.stderr and "compare" in proc.stderr
+    assert (
+        proc.stderr.startswith("usage: nnopt-graph")
+        and "opt" in proc.stderr
+        and "compare" in proc.stderr
+    )
 
 
 def test_unknown_print_ir_after_name_suggests(tmp_path):
     proc = run_cli("opt", DIGITS, tmp_path / "o.onnx", "--print-ir-after", "dedupe")
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "nnopt-graph: error: --print-ir-after: unknown pass 'dedupe'; did you mean 'dedup'?"
+    assert (
+        proc.stderr.strip()
+        == "nnopt-graph: error: --print-ir-after: unknown pass 'dedupe'; did you mean 'dedup'?"
+    )
     assert not (tmp_path / "o.onnx").exists()
 
 
 def test_bench_without_any_available_ep_exits_1():
     proc = run_cli("bench", DIGITS, "--ep", "cuda", "--runs", "1", "--warmup", "0")
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith(
-        "nnopt-graph: error: none of the requested execution providers (cuda) is available")
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "nnopt-graph: error: none of the requested execution providers (cuda) is available"
+        )
+    )
 
 
 def test_bench_throughput_is_from_the_median(tmp_path):
@@ -36,7 +48,10 @@ def test_bench_throughput_is_from_the_median(tmp_path):
     proc = run_cli("bench", DIGITS, "--runs", "5", "--warmup", "1", "--json", out)
     assert proc.returncode == 0, proc.stderr
     (result,) = json.loads(out.read_text())["results"]
-    assert abs(result["throughput_per_s"] - 1e3 / result["latency_ms"]["p50"]) < 1e-6 * result["throughput_per_s"]
+    assert (
+        abs(result["throughput_per_s"] - 1e3 / result["latency_ms"]["p50"])
+        < 1e-6 * result["throughput_per_s"]
+    )
 
 
 def test_report_file_has_the_users_umask(tmp_path):
@@ -59,5 +74,8 @@ def test_unknown_pass_and_option_names_suggest(tmp_path):
 def test_unknown_flag_suggests(tmp_path):
     proc = run_cli("opt", DIGITS, tmp_path / "o.onnx", "--tagret", "cpu")
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "nnopt-graph: error: unrecognized arguments: --tagret cpu; did you mean '--target'?"
+    assert (
+        proc.stderr.strip()
+        == "nnopt-graph: error: unrecognized arguments: --tagret cpu; did you mean '--target'?"
+    )
     assert not (tmp_path / "o.onnx").exists()

@@ -20,7 +20,9 @@ def test_compare_identical_models():
     data = json.loads(proc.stdout)
     out = data["per_output"]["logits"]
     assert data["equal"] is True and data["verdict"]["same"] is True
-    assert out["cosine"]["min"] == 1.0 and out["max_abs"]["max"] == 0.0 and out["rel_l2"]["max"] == 0.0
+    assert (
+        out["cosine"]["min"] == 1.0 and out["max_abs"]["max"] == 0.0 and out["rel_l2"]["max"] == 0.0
+    )
     assert len(out["cosine"]["values"]) == 360
 
 
@@ -46,8 +48,15 @@ def test_compare_perturbed_copy_matches_numpy_per_sample(tmp_path):
     import onnxruntime as ort
 
     x = np.load(HELDOUT)["input"]
-    ref = np.concatenate([ort.InferenceSession(DIGITS).run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
-    cand = np.concatenate([ort.InferenceSession(str(perturbed)).run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
+    ref = np.concatenate(
+        [ort.InferenceSession(DIGITS).run(None, {"input": x[i : i + 1]})[0] for i in range(len(x))]
+    )
+    cand = np.concatenate(
+        [
+            ort.InferenceSession(str(perturbed)).run(None, {"input": x[i : i + 1]})[0]
+            for i in range(len(x))
+        ]
+    )
     r, c = ref.astype(np.float64), cand.astype(np.float64)
     cosines = np.sum(r * c, 1) / (np.linalg.norm(r, axis=1) * np.linalg.norm(c, axis=1))
     rel = np.linalg.norm(r - c, axis=1) / np.linalg.norm(r, axis=1)
@@ -64,13 +73,19 @@ def test_compare_perturbed_copy_matches_numpy_per_sample(tmp_path):
 
 def test_compare_tolerance_gate(tmp_path):
     perturbed = _perturbed(tmp_path)
-    loose = run_cli("compare", DIGITS, str(perturbed), "--calib", HELDOUT, "--tolerance", "cosine.min>=0.5")
+    loose = run_cli(
+        "compare", DIGITS, str(perturbed), "--calib", HELDOUT, "--tolerance", "cosine.min>=0.5"
+    )
     assert loose.returncode == 0, loose.stdout + loose.stderr
     assert "same under cosine.min>=0.5" in loose.stdout
-    tight = run_cli("compare", DIGITS, str(perturbed), "--calib", HELDOUT, "--tolerance", "rel_l2.max<=1e-4")
+    tight = run_cli(
+        "compare", DIGITS, str(perturbed), "--calib", HELDOUT, "--tolerance", "rel_l2.max<=1e-4"
+    )
     assert tight.returncode == 1 and "DIFFERENT under rel_l2.max<=1e-4" in tight.stdout
 
 
 def test_compare_bad_tolerance_is_usage_error():
     proc = run_cli("compare", DIGITS, DIGITS, "--tolerance", "cosine>=wat")
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "bad --guard term" in proc.stderr
+    assert (
+        proc.returncode == 2 and proc.stderr.count("\n") == 1 and "bad --guard term" in proc.stderr
+    )

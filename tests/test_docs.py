@@ -35,9 +35,14 @@ def test_writing_a_pass_example_works_in_two_files(tmp_path):
     (folder / "test_double_negation.py").write_text(blocks[1] + "\n")
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_double_negation.py"],
-        cwd=folder, capture_output=True, text=True, check=False,
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "4 passed" in proc.stdout
     assert sorted(p.name for p in folder.iterdir() if p.suffix == ".py") == [
-        "double_negation.py", "test_double_negation.py"]
+        "double_negation.py",
+        "test_double_negation.py",
+    ]

@@ -36,7 +36,9 @@ class _ScaleWeightPass(Pass):
 
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
         value = max(model.graph.initializers.values(), key=lambda v: v.const_value.size)
-        value.const_value = ir.tensor(value.const_value.numpy() * np.float32(self.options.factor), name=value.name)
+        value.const_value = ir.tensor(
+            value.const_value.numpy() * np.float32(self.options.factor), name=value.name
+        )
         return PassResult({"weights-scaled": 1})
 
     def back_off(self):
@@ -53,17 +55,39 @@ def _register(monkeypatch):
 
 
 def test_parse_guard_reductions_and_old_spellings():
-    conditions = parse_guard("cosine>=0.99, top1>=0.98,max_abs<=1e-3,cosine.p5>=0.995,rel_l2.max<=0.05")
+    conditions = parse_guard(
+        "cosine>=0.99, top1>=0.98,max_abs<=1e-3,cosine.p5>=0.995,rel_l2.max<=0.05"
+    )
     assert [str(c) for c in conditions] == [
-        "cosine.min>=0.99", "top1.mean>=0.98", "max_abs.max<=0.001", "cosine.p5>=0.995", "rel_l2.max<=0.05"
+        "cosine.min>=0.99",
+        "top1.mean>=0.98",
+        "max_abs.max<=0.001",
+        "cosine.p5>=0.995",
+        "rel_l2.max<=0.05",
     ]
-    assert [c.reduction for c in parse_guard("sqnr>=30,metric>=0.75,cosine.median>=0.9")] == ["min", "value", "median"]
+    assert [c.reduction for c in parse_guard("sqnr>=30,metric>=0.75,cosine.median>=0.9")] == [
+        "min",
+        "value",
+        "median",
+    ]
 
 
 @pytest.mark.parametrize(
     "bad",
-    ["cosine", "cosine>=x", "accuracy>=0.9", "cosine=>0.9", "", "cosine>=inf", "cosine>=nan",
-     "cosine.p0>=0.9", "cosine.p100>=0.9", "cosine.worst>=0.9", "metric.min>=0.9", "cosine.min>=0.9,"],
+    [
+        "cosine",
+        "cosine>=x",
+        "accuracy>=0.9",
+        "cosine=>0.9",
+        "",
+        "cosine>=inf",
+        "cosine>=nan",
+        "cosine.p0>=0.9",
+        "cosine.p100>=0.9",
+        "cosine.worst>=0.9",
+        "metric.min>=0.9",
+        "cosine.min>=0.9,",
+    ],
 )
 def test_parse_guard_rejects(bad):
     with pytest.raises(BadInputError, match="bad --guard term"):
@@ -72,10 +96,17 @@ def test_parse_guard_rejects(bad):
 
 def test_destructive_pass_is_rolled_back_and_the_lossless_result_written(tmp_path):
     out = tmp_path / "out.onnx"
-    result = optimize(DIGITS, out, "default,test-scale-largest-weight{factor=-1.0 backs-off=false}",
-                      calib=HELDOUT, guard="cosine>=0.999")
+    result = optimize(
+        DIGITS,
+        out,
+        "default,test-scale-largest-weight{factor=-1.0 backs-off=false}",
+        calib=HELDOUT,
+        guard="cosine>=0.999",
+    )
     record = result.records[-1]
-    assert record.outcome == "rolled back" and "cosine.min>=0.999 (measured" in record.outcome_detail
+    assert (
+        record.outcome == "rolled back" and "cosine.min>=0.999 (measured" in record.outcome_detail
+    )
     assert [r.name for r in result.rolled_back] == ["test-scale-largest-weight"]
     # What was written is the best model meeting the guard: the lossless part only.
     assert result.fidelity is not None and result.fidelity.cosine_min > 0.99999
@@ -85,19 +116,36 @@ def test_destructive_pass_is_rolled_back_and_the_lossless_result_written(tmp_pat
 
 def test_fail_on_rollback_writes_nothing(tmp_path):
     out = tmp_path / "out.onnx"
-    with pytest.raises(CheckFailedError, match="--fail-on-rollback.*rolled back test-scale-largest-weight"):
-        optimize(DIGITS, out, "default,test-scale-largest-weight{factor=-1.0 backs-off=false}", calib=HELDOUT,
-                 guard="cosine>=0.999", fail_on_rollback=True)
+    with pytest.raises(
+        CheckFailedError, match="--fail-on-rollback.*rolled back test-scale-largest-weight"
+    ):
+        optimize(
+            DIGITS,
+            out,
+            "default,test-scale-largest-weight{factor=-1.0 backs-off=false}",
+            calib=HELDOUT,
+            guard="cosine>=0.999",
+            fail_on_rollback=True,
+        )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_back_off_finds_a_weaker_setting_that_keeps_the_budget(tmp_path):
     out = tmp_path / "out.onnx"
-    result = optimize(DIGITS, out, "test-scale-largest-weight{factor=3.0}", calib=HELDOUT,
-                      guard="cosine>=0.999", report=tmp_path / "r.json")
+    result = optimize(
+        DIGITS,
+        out,
+        "test-scale-largest-weight{factor=3.0}",
+        calib=HELDOUT,
+        guard="cosine>=0.999",
+        report=tmp_path / "r.json",
+    )
     record = result.records[0]
     assert record.guard_action == "backed off" and record.outcome == "backed off"
-    assert record.outcome_detail.startswith("to factor=") and "cosine.min>=0.999 (measured" in record.outcome_detail
+    assert (
+        record.outcome_detail.startswith("to factor=")
+        and "cosine.min>=0.999 (measured" in record.outcome_detail
+    )
     assert 1.0 < record.options["factor"] < 3.0
     assert record.fidelity["passed"] and record.fidelity["values"]["cosine.min>=0.999"] >= 0.999
     report = json.loads((tmp_path / "r.json").read_text())
@@ -107,7 +155,9 @@ def test_back_off_finds_a_weaker_setting_that_keeps_the_budget(tmp_path):
 
 
 def test_default_guard_applies_to_lossy_pipelines(tmp_path):
-    result = optimize(DIGITS, tmp_path / "o.onnx", "test-scale-largest-weight{factor=1.001}", calib=HELDOUT)
+    result = optimize(
+        DIGITS, tmp_path / "o.onnx", "test-scale-largest-weight{factor=1.001}", calib=HELDOUT
+    )
     assert result.report["guard"]["expr"] == "cosine.min>=0.99"
     assert result.records[0].outcome == "applied"
 
@@ -116,7 +166,9 @@ def test_few_held_out_samples_warn(tmp_path, caplog):
     x = np.load(HELDOUT)["input"][:10]
     small = tmp_path / "small.npz"
     np.savez(small, input=x)
-    result = optimize(DIGITS, tmp_path / "o.onnx", "test-scale-largest-weight{factor=1.001}", calib=small)
+    result = optimize(
+        DIGITS, tmp_path / "o.onnx", "test-scale-largest-weight{factor=1.001}", calib=small
+    )
     assert result.report["guard"]["samples"] == 2
     assert any("only 2 held-out sample" in w for w in result.report["guard"]["warnings"])
     assert "only 2 held-out sample" in caplog.text
@@ -133,13 +185,32 @@ def _accuracy(path: str) -> float:
 def test_user_metric_guard(tmp_path):
     assert _accuracy(DIGITS) > 0.97
     with pytest.raises(CheckFailedError):
-        optimize(DIGITS, tmp_path / "o.onnx", "test-scale-largest-weight{factor=-1.0 backs-off=false}",
-                 calib=HELDOUT, guard="metric>=0.97", metric=_accuracy, fail_on_rollback=True)
-    result = optimize(DIGITS, tmp_path / "o.onnx", "test-scale-largest-weight{factor=1.01}", calib=HELDOUT,
-                      guard="metric>=0.97", metric=_accuracy)
+        optimize(
+            DIGITS,
+            tmp_path / "o.onnx",
+            "test-scale-largest-weight{factor=-1.0 backs-off=false}",
+            calib=HELDOUT,
+            guard="metric>=0.97",
+            metric=_accuracy,
+            fail_on_rollback=True,
+        )
+    result = optimize(
+        DIGITS,
+        tmp_path / "o.onnx",
+        "test-scale-largest-weight{factor=1.01}",
+        calib=HELDOUT,
+        guard="metric>=0.97",
+        metric=_accuracy,
+    )
     assert result.records[0].fidelity["values"]["metric>=0.97"] >= 0.97
 
 
 def test_metric_guard_without_function_is_bad_input(tmp_path):
     with pytest.raises(BadInputError, match="metric function"):
-        optimize(DIGITS, tmp_path / "o.onnx", "test-scale-largest-weight", calib=HELDOUT, guard="metric>=0.9")
+        optimize(
+            DIGITS,
+            tmp_path / "o.onnx",
+            "test-scale-largest-weight",
+            calib=HELDOUT,
+            guard="metric>=0.9",
+        )

@@ -19,7 +19,14 @@ def test_inspect_json_digits():
     assert [i["name"] for i in info["inputs"]] == ["input"]
     assert info["op_histogram"]["Conv"] == 4 and info["op_histogram"]["BatchNormalization"] == 4
     # 4 convs (3x3) on 8x8 then 4x4 maps plus two Gemms, batch 1:
-    macs = 8 * 8 * 16 * 9 * 1 + 8 * 8 * 32 * 9 * 16 + 4 * 4 * 64 * 9 * 32 + 4 * 4 * 64 * 9 * 64 + 64 * 64 + 64 * 10
+    macs = (
+        8 * 8 * 16 * 9 * 1
+        + 8 * 8 * 32 * 9 * 16
+        + 4 * 4 * 64 * 9 * 32
+        + 4 * 4 * 64 * 9 * 64
+        + 64 * 64
+        + 64 * 10
+    )
     assert info["macs"] == macs and info["flops"] == 2 * macs
     import numpy as np
     import onnx

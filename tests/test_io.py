@@ -19,9 +19,9 @@ from conftest import make_tiny_model
 from onnx import TensorProto, helper, numpy_helper
 
 import nnopt_graph
-from nnopt_graph import io as nnopt_io
+from nnopt_graph.core import io as nnopt_io
+from nnopt_graph.core.io import clean_stale_stages, load, referenced_data_files, save, staged_save
 from nnopt_graph.errors import CheckFailedError, PassFailedError
-from nnopt_graph.io import clean_stale_stages, load, referenced_data_files, save, staged_save
 from nnopt_graph.pipeline import registry
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nnopt_graph import progress
+from nnopt_graph.core import progress
 
 
 def test_track_is_silent_unless_enabled(capsys):
@@ -37,7 +37,8 @@ def test_manager_sets_the_step_for_each_pass():
             steps.append(progress._STEP.get())
             return PassResult({})
 
-    model = ir.from_onnx_text('<ir_version: 8, opset_import: ["" : 17]> g (float[2] x) => (float[2] y) { y = Relu (x) }')
+    model = ir.from_onnx_text(
+        '<ir_version: 8, opset_import: ["" : 17]> g (float[2] x) => (float[2] y) { y = Relu (x) }'
+    )
     PassManager([_Spy(), _Spy()]).run(model)
     assert steps == ["pass 1/2 test-spy-step", "pass 2/2 test-spy-step"]
-

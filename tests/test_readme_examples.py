@@ -49,8 +49,12 @@ def test_console_examples(tmp_path, line):
     work = _workdir(tmp_path)
     if line.split()[1] in {"compare", "bench"} and "out.onnx" in line:
         # compare/bench read the optimized model the first example writes.
-        subprocess.run(_cli("nnopt-graph opt models/digits/digits_cnn.onnx out.onnx"), cwd=work, check=True,
-                       capture_output=True)
+        subprocess.run(
+            _cli("nnopt-graph opt models/digits/digits_cnn.onnx out.onnx"),
+            cwd=work,
+            check=True,
+            capture_output=True,
+        )
     proc = subprocess.run(_cli(line), cwd=work, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 

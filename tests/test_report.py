@@ -11,7 +11,15 @@ HELDOUT = "models/digits/digits_heldout.npz"
 
 
 def test_json_report_has_contract_keys(tmp_path):
-    proc = run_cli("opt", DIGITS, str(tmp_path / "o.onnx"), "--calib", HELDOUT, "--report", str(tmp_path / "r.json"))
+    proc = run_cli(
+        "opt",
+        DIGITS,
+        str(tmp_path / "o.onnx"),
+        "--calib",
+        HELDOUT,
+        "--report",
+        str(tmp_path / "r.json"),
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert {"input", "output", "passes", "fidelity", "guard"} <= set(report)
@@ -26,7 +34,10 @@ def test_json_report_has_contract_keys(tmp_path):
     assert "logits" in report["fidelity"]["per_output"]
     assert report["guard"]["expr"] is None and report["guard"]["passed"] is None
     assert "lossless" in report["guard"]["verdict"]
-    assert "nnopt-graph" in proc.stdout and "verified: equal to the input on 360 samples" in proc.stdout
+    assert (
+        "nnopt-graph" in proc.stdout
+        and "verified: equal to the input on 360 samples" in proc.stdout
+    )
 
 
 def test_html_report_has_charts_and_pass_table(tmp_path):
@@ -37,7 +48,9 @@ def test_html_report_has_charts_and_pass_table(tmp_path):
 
 
 def test_report_folder_missing_is_bad_input(tmp_path):
-    proc = run_cli("opt", DIGITS, str(tmp_path / "o.onnx"), "--report", str(tmp_path / "nope" / "r.json"))
+    proc = run_cli(
+        "opt", DIGITS, str(tmp_path / "o.onnx"), "--report", str(tmp_path / "nope" / "r.json")
+    )
     assert proc.returncode == 2 and not (tmp_path / "o.onnx").exists()
 
 

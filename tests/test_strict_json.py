@@ -45,7 +45,16 @@ def test_inspect_and_bench_json_are_strict(tmp_path):
 
 def test_lossy_report_with_exact_outputs_is_strict(tmp_path):
     report = tmp_path / "r.json"
-    proc = run_cli("opt", DIGITS, tmp_path / "o.onnx", "-p", "sparsify{pattern=2:4}", "--calib", HELDOUT,
-                   "--report", report)
+    proc = run_cli(
+        "opt",
+        DIGITS,
+        tmp_path / "o.onnx",
+        "-p",
+        "sparsify{pattern=2:4}",
+        "--calib",
+        HELDOUT,
+        "--report",
+        report,
+    )
     assert proc.returncode == 0, proc.stderr
     strict_loads(report.read_text())

@@ -52,6 +52,7 @@ def test_cli_bad_log_spec_exits_2_and_writes_nothing(tmp_path):
 
 def test_tensorboard_event_file_reads_back(tmp_path):
     from tensorboard.backend.event_processing import event_accumulator as accumulator
+
     folder = log_run(REPORT, f"tensorboard:{tmp_path / 'tb'}")
     acc = accumulator.EventAccumulator(str(folder), size_guidance={"tensors": 0, "scalars": 0})
     acc.Reload()

@@ -36,7 +36,7 @@ import onnx_ir.passes.common as ir_passes
 import onnxscript.optimizer
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS, opset_version
-from nnopt_graph.ir_constants import set_constant
+from nnopt_graph.core.constants import set_constant
 
 logger = logging.getLogger(__name__)
 

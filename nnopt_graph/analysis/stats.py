@@ -17,7 +17,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
 from nnopt_graph.analysis.walk import all_nodes
-from nnopt_graph.io import external_data_files, load
+from nnopt_graph.core.io import external_data_files, load
 from nnopt_graph.runtime.data import input_specs, resolve_shapes
 
 logger = logging.getLogger(__name__)

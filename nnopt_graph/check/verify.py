@@ -12,9 +12,9 @@ import onnx
 
 from nnopt_graph.check.compare import Comparison, compare_models
 from nnopt_graph.check.equality import LOSSLESS, Tolerance
+from nnopt_graph.core.sparse_format import has_sparse_initializers
 from nnopt_graph.errors import CheckFailedError, one_line
 from nnopt_graph.runtime.data import Dataset
-from nnopt_graph.sparse_format import has_sparse_initializers
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def check_written(candidate: Path) -> None:
         if has_sparse_initializers(proto):
             # The full check types sparse initializers as sparse tensors and rejects them
             # as inputs of ordinary ops; ONNX Runtime densifies them, so check that form.
-            from nnopt_graph.sparse_format import densify_sparse_initializers
+            from nnopt_graph.core.sparse_format import densify_sparse_initializers
 
             densify_sparse_initializers(proto)
             onnx.checker.check_model(proto, full_check=True)

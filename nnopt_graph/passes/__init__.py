@@ -1,29 +1,22 @@
-"""Built-in passes; importing this package registers them all, in pipeline order."""
+"""Built-in passes by family; importing this package registers them all, in pipeline order."""
 
-from nnopt_graph.passes import (
-    cleanup,
-    cluster_weights,
-    cse,
-    dedup,
-    prune_channels,
-    quantize_fp16,
-    quantize_int4,
-    quantize_int8,
-    sparse_storage,
-    sparsify,
-    zero_structure,
-)
+from nnopt_graph.passes.cleanup import simplify, zero_structure
+from nnopt_graph.passes.prune import channels
+from nnopt_graph.passes.quantize import fp16, int4
+from nnopt_graph.passes.quantize.int8 import orchestrate
+from nnopt_graph.passes.sharing import cluster_weights, cse, dedup
+from nnopt_graph.passes.sparsity import sparsify, storage
 
 __all__ = [
-    "cleanup",
+    "channels",
     "cluster_weights",
     "cse",
     "dedup",
-    "prune_channels",
-    "quantize_fp16",
-    "quantize_int4",
-    "quantize_int8",
-    "sparse_storage",
+    "fp16",
+    "int4",
+    "orchestrate",
+    "simplify",
     "sparsify",
+    "storage",
     "zero_structure",
 ]

@@ -101,7 +101,7 @@ class DumpDirInstrument(Instrument):
 
     def after_pass(self, pass_: Pass, model: ir.Model, record: PassRecord) -> None:
         """Save a snapshot; large models keep their weights in a side file."""
-        from nnopt_graph.io import save
+        from nnopt_graph.core.io import save
 
         self.index += 1
         save(model, self.directory / f"{self.index:02d}-{pass_.name}.onnx")

@@ -12,7 +12,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from nnopt_graph import progress
+from nnopt_graph.core import progress
 from nnopt_graph.errors import NnoptError, PassFailedError
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, is_skip_stat
 from nnopt_graph.pipeline.grammar import Pipeline, option_fields

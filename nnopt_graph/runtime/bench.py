@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from nnopt_graph.core.io import load
 from nnopt_graph.errors import BadInputError
-from nnopt_graph.io import load
 from nnopt_graph.runtime.data import input_specs, random_dataset, resolve_shapes
 from nnopt_graph.runtime.session import available_eps, create_session
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from nnopt_graph import io
-from nnopt_graph.progress import track
+from nnopt_graph.core import io
+from nnopt_graph.core.progress import track
 from nnopt_graph.runtime.data import Dataset, input_specs
 from nnopt_graph.runtime.session import create_session
 

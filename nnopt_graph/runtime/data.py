@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from nnopt_graph.core.opaque_types import describe_type, opaque_type_of
 from nnopt_graph.errors import BadInputError
-from nnopt_graph.opaque_types import describe_type, opaque_type_of
 from nnopt_graph.runtime.data_files import SampleFile, load_npz, load_test_data_sets
 
 logger = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from nnopt_graph.core.progress import track
 from nnopt_graph.errors import CheckFailedError, one_line
-from nnopt_graph.progress import track
 from nnopt_graph.runtime.data import Dataset
 from nnopt_graph.runtime.session import create_session
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from nnopt_graph import io
+from nnopt_graph.core import io
 
 
 @contextlib.contextmanager

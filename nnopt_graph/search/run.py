@@ -69,7 +69,7 @@ def _copy_model(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
         return
-    from nnopt_graph import io
+    from nnopt_graph.core import io
 
     io.save(io.load(src), dst)
 
@@ -147,7 +147,7 @@ def _write_outputs(
 def _check_inputs(model: Path, calib: Path, eval_data: Path | None) -> None:
     import onnx
 
-    from nnopt_graph import io
+    from nnopt_graph.core import io
     from nnopt_graph.runtime.data import input_specs, load_dataset
 
     for p in (model, calib, eval_data):

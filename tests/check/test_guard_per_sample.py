@@ -135,7 +135,9 @@ def test_nan_held_out_data_is_never_a_free_pass(tmp_path):
     guard = Guard("cosine>=0.99", src, Dataset({"x": nan}, "given", frozenset({"x"})))
     outcome = guard.measure_path(src)  # even the model against itself
     assert not outcome.passed
-    assert outcome.failed == ["cosine.min>=0.99: not measurable: a sample has no finite values to compare (NaN/Inf)"]
+    assert outcome.failed == [
+        "cosine.min>=0.99: not measurable: a sample has no finite values to compare (NaN/Inf)"
+    ]
 
 
 def test_nan_held_out_file_is_refused_before_any_work(tmp_path):
@@ -146,8 +148,17 @@ def test_nan_held_out_file_is_refused_before_any_work(tmp_path):
     nan = tmp_path / "nan.npz"
     np.savez(nan, input=np.full_like(x, np.nan))
     out = tmp_path / "out.onnx"
-    proc = run_cli("opt", "models/digits/digits_cnn.onnx", out, "-p", "prune-channels{ratio=0.9}",
-                   "--calib", "models/digits/digits_calib.npz", "--eval", nan)
+    proc = run_cli(
+        "opt",
+        "models/digits/digits_cnn.onnx",
+        out,
+        "-p",
+        "prune-channels{ratio=0.9}",
+        "--calib",
+        "models/digits/digits_calib.npz",
+        "--eval",
+        nan,
+    )
     assert proc.returncode == 2, proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("nnopt-graph: error: ") and "NaN" in line and "'input'" in line
@@ -164,11 +175,17 @@ def test_an_ort_crash_while_guarding_is_one_error_not_a_dead_process(tmp_path):
 
     node = helper.make_node("Split", ["X"], ["Y", ""], axis=0, num_outputs=2)
     graph = helper.make_graph(
-        [node], "split", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [4, 6])],
+        [node],
+        "split",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [4, 6])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 6])],
     )
     path = tmp_path / "split.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), path)
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), path
+    )
     data = Dataset({"X": np.ones((2, 4, 6), np.float32)}, "given", frozenset({"X"}))
-    with pytest.raises(CheckFailedError, match=r"ONNX Runtime crashed running a candidate for the guard \(signal"):
+    with pytest.raises(
+        CheckFailedError, match=r"ONNX Runtime crashed running a candidate for the guard \(signal"
+    ):
         Guard("cosine>=0.99", path, data).measure_path(path)

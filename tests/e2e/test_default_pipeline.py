@@ -10,7 +10,7 @@ import pytest
 from models import fetch, zoo
 from models.calib import write_calib_npz
 from nnopt_graph import optimize
-from nnopt_graph.io import load
+from nnopt_graph.core.io import load
 from nnopt_graph.pipeline.grammar import Pipeline
 from nnopt_graph.pipeline.manager import PassManager
 

@@ -14,13 +14,16 @@ def test_optimize_writes_sparse_initializers_and_reloads(tmp_path):
     w = rng.standard_normal((256, 256)).astype(np.float32)
     w[rng.random(w.shape) < 0.9] = 0.0
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 256])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 256])],
         [numpy_helper.from_array(w, "w")],
     )
     src = tmp_path / "dense.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), src)
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), src
+    )
     out = tmp_path / "sparse.onnx"
     result = optimize(src, out, "default,store-sparse")
     assert result.fidelity.cosine_min == 1.0 and result.fidelity.metric("max_abs") == 0.0

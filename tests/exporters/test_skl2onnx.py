@@ -9,10 +9,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from nnopt_graph import io
+from nnopt_graph.core import io
+from nnopt_graph.core.opaque_types import MARKER, restore_opaque_types, strip_opaque_types
 from nnopt_graph.errors import BadInputError
 from nnopt_graph.job import optimize
-from nnopt_graph.opaque_types import MARKER, restore_opaque_types, strip_opaque_types
 from tests.exporters.helpers import op_counts, optimize_both
 
 skl2onnx = pytest.importorskip("skl2onnx")

@@ -38,7 +38,9 @@ def random_feeds(proto: onnx.ModelProto, seed: int = 0, **dims: int) -> dict[str
         if value.name in inits:
             continue
         tensor_type = value.type.tensor_type
-        shape = [d.dim_value if d.dim_value else dims.get(d.dim_param, 2) for d in tensor_type.shape.dim]
+        shape = [
+            d.dim_value if d.dim_value else dims.get(d.dim_param, 2) for d in tensor_type.shape.dim
+        ]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
         if np.issubdtype(dtype, np.floating):
             feeds[value.name] = rng.standard_normal(shape).astype(dtype)
@@ -52,11 +54,15 @@ def random_feeds(proto: onnx.ModelProto, seed: int = 0, **dims: int) -> dict[str
 def ort_run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
     return session.run(None, feeds)
 
 
-def assert_same_outputs(before: onnx.ModelProto, after: onnx.ModelProto, seed: int = 0, rtol=1e-5, atol=1e-5, **dims):
+def assert_same_outputs(
+    before: onnx.ModelProto, after: onnx.ModelProto, seed: int = 0, rtol=1e-5, atol=1e-5, **dims
+):
     feeds = random_feeds(before, seed, **dims)
     for a, b in zip(ort_run(before, feeds), ort_run(after, feeds), strict=True):
         assert a.shape == b.shape

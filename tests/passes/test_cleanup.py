@@ -512,7 +512,7 @@ def test_fold_constants_inlined_branch_keeps_node_names():
 
 
 def test_inlined_name_that_collides_is_not_restored():
-    from nnopt_graph.passes.cleanup import _node_names, _restore_node_names
+    from nnopt_graph.passes.cleanup.simplify import _node_names, _restore_node_names
 
     model = ir.from_onnx_text(
         f"""{HEADER}
@@ -538,7 +538,7 @@ def test_default_pipeline_output_has_no_new_value_info():
 
 
 def test_saved_file_has_no_value_info_for_initializers(tmp_path):
-    from nnopt_graph.io import save
+    from nnopt_graph.core.io import save
 
     model = ir.serde.deserialize_model(_unannotated_shape_model())
     assert model.graph.initializers["w"].type is not None
@@ -548,7 +548,7 @@ def test_saved_file_has_no_value_info_for_initializers(tmp_path):
 
 
 def test_saved_file_keeps_value_info_of_intermediates(tmp_path):
-    from nnopt_graph.io import save
+    from nnopt_graph.core.io import save
 
     proto = _unannotated_shape_model()
     proto.graph.value_info.append(

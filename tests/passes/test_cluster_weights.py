@@ -11,7 +11,7 @@ from passes_util import check_idempotent, ort_run, random_feeds, run_pass, to_pr
 
 from nnopt_graph import optimize
 from nnopt_graph.errors import BadInputError
-from nnopt_graph.passes import cluster_weights as cw
+from nnopt_graph.passes.sharing import cluster_weights as cw
 from nnopt_graph.pipeline.base import PassContext
 from nnopt_graph.pipeline.grammar import PassSpec, Pipeline
 

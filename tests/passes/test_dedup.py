@@ -17,8 +17,8 @@ from passes_util import (
     to_proto,
 )
 
-from nnopt_graph import io
-from nnopt_graph.passes import dedup
+from nnopt_graph.core import io
+from nnopt_graph.passes.sharing import dedup
 from nnopt_graph.pipeline.base import PassContext
 from nnopt_graph.pipeline.grammar import PassSpec
 

@@ -17,7 +17,7 @@ from passes_util import ort_run
 
 from models import zoo
 from nnopt_graph.check.guard import GuardOutcome
-from nnopt_graph.passes.prune_channels import PruneChannelsPass
+from nnopt_graph.passes.prune.channels import PruneChannelsPass
 from nnopt_graph.pipeline.base import PassContext
 from nnopt_graph.pipeline.grammar import Pipeline
 from nnopt_graph.pipeline.manager import PassManager
@@ -438,7 +438,7 @@ def test_bert_heads_and_ffn_are_pruned_and_run():
 
 
 def test_activation_importance_without_data_falls_back_to_l2(caplog):
-    caplog.set_level(logging.INFO, logger="nnopt_graph.passes.prune_channels")
+    caplog.set_level(logging.INFO, logger="nnopt_graph.passes.prune.channels")
     _, result = _prune(
         _cnn(8, [8, 8]), None, ratio=0.5, importance="activation", protect_first=False
     )
@@ -611,7 +611,7 @@ def test_property_refit_gives_a_valid_model(spec, ratio):
 def test_refit_rows_reproduce_the_layer(op, w_shape, attrs, x_shape):
     """The least-squares rows (im2col, or zero-insertion for ConvTranspose) times the
     layer's weights give back its output: the refit fits the right system."""
-    from nnopt_graph.passes.prune_reconstruct import Sink, _System
+    from nnopt_graph.passes.prune.reconstruct import Sink, _System
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal(w_shape).astype(np.float32)

@@ -7,7 +7,7 @@ import onnx
 import onnx_ir as ir
 from passes_util import model_from_text, ort_run
 
-from nnopt_graph.passes.prune_shapes import fold_copied_reshape_dims
+from nnopt_graph.passes.prune.shapes import fold_copied_reshape_dims
 
 _HEADS = """
 <ir_version: 8, opset_import: ["" : 17]>
@@ -66,7 +66,7 @@ def test_allowzero_reshape_is_left_alone():
 
 
 def test_prune_channels_folds_only_when_asked():
-    from nnopt_graph.passes.prune_channels import PruneChannelsPass
+    from nnopt_graph.passes.prune.channels import PruneChannelsPass
     from nnopt_graph.pipeline.base import PassContext
 
     for fold, expected in ((False, 0), (True, 1)):

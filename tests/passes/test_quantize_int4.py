@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.capi._pybind_state import quantize_matmul_4bits
 from passes_util import op_types, random_feeds, to_proto
 
-from nnopt_graph.passes.quantize_int4 import dequantize_nbits, pack_matmul_nbits, quantize_blockwise
+from nnopt_graph.passes.quantize.int4 import dequantize_nbits, pack_matmul_nbits, quantize_blockwise
 from nnopt_graph.pipeline.base import PassContext
 from nnopt_graph.pipeline.grammar import PassSpec
 from nnopt_graph.runtime.data import Dataset

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from passes_util import op_types, random_feeds, to_proto
 
 from nnopt_graph import optimize
-from nnopt_graph.passes.quantize_calib import HistogramStats, entropy_range, percentile_range
+from nnopt_graph.passes.quantize.calib import HistogramStats, entropy_range, percentile_range
 from nnopt_graph.pipeline.base import PassContext
 from nnopt_graph.pipeline.grammar import PassSpec, Pipeline
 from nnopt_graph.pipeline.registry import PRESETS
@@ -456,7 +456,7 @@ def test_large_bias_on_a_tiny_weight_channel_does_not_saturate():
 
 
 def test_streaming_stats_keep_per_channel_sums_bounded():
-    from nnopt_graph.passes.quantize_calib import TensorStats
+    from nnopt_graph.passes.quantize.calib import TensorStats
 
     stats = TensorStats(channel_axis=1)
     rng = np.random.default_rng(0)

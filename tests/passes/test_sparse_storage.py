@@ -11,15 +11,15 @@ import pytest
 from onnx import numpy_helper
 from passes_util import check_idempotent
 
-from nnopt_graph import io
-from nnopt_graph.passes.sparse_storage import StoreSparsePass
-from nnopt_graph.pipeline.base import PassContext
-from nnopt_graph.pipeline.grammar import PassSpec
-from nnopt_graph.sparse_format import (
+from nnopt_graph.core import io
+from nnopt_graph.core.sparse_format import (
     MARKER,
     densify_sparse_initializers,
     write_sparse_initializers,
 )
+from nnopt_graph.passes.sparsity.storage import StoreSparsePass
+from nnopt_graph.pipeline.base import PassContext
+from nnopt_graph.pipeline.grammar import PassSpec
 
 
 def save_sparse(model, path):

@@ -10,14 +10,14 @@ import pytest
 from onnx import numpy_helper
 from passes_util import ort_run, to_proto
 
-from nnopt_graph.passes.sparse_patterns import (
+from nnopt_graph.passes.sparsity.patterns import (
     follows_pattern,
     mask_weights,
     parse_pattern,
     relative_error,
     sparsegpt,
 )
-from nnopt_graph.passes.sparsify import SparsifyPass
+from nnopt_graph.passes.sparsity.sparsify import SparsifyPass
 from nnopt_graph.pipeline.base import PassContext
 from nnopt_graph.pipeline.grammar import PassSpec, Pipeline
 from nnopt_graph.runtime.data import Dataset

@@ -225,7 +225,7 @@ def test_channels_reaching_a_graph_output_are_frozen():
 
 
 def test_dense_model_is_unchanged_without_channel_analysis(monkeypatch):
-    from nnopt_graph.passes import zero_structure
+    from nnopt_graph.passes.cleanup import zero_structure
 
     def fail(*args, **kwargs):
         raise AssertionError("channel analysis run on a model without zero structure")

@@ -30,7 +30,9 @@ def test_catalog_lists_every_registered_pass_with_typed_options():
     from nnopt_graph.pipeline.registry import registered_passes
 
     catalog = load_catalog()
-    builtin = [n for n, c in registered_passes().items() if c.__module__.startswith("nnopt_graph.passes.")]
+    builtin = [
+        n for n, c in registered_passes().items() if c.__module__.startswith("nnopt_graph.passes.")
+    ]
     assert [p["name"] for p in catalog["passes"]] == builtin
     fold = next(p for p in catalog["passes"] if p["name"] == "fold-constants")
     assert {"name": "max-rounds", "type": "int", "default": 4} in [

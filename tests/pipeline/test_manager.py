@@ -72,7 +72,10 @@ def test_records_per_pass():
     by_name = {r.name: r for r in records}
     assert by_name["eliminate-no-ops"].stats["nodes-removed"] == 1
     assert by_name["eliminate-dead-code"].stats["nodes-removed"] == 1
-    assert all(r.modified == any(v for k, v in r.stats.items() if not k.startswith("skipped-")) for r in records)
+    assert all(
+        r.modified == any(v for k, v in r.stats.items() if not k.startswith("skipped-"))
+        for r in records
+    )
     assert all(r.seconds >= 0 for r in records)
 
 
@@ -80,7 +83,11 @@ def test_failure_names_pass_and_predecessors():
     with pytest.raises(PassFailedError) as info:
         PassManager(Pipeline.parse("eliminate-no-ops,infer-shapes,test-raise")).run(_model())
     message = str(info.value)
-    assert "test-raise" in message and "eliminate-no-ops, infer-shapes" in message and "boom" in message
+    assert (
+        "test-raise" in message
+        and "eliminate-no-ops, infer-shapes" in message
+        and "boom" in message
+    )
 
 
 def test_ensures_failure_is_reported():
@@ -118,7 +125,9 @@ def test_instruments_print_timing_stats_and_ir(tmp_path):
     assert "pass execution timing" in text and "statistics" in text
     assert "IR after eliminate-no-ops" in text and "IR after infer-shapes" not in text
     dumps = sorted(p.name for p in tmp_path.iterdir())
-    assert dumps[0] == "01-lift-constants.onnx" and len(dumps) == len(Pipeline.parse("default").passes)
+    assert dumps[0] == "01-lift-constants.onnx" and len(dumps) == len(
+        Pipeline.parse("default").passes
+    )
     onnx.checker.check_model(onnx.load(tmp_path / dumps[-1]), full_check=True)
 
 
@@ -131,5 +140,7 @@ def test_default_pipeline_is_idempotent_on_small_model():
     import onnxruntime as ort
 
     x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
-    (y,) = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    (y,) = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )
     np.testing.assert_array_equal(y, np.abs(np.maximum(x, 0)))

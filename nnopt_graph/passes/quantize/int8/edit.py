@@ -9,19 +9,19 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from nnopt_graph.passes.int8.plan import (
-    _FLOAT,
-    _attr_int,
-    _Format,
-    _QParams,
-    _Target,
-)
-from nnopt_graph.passes.quantize_common import (
+from nnopt_graph.passes.quantize.common import (
     NameScope,
     add_initializer,
     const_array,
     drop_if_unused,
     name_of,
+)
+from nnopt_graph.passes.quantize.int8.plan import (
+    _FLOAT,
+    _attr_int,
+    _Format,
+    _QParams,
+    _Target,
 )
 
 logger = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ from nnopt_graph.analysis.channels import (
     find_channel_groups,
 )
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
-from nnopt_graph.passes.cleanup import annotations_kept
-from nnopt_graph.passes.sparse_rewrite import ShapeBuilder, model_value_names, replace_output
+from nnopt_graph.core.rewrite import ShapeBuilder, model_value_names, replace_output
+from nnopt_graph.passes.cleanup.simplify import annotations_kept
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
 logger = logging.getLogger(__name__)

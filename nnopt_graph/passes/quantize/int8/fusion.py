@@ -8,11 +8,11 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from nnopt_graph.passes.int8.edit import (
-    _Editor,
-)
-from nnopt_graph.passes.quantize_common import (
+from nnopt_graph.passes.quantize.common import (
     name_of,
+)
+from nnopt_graph.passes.quantize.int8.edit import (
+    _Editor,
 )
 
 logger = logging.getLogger(__name__)

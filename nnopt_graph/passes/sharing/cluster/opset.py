@@ -10,7 +10,7 @@ import onnx
 import onnx.defs
 import onnx_ir as ir
 
-from nnopt_graph.passes.cluster.constants import (
+from nnopt_graph.passes.sharing.cluster.constants import (
     _IR_FOR_OPSET,
     _ONNX_DOMAINS,
     _SEMANTIC_CHANGES,

@@ -11,6 +11,7 @@ __all__ = [
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
@@ -23,8 +24,10 @@ from nnopt_graph.analysis.channels import (
     ChannelSpace,
     const_array,
 )
-from nnopt_graph.runtime.calibrate import run_with_taps
 from nnopt_graph.runtime.data import Dataset
+
+if TYPE_CHECKING:
+    from nnopt_graph.runtime.services import RuntimeServices
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +87,11 @@ def activation_taps(groups: Sequence[ChannelGroup], main_graph: ir.Graph) -> lis
 
 
 def collect_activation_means(
-    model: ir.Model, taps: Sequence[Tap], dataset: Dataset, batch_size: int = 1
+    runtime: RuntimeServices,
+    model: ir.Model,
+    taps: Sequence[Tap],
+    dataset: Dataset,
+    batch_size: int = 1,
 ) -> dict[Tap, np.ndarray]:
     """Mean |x| per channel of each tapped activation over the calibration data."""
     sums: dict[Tap, np.ndarray] = {}
@@ -103,7 +110,7 @@ def collect_activation_means(
             counts[(name, axis)] = counts.get((name, axis), 0) + moved.shape[1]
 
     if names:
-        run_with_taps(model, names, dataset, on_batch, batch_size=batch_size)
+        runtime.capture(model, names, dataset, on_batch, batch_size=batch_size, threads=None)
     return {tap: sums[tap] / max(counts[tap], 1) for tap in sums}
 
 

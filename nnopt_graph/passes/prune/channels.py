@@ -7,16 +7,13 @@ __all__ = ["PruneChannelsOptions", "PruneChannelsPass", "PrunePlan"]
 import dataclasses
 import logging
 import math
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
-from nnopt_graph import io
 from nnopt_graph.analysis.channels import (
     ROLE_IN,
     ROLE_OUT,
@@ -28,18 +25,20 @@ from nnopt_graph.analysis.channels import (
 )
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
 from nnopt_graph.check.metrics import sample_metrics
-from nnopt_graph.passes.prune_importance import (
+from nnopt_graph.passes.prune.importance import (
     IMPORTANCE_KINDS,
     activation_taps,
     collect_activation_means,
     group_importance,
 )
-from nnopt_graph.passes.prune_latency import WidthChoice, choose_width
-from nnopt_graph.passes.prune_reconstruct import find_sinks, reconstruct_sinks
-from nnopt_graph.passes.prune_shapes import fold_copied_reshape_dims
+from nnopt_graph.passes.prune.latency import WidthChoice, choose_width
+from nnopt_graph.passes.prune.reconstruct import find_sinks, reconstruct_sinks
+from nnopt_graph.passes.prune.shapes import fold_copied_reshape_dims
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 from nnopt_graph.runtime.data import Dataset, input_specs
-from nnopt_graph.runtime.session import available_eps, create_session
+
+if TYPE_CHECKING:
+    from nnopt_graph.runtime.services import RuntimeServices
 
 logger = logging.getLogger(__name__)
 
@@ -257,15 +256,11 @@ def _allocate(
     return ratios
 
 
-def _run_outputs(model: ir.Model, dataset: Dataset, tmp: Path, tag: str) -> list[list[np.ndarray]]:
-    path = tmp / f"{tag}.onnx"
-    io.save(model, path)
-    session = create_session(path, "cpu")
-    names = [o.name for o in session.get_outputs()]
-    inputs = {i.name for i in session.get_inputs()}
-    return [
-        session.run(names, {k: v for k, v in f.items() if k in inputs}) for f in dataset.batches(1)
-    ]
+def _run_outputs(
+    runtime: RuntimeServices, model: ir.Model, dataset: Dataset
+) -> list[list[np.ndarray]]:
+    """The model's outputs, per sample, in its output order."""
+    return [list(outputs.values()) for [outputs] in runtime.outputs([model], dataset)]
 
 
 def _masked(model: ir.Model, group: ChannelGroup, keep: np.ndarray) -> ir.Model:
@@ -368,6 +363,7 @@ class PruneChannelsPass(Pass):
         groups: Sequence[ChannelGroup],
         scores: dict[int, np.ndarray],
         dataset: Dataset,
+        runtime: RuntimeServices,
     ) -> dict[int, float]:
         """1 - min output cosine when only this group is pruned at ``ratio`` (no refit)."""
         result: dict[int, float] = {}
@@ -375,18 +371,15 @@ class PruneChannelsPass(Pass):
         todo = [
             g for g in groups if g.graph is model.graph and self._key(g) not in self._sensitivity
         ]
-        with tempfile.TemporaryDirectory(prefix="nnopt-sens-") as tmp:
-            reference = _run_outputs(model, subset, Path(tmp), "reference") if todo else []
-            for group in todo:
-                keep = _select(
-                    group, scores[group.id], _removal_count(group, self.options.ratio, self.options)
-                )
-                if len(keep) == group.num_units:
-                    continue
-                outputs = _run_outputs(_masked(model, group, keep), subset, Path(tmp), "probe")
-                self._sensitivity[self._key(group)] = max(
-                    0.0, 1.0 - _min_cosine(reference, outputs)
-                )
+        reference = _run_outputs(runtime, model, subset) if todo else []
+        for group in todo:
+            keep = _select(
+                group, scores[group.id], _removal_count(group, self.options.ratio, self.options)
+            )
+            if len(keep) == group.num_units:
+                continue
+            outputs = _run_outputs(runtime, _masked(model, group, keep), subset)
+            self._sensitivity[self._key(group)] = max(0.0, 1.0 - _min_cosine(reference, outputs))
         for group in groups:
             if self._key(group) in self._sensitivity:
                 result[group.id] = self._sensitivity[self._key(group)]
@@ -446,12 +439,14 @@ class PruneChannelsPass(Pass):
                 )
             else:
                 means = collect_activation_means(
-                    model, activation_taps(candidates, model.graph), dataset
+                    context.runtime, model, activation_taps(candidates, model.graph), dataset
                 )
         for group in candidates:
             plan.scores[group.id], plan.kinds[group.id] = group_importance(group, kind, means)
         if options.search and dataset is not None:
-            plan.sensitivity = self._sensitivities(model, candidates, plan.scores, dataset)
+            plan.sensitivity = self._sensitivities(
+                model, candidates, plan.scores, dataset, context.runtime
+            )
             plan.ratios = _allocate(
                 candidates, plan.sensitivity, options.ratio, options.max_layer_ratio
             )
@@ -459,7 +454,7 @@ class PruneChannelsPass(Pass):
             plan.ratios = _global_ratios(candidates, plan.scores, options.ratio, options)
         else:
             plan.ratios = {g.id: options.ratio for g in candidates}
-        ep = context.target if context.target in available_eps() else "cpu"
+        ep = context.runtime.ep_for(context.target)
         for group in candidates:
             remove = _removal_count(group, plan.ratios[group.id], options)
             if options.latency_aware and remove > 0 and group.unit_width == 1:
@@ -474,6 +469,7 @@ class PruneChannelsPass(Pass):
                     group.num_units - cap,
                     step,
                     plan.analysis.shapes,
+                    context.runtime,
                     ep,
                 )
                 if choice is not None:
@@ -572,7 +568,9 @@ class PruneChannelsPass(Pass):
         if teacher is not None and sink_nodes and dataset is not None:
             sinks, skipped = find_sinks(model, sink_nodes, kept_all)
             stats.update({k: stats[k] + v for k, v in skipped.items()})
-            refit = reconstruct_sinks(model, teacher, sinks, dataset, ridge=options.ridge)
+            refit = reconstruct_sinks(
+                context.runtime, model, teacher, sinks, dataset, ridge=options.ridge
+            )
             for key, value in refit.items():
                 stats[key] = stats.get(key, 0) + value
         return PassResult(stats, decisions)

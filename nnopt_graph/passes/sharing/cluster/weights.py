@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import onnx_ir as ir
 
-from nnopt_graph.passes.cluster.constants import (
+from nnopt_graph.passes.sharing.cluster.constants import (
     _BYTE_DTYPES,
     _INDEX_OPS,
     _ONNX_DOMAINS,

@@ -13,7 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
-from nnopt_graph.passes.quantize_common import (
+from nnopt_graph.passes.quantize.common import (
     NameScope,
     RankedBackOffPass,
     add_initializer,

@@ -8,20 +8,21 @@ import collections
 import dataclasses
 import logging
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx_ir as ir
 
+from nnopt_graph.core.rewrite import ShapeBuilder, model_value_names, replace_output
 from nnopt_graph.errors import BadInputError
-from nnopt_graph.passes.sparse_layers import (
+from nnopt_graph.passes.sparsity.layers import (
     ActivationStats,
     Layer,
     find_layers,
     read_weight,
     write_weight,
 )
-from nnopt_graph.passes.sparse_patterns import (
+from nnopt_graph.passes.sparsity.patterns import (
     IMPORTANCES,
     TENSORRT_RULE,
     Pattern,
@@ -33,8 +34,10 @@ from nnopt_graph.passes.sparse_patterns import (
     sparsegpt,
     tensorrt_verdict,
 )
-from nnopt_graph.passes.sparse_rewrite import ShapeBuilder, model_value_names, replace_output
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
+
+if TYPE_CHECKING:
+    from nnopt_graph.runtime.services import RuntimeServices
 
 logger = logging.getLogger(__name__)
 
@@ -148,11 +151,9 @@ def _tap_name(layer: Layer) -> str:
 
 
 def _calibrate(
-    model: ir.Model, layers: list[Layer], dataset: Any, hessian: bool
+    runtime: RuntimeServices, model: ir.Model, layers: list[Layer], dataset: Any, hessian: bool
 ) -> dict[int, ActivationStats]:
     """Run the model once on the calibration data, folding each layer's input into stats."""
-    from nnopt_graph.runtime.calibrate import run_with_taps
-
     stats = {id(layer): ActivationStats(layer, hessian) for layer in layers}
     by_tap: dict[str, list[ActivationStats]] = collections.defaultdict(list)
     for layer in layers:
@@ -163,7 +164,7 @@ def _calibrate(
             for stat in by_tap[name]:
                 stat.update(array)
 
-    run_with_taps(model, list(by_tap), dataset, on_batch)
+    runtime.capture(model, list(by_tap), dataset, on_batch, threads=None)
     return stats
 
 
@@ -400,7 +401,7 @@ class SparsifyPass(Pass):
         by_layer = {id(p.layer): p for p in calibrated}
         budget = o.max_hessian_mb << 20
         for sweep in _sweeps([p.layer for p in calibrated], hessian, budget, o.sequential):
-            layer_stats = _calibrate(model, sweep, dataset, hessian)
+            layer_stats = _calibrate(context.runtime, model, sweep, dataset, hessian)
             for layer in sweep:
                 plan = by_layer[id(layer)]
                 self._solve(plan, layer_stats[id(layer)])

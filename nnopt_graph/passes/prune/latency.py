@@ -6,17 +6,17 @@ __all__ = ["WidthChoice", "choose_width"]
 
 import dataclasses
 import logging
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from nnopt_graph.analysis.channels import ROLE_IN, ROLE_OUT, ChannelGroup
-from nnopt_graph.runtime.bench import benchmark
+
+if TYPE_CHECKING:
+    from nnopt_graph.runtime.services import RuntimeServices
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ def choose_width(
     low: int,
     step: int,
     shapes: Mapping[str, Sequence[Any]],
+    runtime: RuntimeServices,
     ep: str = "cpu",
     runs: int = 20,
     tolerance: float = 0.03,
@@ -147,10 +148,10 @@ def choose_width(
 
     Candidates are ``target`` and the multiples of ``step`` within one step of it (never
     below ``low`` nor above the group's width). Each is built as a small model of the
-    group's producer and consumers with the model's shapes and timed interleaved
-    (runtime.bench, 2 threads on CPU). A wider candidate is taken when its median latency
-    is within ``tolerance`` of the planned width's (channels at no cost); otherwise a
-    narrower one only when its latency falls by more than its channel count does (the
+    group's producer and consumers with the model's shapes and timed interleaved (through
+    the PassContext's runtime, 2 threads on CPU). A wider candidate is taken when its median
+    latency is within ``tolerance`` of the planned width's (channels at no cost); otherwise
+    a narrower one only when its latency falls by more than its channel count does (the
     planned width hits a slow kernel). None when the group's layers are not plain
     Conv/Gemm/MatMul with static shapes (the width is then left as planned).
     """
@@ -164,20 +165,17 @@ def choose_width(
     if len(widths) < 2:
         return None
     rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory(prefix="nnopt-width-") as tmp:
-        paths = []
-        for w in widths:
-            proto = _micro_model(group, w, shapes, rng)
-            if proto is None:
-                return None
-            path = Path(tmp, f"w{w}.onnx")
-            onnx.save(proto, path)
-            paths.append(path)
-        try:
-            results = benchmark(paths, [ep], runs=runs, warmup=3, threads=2)
-        except Exception:  # noqa: BLE001  (a width that cannot be timed is not chosen)
-            logger.debug("latency: timing '%s' failed", group.name, exc_info=True)
+    protos = []
+    for w in widths:
+        proto = _micro_model(group, w, shapes, rng)
+        if proto is None:
             return None
+        protos.append(proto)
+    try:
+        results = runtime.benchmark(protos, ep, runs=runs, warmup=3, threads=2)
+    except Exception:  # noqa: BLE001  (a width that cannot be timed is not chosen)
+        logger.debug("latency: timing '%s' failed", group.name, exc_info=True)
+        return None
     latency = {w: r.latency_ms["p50"] for w, r in zip(widths, results, strict=True) if r.available}
     if len(latency) != len(widths) or target not in latency:
         return None

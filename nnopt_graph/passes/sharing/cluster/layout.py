@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from nnopt_graph.passes.cluster.constants import (
+from nnopt_graph.passes.sharing.cluster.constants import (
     _ONNX_DOMAINS,
 )
 

@@ -1,8 +1,9 @@
 """Target-aware int8 QDQ quantization, checked to fuse on the target and to run faster."""
 
-# The pass alone (~600 lines) after its parts moved to passes/int8/: what is left is the
-# orchestration the methods share through the per-model cache (calibration sweeps,
-# calibrator choice, sensitivity ranking, speed search), which back-offs reuse.
+# The pass alone (~600 lines) after its parts moved to the other modules of this package:
+# what is left is the orchestration the methods share through the per-model cache
+# (calibration sweeps, calibrator choice, sensitivity ranking, speed search), which
+# back-offs reuse.
 
 from __future__ import annotations
 
@@ -17,7 +18,34 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from nnopt_graph.passes.int8.edit import (
+from nnopt_graph.passes.quantize.calib import (
+    collect_histograms,
+    collect_stats,
+    entropy_range,
+    mse_range,
+    percentile_range,
+)
+from nnopt_graph.passes.quantize.common import (
+    NameScope,
+    RankedBackOffPass,
+    annotate_types,
+    calibration_data,
+    commit,
+    drop_if_unused,
+    ensure_opset,
+    name_of,
+    node_order,
+    split_names,
+    subgraph_nodes,
+)
+from nnopt_graph.passes.quantize.cost import (
+    DROP_BELOW,
+    KEEP_BELOW,
+    CostModel,
+    largest_activation,
+    node_macs,
+)
+from nnopt_graph.passes.quantize.int8.edit import (
     _act_params,
     _bias_add_of,
     _bias_shift,
@@ -25,10 +53,10 @@ from nnopt_graph.passes.int8.edit import (
     _quantize_weight,
     _requantize,
 )
-from nnopt_graph.passes.int8.fusion import (
+from nnopt_graph.passes.quantize.int8.fusion import (
     _fusion_check,
 )
-from nnopt_graph.passes.int8.plan import (
+from nnopt_graph.passes.quantize.int8.plan import (
     _CONV_OPS,
     _INT32_LIMIT,
     TARGET_OPS,
@@ -43,38 +71,11 @@ from nnopt_graph.passes.int8.plan import (
     _QWeight,
     cpu_int8_features,
 )
-from nnopt_graph.passes.int8.sensitivity import (
+from nnopt_graph.passes.quantize.int8.sensitivity import (
     _context_sensitivity,
     _output_sqnr,
     _sensitivity,
     _smooth,
-)
-from nnopt_graph.passes.quantize_calib import (
-    collect_histograms,
-    collect_stats,
-    entropy_range,
-    mse_range,
-    percentile_range,
-)
-from nnopt_graph.passes.quantize_common import (
-    NameScope,
-    RankedBackOffPass,
-    annotate_types,
-    calibration_data,
-    commit,
-    drop_if_unused,
-    ensure_opset,
-    name_of,
-    node_order,
-    split_names,
-    subgraph_nodes,
-)
-from nnopt_graph.passes.quantize_cost import (
-    DROP_BELOW,
-    KEEP_BELOW,
-    CostModel,
-    largest_activation,
-    node_macs,
 )
 from nnopt_graph.pipeline.base import PassContext, PassResult, register_pass
 from nnopt_graph.runtime.data import Dataset

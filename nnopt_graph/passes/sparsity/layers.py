@@ -20,7 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
-from nnopt_graph.ir_constants import constant_node_tensor, set_constant
+from nnopt_graph.core.constants import constant_node_tensor, set_constant
 
 logger = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from nnopt_graph.passes.cluster.grids import (
+from nnopt_graph.passes.sharing.cluster.grids import (
     kmeans_1d,
     uniform_grid,
 )
-from nnopt_graph.passes.cluster.layout import (
+from nnopt_graph.passes.sharing.cluster.layout import (
     _Layout,
 )
 

@@ -7,18 +7,17 @@ __all__ = ["Sink", "find_sinks", "reconstruct_sinks"]
 import dataclasses
 import logging
 import math
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
-import onnx_ir.passes.common as ir_passes
 
-from nnopt_graph import io
 from nnopt_graph.analysis.channels import const_array, set_node_const_input
 from nnopt_graph.runtime.data import Dataset, input_specs
-from nnopt_graph.runtime.session import create_session
+
+if TYPE_CHECKING:
+    from nnopt_graph.runtime.services import RuntimeServices
 
 logger = logging.getLogger(__name__)
 
@@ -150,30 +149,6 @@ def _waves(model: ir.Model, sinks: Sequence[Sink]) -> list[list[Sink]]:
     for sink in sinks:
         waves.setdefault(level[id(sink.node)], []).append(sink)
     return [waves[k] for k in sorted(waves)]
-
-
-class _Taps:
-    """A session that computes only the named main-graph values of a model."""
-
-    def __init__(
-        self, model: ir.Model, names: Sequence[str], tmp: Path, tag: str, threads: int | None
-    ) -> None:
-        clone = model.clone()
-        by_name = {v.name: v for v in clone.graph.inputs}
-        by_name.update({v.name: v for n in clone.graph for v in n.outputs})
-        clone.graph.outputs.clear()
-        for name in names:
-            clone.graph.outputs.append(by_name[name])
-        ir_passes.RemoveUnusedNodesPass()(clone)
-        path = tmp / f"{tag}.onnx"
-        io.save(clone, path)
-        self.session = create_session(path, "cpu", threads=threads)
-        self.names = list(names)
-        self.inputs = {i.name for i in self.session.get_inputs()}
-
-    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = self.session.run(self.names, {k: v for k, v in feed.items() if k in self.inputs})
-        return dict(zip(self.names, outputs, strict=True))
 
 
 def _conv_geometry(
@@ -457,6 +432,7 @@ def _write_back(sink: Sink, system: _System, weight: np.ndarray, bias: np.ndarra
 
 
 def reconstruct_sinks(
+    runtime: RuntimeServices,
     model: ir.Model,
     teacher: ir.Model,
     sinks: Sequence[Sink],
@@ -503,20 +479,18 @@ def reconstruct_sinks(
     if not systems:
         return stats
     by_sink = {id(s.sink): s for s in systems}
-    with tempfile.TemporaryDirectory(prefix="nnopt-refit-") as tmp:
-        y_names = sorted({s.sink.out.name or "" for s in systems})
-        reference = _Taps(teacher, y_names, Path(tmp), "teacher", threads)
+    y_names = sorted({s.sink.out.name or "" for s in systems})
+    with runtime.tapped(teacher, y_names, threads=threads) as reference:
         for index, feed in enumerate(dataset.batches(batch_size)):
             if index and index >= max(s.batches for s in systems):
                 break
             ys = reference.run(feed)
             for system in systems:
                 system.sample(index, ys[system.sink.out.name or ""], total_batches, rng)
-        del reference
-        for number, wave in enumerate(_waves(model, [s.sink for s in systems])):
-            group = [by_sink[id(s)] for s in wave]
-            x_names = sorted({s.sink.x.name or "" for s in group})
-            student = _Taps(model, x_names, Path(tmp), f"student{number}", threads)
+    for wave in _waves(model, [s.sink for s in systems]):
+        group = [by_sink[id(s)] for s in wave]
+        x_names = sorted({s.sink.x.name or "" for s in group})
+        with runtime.tapped(model, x_names, threads=threads) as student:
             needed = max(len(s.picks) for s in group)
             for index, feed in enumerate(dataset.batches(batch_size)):
                 if index >= needed:
@@ -524,15 +498,15 @@ def reconstruct_sinks(
                 xs = student.run(feed)
                 for system in group:
                     system.add(index, xs[system.sink.x.name or ""])
-            for system in group:
-                weight, bias = system.solve(ridge)
-                _write_back(system.sink, system, weight, bias)
-                stats["layers-reconstructed"] += 1
-                logger.info(
-                    "refit: %s '%s' on %d rows, %d features",
-                    system.sink.kind,
-                    system.sink.node.name,
-                    system.rows,
-                    system.gram.shape[0],
-                )
+        for system in group:
+            weight, bias = system.solve(ridge)
+            _write_back(system.sink, system, weight, bias)
+            stats["layers-reconstructed"] += 1
+            logger.info(
+                "refit: %s '%s' on %d rows, %d features",
+                system.sink.kind,
+                system.sink.node.name,
+                system.rows,
+                system.gram.shape[0],
+            )
     return stats

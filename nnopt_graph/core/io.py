@@ -31,13 +31,13 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from nnopt_graph.empty_outputs import has_trailing_empty_outputs, restore_empty_outputs
-from nnopt_graph.errors import BadInputError
-from nnopt_graph.opaque_types import (
+from nnopt_graph.core.empty_outputs import has_trailing_empty_outputs, restore_empty_outputs
+from nnopt_graph.core.opaque_types import (
     ir_has_opaque_types,
     restore_opaque_types,
     strip_opaque_types,
 )
+from nnopt_graph.errors import BadInputError
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def load(path: str | os.PathLike[str]) -> ir.Model:
         raise BadInputError(f"{path}: not a valid ONNX model (no graph or no ir_version)")
     if has_sparse_initializers(proto):
         # onnx-ir drops sparse initializers on load: make them dense first.
-        from nnopt_graph.sparse_format import densify_sparse_initializers
+        from nnopt_graph.core.sparse_format import densify_sparse_initializers
 
         densify_sparse_initializers(proto)
     strip_opaque_types(proto)  # Map/Sequence(Map) types: onnx-ir cannot hold them
@@ -153,7 +153,7 @@ def has_sparse_initializers(proto: onnx.ModelProto) -> bool:
 
 
 def _marked_sparse(model: ir.Model) -> bool:
-    from nnopt_graph.sparse_format import MARKER
+    from nnopt_graph.core.sparse_format import MARKER
 
     return any(MARKER in t.metadata_props for t in _iter_initializer_tensors(model))
 
@@ -429,7 +429,7 @@ def _write_model(model: ir.Model, staged: Path, external_data: bool, write_spars
         restore_empty_outputs(model, staged)
     if write_sparse and _marked_sparse(model):
         # store-sparse marks tensors; the sparse form is written on the saved proto.
-        from nnopt_graph.sparse_format import write_sparse_initializers
+        from nnopt_graph.core.sparse_format import write_sparse_initializers
 
         write_sparse_initializers(staged)
 

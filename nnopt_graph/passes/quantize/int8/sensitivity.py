@@ -10,22 +10,22 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from nnopt_graph.passes.int8.plan import (
+from nnopt_graph.passes.quantize.calib import (
+    TensorStats,
+)
+from nnopt_graph.passes.quantize.common import (
+    NameScope,
+    add_initializer,
+    drop_if_unused,
+    name_of,
+)
+from nnopt_graph.passes.quantize.int8.plan import (
     _FLOAT,
     _Cache,
     _Plan,
     _QParams,
     _QWeight,
     _Target,
-)
-from nnopt_graph.passes.quantize_calib import (
-    TensorStats,
-)
-from nnopt_graph.passes.quantize_common import (
-    NameScope,
-    add_initializer,
-    drop_if_unused,
-    name_of,
 )
 from nnopt_graph.runtime.data import Dataset
 

@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from nnopt_graph import io
+from nnopt_graph.core import io
+from nnopt_graph.core.sparse_format import INDEX_TYPES as _INDEX_TYPES
+from nnopt_graph.core.sparse_format import MARKER, index_dtype
 from nnopt_graph.errors import BadInputError
-from nnopt_graph.passes.sparse_patterns import sparse_initializer_bytes
+from nnopt_graph.passes.sparsity.patterns import sparse_initializer_bytes
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
-from nnopt_graph.sparse_format import INDEX_TYPES as _INDEX_TYPES
-from nnopt_graph.sparse_format import MARKER, index_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 _OVERHEAD_BYTES = 64
 _RUNTIME_NOTE = (
     "stored as an ONNX sparse initializer by the post-save step "
-    "(nnopt_graph.sparse_format.write_sparse_initializers); ONNX Runtime makes "
+    "(nnopt_graph.core.sparse_format.write_sparse_initializers); ONNX Runtime makes "
     "sparse initializers dense when a session loads: this saves disk, not memory or time"
 )
 _STATS = (

@@ -20,7 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from nnopt_graph.errors import BadInputError
-from nnopt_graph.passes.cluster.constants import (
+from nnopt_graph.passes.sharing.cluster.constants import (
     _FLOAT_DTYPES,
     _INTEGER_DTYPES,
     _MIN_OPSET,
@@ -28,27 +28,27 @@ from nnopt_graph.passes.cluster.constants import (
     _OPSET_PER_AXIS,
     _STATS,
 )
-from nnopt_graph.passes.cluster.encode import (
+from nnopt_graph.passes.sharing.cluster.encode import (
     _Emitter,
     _encode_codebook,
     _encode_dequantize,
     _Encoded,
 )
-from nnopt_graph.passes.cluster.grids import (
+from nnopt_graph.passes.sharing.cluster.grids import (
     _sqnr_db,
     kmeans_1d,
     uniform_grid,
 )
-from nnopt_graph.passes.cluster.layout import (
+from nnopt_graph.passes.sharing.cluster.layout import (
     _Layout,
     _weight_axes,
 )
-from nnopt_graph.passes.cluster.opset import (
+from nnopt_graph.passes.sharing.cluster.opset import (
     _default_opset,
     _raise_opset,
     upgrade_blockers,
 )
-from nnopt_graph.passes.cluster.weights import (
+from nnopt_graph.passes.sharing.cluster.weights import (
     _already_clustered,
     _collect,
     _constant_tensor,

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from nnopt_graph.passes.cluster.constants import (
+from nnopt_graph.passes.sharing.cluster.constants import (
     _ASSIGN_CHUNK,
     _CLIP_RATIOS,
     _KMEANS_MAX_FIT,

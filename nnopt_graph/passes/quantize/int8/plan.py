@@ -13,12 +13,12 @@ import numpy as np
 import onnx_ir as ir
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
-from nnopt_graph.passes.quantize_calib import (
+from nnopt_graph.passes.quantize.calib import (
     CALIBRATORS,
     HistogramStats,
     TensorStats,
 )
-from nnopt_graph.passes.quantize_common import (
+from nnopt_graph.passes.quantize.common import (
     const_array,
     name_of,
 )

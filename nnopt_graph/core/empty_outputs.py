@@ -60,7 +60,7 @@ def restore_empty_outputs(model: ir.Model, staged: Path) -> None:
     Ops like Split-18 need as many outputs as ``num_outputs`` (``Split -> [Y, '']``).
     """
     proto = onnx.load(staged, load_external_data=False)
-    roots = [(model.graph, proto.graph)]
+    roots: list[tuple[ir.Graph | ir.Function, Any]] = [(model.graph, proto.graph)]
     roots += list(zip(model.functions.values(), proto.functions, strict=True))
     for ir_root, proto_root in roots:
         pairs = zip(_ir_graphs_in_order(ir_root), _proto_graphs_in_order(proto_root), strict=True)

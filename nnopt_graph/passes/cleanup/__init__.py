@@ -1,0 +1,1 @@
+"""Lossless cleanup: folding, dead code, no-ops, order, shapes, structurally zero channels."""

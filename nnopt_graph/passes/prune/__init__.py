@@ -1,0 +1,1 @@
+"""Structured pruning: channel groups scored, removed and refit from the original model."""

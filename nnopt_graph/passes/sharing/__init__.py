@@ -1,0 +1,1 @@
+"""Parameter sharing: weight dedup, common subexpressions, weight clustering."""

@@ -1,0 +1,1 @@
+"""Sparsity: N:M and unstructured sparsification, sparse storage."""
