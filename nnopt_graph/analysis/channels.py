@@ -36,7 +36,7 @@ import onnx_ir.passes.common as ir_passes
 import onnxscript.optimizer
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS, opset_version
-from nnopt_graph.core.constants import set_constant
+from nnopt_graph.core.constants import const_array, const_shape, is_constant, set_constant
 
 logger = logging.getLogger(__name__)
 
@@ -257,60 +257,6 @@ class RemovalResult:
 # ---------------------------------------------------------------- constants
 
 
-def const_array(value: ir.Value | None) -> np.ndarray | None:
-    """A value's constant contents (initializer or Constant node), or None.
-
-    Initializers that are also graph inputs can be overridden at run time and are not
-    constants.
-    """
-    if value is None:
-        return None
-    if value.const_value is not None and not value.is_graph_input():
-        return np.asarray(value.const_value.numpy())
-    producer = value.producer()
-    if (
-        producer is not None
-        and producer.op_type == "Constant"
-        and producer.domain in STANDARD_DOMAINS
-        and "value" in producer.attributes
-    ):
-        attr = producer.attributes["value"]
-        if attr.type == ir.AttributeType.TENSOR:
-            return np.asarray(attr.as_tensor().numpy())
-    return None
-
-
-def _is_const(value: ir.Value | None) -> bool:
-    if value is None:
-        return False
-    if value.const_value is not None and not value.is_graph_input():
-        return True
-    producer = value.producer()
-    return (
-        producer is not None
-        and producer.op_type == "Constant"
-        and producer.domain in STANDARD_DOMAINS
-        and "value" in producer.attributes
-        and producer.attributes["value"].type == ir.AttributeType.TENSOR
-    )
-
-
-def _const_shape(value: ir.Value) -> tuple[int, ...] | None:
-    if value.const_value is not None:
-        return tuple(int(d) for d in value.const_value.shape)
-    producer = value.producer()
-    if producer is not None and producer.op_type == "Constant" and "value" in producer.attributes:
-        attr = producer.attributes["value"]
-        if attr.type == ir.AttributeType.TENSOR:
-            return tuple(int(d) for d in attr.as_tensor().shape)
-    return None
-
-
-def _set_const(value: ir.Value, array: np.ndarray) -> None:
-    """Replace a constant's contents (the old tensor object is left untouched)."""
-    set_constant(value, array)
-
-
 def _unique_name(graph: ir.Graph, base: str) -> str:
     taken = set(graph.initializers)
     taken.update(v.name for n in graph for v in n.outputs if v.name)
@@ -337,12 +283,12 @@ def set_node_const_input(
     old = node.inputs[index] if index < len(node.inputs) else None
     if (
         old is not None
-        and _is_const(old)
+        and is_constant(old)
         and len(old.uses()) == 1
         and not old.is_graph_output()
         and (old.is_initializer() or old.producer() is not None)
     ):
-        _set_const(old, array)
+        set_constant(old, array)
         return
     base = (
         f"{old.name}_{suffix}"
@@ -400,16 +346,6 @@ class _Space:
     constant: bool
     roles: list[ChannelRole] = dataclasses.field(default_factory=list)
     frozen: list[str] = dataclasses.field(default_factory=list)
-
-
-def _attr_int(node: ir.Node, name: str, default: int) -> int:
-    attr = node.attributes.get(name)
-    return attr.as_int() if attr is not None else default
-
-
-def _attr_ints(node: ir.Node, name: str) -> list[int] | None:
-    attr = node.attributes.get(name)
-    return list(attr.as_ints()) if attr is not None else None
 
 
 def _product(dims: Iterable[int]) -> int:
@@ -533,8 +469,8 @@ class _Analyzer:
                 d if isinstance(d, int) else (d.value if d.value is not None else None)
                 for d in value.shape
             )
-        if _is_const(value):
-            return _const_shape(value)
+        if is_constant(value):
+            return const_shape(value)
         return None
 
     def rank(self, value: ir.Value | None) -> int | None:
@@ -560,7 +496,7 @@ class _Analyzer:
             size,
             self.uf.add(size),
             self.space_uf.add(1),
-            _is_const(value),
+            is_constant(value),
         )
         self.spaces[key] = space
         self.order.append(space)
@@ -637,17 +573,17 @@ class _Analyzer:
             op = node.op_type
             w = node.inputs[1] if len(node.inputs) > 1 else None
             a = node.inputs[0] if node.inputs else None
-            if op in ("Conv", "ConvTranspose") and _is_const(w):
+            if op in ("Conv", "ConvTranspose") and is_constant(w):
                 assert w is not None
                 self.space(w, 0 if op == "Conv" else 1)
-            elif op == "Gemm" and _is_const(w):
+            elif op == "Gemm" and is_constant(w):
                 assert w is not None
-                self.space(w, 0 if _attr_int(node, "transB", 0) else 1)
+                self.space(w, 0 if node.attributes.get_int("transB", 0) else 1)
             elif op == "MatMul":
-                if _is_const(w) and self.rank(w) == 2:
+                if is_constant(w) and self.rank(w) == 2:
                     assert w is not None
                     self.space(w, 1)
-                if _is_const(a) and self.rank(a) == 2:
+                if is_constant(a) and self.rank(a) == 2:
                     assert a is not None
                     self.space(a, 0)
 
@@ -779,7 +715,7 @@ class _Analyzer:
             if vd[a] != out_dim:
                 self.freeze(key, f"unknown shape: '{value.name}'")
                 continue
-            if self.link(key, y, out_axis, value, a) and _is_const(value):
+            if self.link(key, y, out_axis, value, a) and is_constant(value):
                 self.role(value, a, node, ROLE_PARAM)
 
     def _batch_norm(self, node: ir.Node, port: str, index: int, axis: int, key: _Key) -> None:
@@ -823,7 +759,7 @@ class _Analyzer:
         if port == "in" and index > 0 or rank is None:
             self.freeze(key, "normalized axis: LayerNormalization")
             return
-        start = _attr_int(node, "axis", -1) % rank
+        start = node.attributes.get_int("axis", -1) % rank
         if axis >= start:
             self.freeze(key, "normalized axis: LayerNormalization")
             return
@@ -835,10 +771,10 @@ class _Analyzer:
             self.freeze(key, f"unknown shape: {node.op_type}")
             return
         if self.opset >= 13:
-            norm = _attr_int(node, "axis", -1) % rank
+            norm = node.attributes.get_int("axis", -1) % rank
             hit = axis == norm
         else:
-            hit = axis >= _attr_int(node, "axis", 1) % rank
+            hit = axis >= node.attributes.get_int("axis", 1) % rank
         if hit:
             self.freeze(key, f"normalized axis: {node.op_type}")
             return
@@ -860,22 +796,24 @@ class _Analyzer:
             self.freeze(key, f"unsupported operand: {node.op_type}")
             return
         if node.op_type in ("ArgMax", "ArgMin"):
-            axes = [_attr_int(node, "axis", 0)]
+            axes = [node.attributes.get_int("axis", 0)]
         else:
             axes_c = const_array(self._in(node, 1)) if self._in(node, 1) is not None else None
             axes = (
-                [int(a) for a in axes_c.ravel()] if axes_c is not None else _attr_ints(node, "axes")
+                [int(a) for a in axes_c.ravel()]
+                if axes_c is not None
+                else node.attributes.get_ints("axes")
             )
             if axes is None or (axes_c is not None and axes_c.size == 0):
                 if self._in(node, 1) is not None and axes_c is None:
                     self.freeze(key, f"computed axes: {node.op_type}")
                     return
-                if _attr_int(node, "noop_with_empty_axes", 0):
+                if node.attributes.get_int("noop_with_empty_axes", 0):
                     self._unary(node, port, index, axis, key)
                     return
                 axes = list(range(rank))
         reduced = sorted({a % rank for a in axes})
-        keep = _attr_int(node, "keepdims", 1)
+        keep = node.attributes.get_int("keepdims", 1)
         if port == "in":
             if axis in reduced:
                 self.freeze(key, f"reduced axis: {node.op_type}")
@@ -896,7 +834,7 @@ class _Analyzer:
         if rank is None or x is None or y is None:
             self.freeze(key, "unknown shape: Transpose")
             return
-        perm = _attr_ints(node, "perm") or list(range(rank))[::-1]
+        perm = node.attributes.get_ints("perm") or list(range(rank))[::-1]
         if port == "in":
             self.link(key, x, axis, y, perm.index(axis))
         else:
@@ -908,7 +846,7 @@ class _Analyzer:
         if rank is None or y is None:
             self.freeze(key, "unknown shape: Concat")
             return
-        cat = _attr_int(node, "axis", 0) % rank
+        cat = node.attributes.get_int("axis", 0) % rank
         if axis != cat:
             self._identity_all(node, port, index, axis, key, range(len(node.inputs)))
             return
@@ -931,12 +869,12 @@ class _Analyzer:
         if port == "in" and index > 0 or rank is None or x is None:
             self.freeze(key, "unsupported operand: Split")
             return
-        cat = _attr_int(node, "axis", 0) % rank
+        cat = node.attributes.get_int("axis", 0) % rank
         if axis != cat:
             self._identity_all(node, port, index, axis, key)
             return
         split_input = self._in(node, 1)
-        if split_input is not None and not _is_const(split_input):
+        if split_input is not None and not is_constant(split_input):
             self.freeze(key, "computed split sizes: Split")
             return
         offset = 0
@@ -1016,7 +954,7 @@ class _Analyzer:
                 self.freeze(key, "computed shape: Reshape")
                 return
             shape_c = shape_c.astype(np.int64).ravel()
-            if _attr_int(node, "allowzero", 0) and (shape_c == 0).any():
+            if node.attributes.get_int("allowzero", 0) and (shape_c == 0).any():
                 self.freeze(key, "unsupported op: Reshape with allowzero")
                 return
         segments = _reshape_segments(xd, yd)
@@ -1117,7 +1055,7 @@ class _Analyzer:
             self.freeze(key, "unsupported operand: Pad")
             return
         if self.opset < 11:
-            pads = _attr_ints(node, "pads")
+            pads = node.attributes.get_ints("pads")
             axes = list(range(rank))
         else:
             pads_c = const_array(self._in(node, 1))
@@ -1145,7 +1083,7 @@ class _Analyzer:
         if port == "in" and index > 0 or rank is None or q is None or x is None or y is None:
             self.freeze(key, "unsupported operand: Gather")
             return
-        g = _attr_int(node, "axis", 0) % rank
+        g = node.attributes.get_int("axis", 0) % rank
         if port == "in":
             if axis == g:
                 self.freeze(key, "gathered axis: Gather")
@@ -1216,7 +1154,7 @@ class _Analyzer:
         """
         x, w, y = self._in(node, 0), self._in(node, 1), self._out(node, 0)
         op = node.op_type
-        if w is None or x is None or y is None or not _is_const(w):
+        if w is None or x is None or y is None or not is_constant(w):
             self.freeze(key, f"unsupported op: {op} with a computed weight")
             return True
         if (port, index) in (("in", 0), ("out", 0)) and axis == 0:
@@ -1241,7 +1179,7 @@ class _Analyzer:
         if wd is None or xd is None or not isinstance(xd[1], int):
             self.freeze(key, "unknown shape: Conv")
             return
-        group = _attr_int(node, "group", 1)
+        group = node.attributes.get_int("group", 1)
         cin, cout = int(xd[1]), int(wd[0])
         if group > 1 and (port, index) == ("in", 1) and axis == 1:
             self.freeze(key, "input axis of a grouped Conv weight")
@@ -1277,7 +1215,7 @@ class _Analyzer:
         if self._conv_axes_handled(node, port, index, axis, key):
             return
         assert x is not None and w is not None and y is not None  # checked just above
-        if _attr_int(node, "group", 1) != 1:
+        if node.attributes.get_int("group", 1) != 1:
             self.freeze(key, "unsupported op: grouped ConvTranspose")
             return
         if (port, index) == ("in", 0) or (port, index) == ("in", 1) and axis == 0:
@@ -1294,7 +1232,7 @@ class _Analyzer:
         if a is None or bw is None or y is None:
             self.freeze(key, "unsupported operand: Gemm")
             return
-        ta, tb = _attr_int(node, "transA", 0), _attr_int(node, "transB", 0)
+        ta, tb = node.attributes.get_int("transA", 0), node.attributes.get_int("transB", 0)
         a_m, a_k = (1, 0) if ta else (0, 1)
         b_k, b_n = (1, 0) if tb else (0, 1)
         yd = self.dims(y)
@@ -1312,9 +1250,9 @@ class _Analyzer:
             self.link(key, a, a_m, y, 0)
             self._gemm_bias(node, key, c, y, 0, yd)
         elif (port, index) == ("in", 0) or (port, index) == ("in", 1) and axis == b_k:
-            if self.link(key, a, a_k, bw, b_k) and _is_const(bw):
+            if self.link(key, a, a_k, bw, b_k) and is_constant(bw):
                 self.role(bw, b_k, node, ROLE_IN, (a, a_k))
-            if _is_const(a):
+            if is_constant(a):
                 self.role(a, a_k, node, ROLE_IN, (bw, b_k))
         else:
             self.link(key, bw, b_n, y, 1)
@@ -1351,9 +1289,9 @@ class _Analyzer:
             and axis == rb - 2
         ):
             if self.link(key, a, ra - 1, b, rb - 2):
-                if _is_const(b):
+                if is_constant(b):
                     self.role(b, rb - 2, node, ROLE_IN, (a, ra - 1))
-                if _is_const(a):
+                if is_constant(a):
                     self.role(a, ra - 1, node, ROLE_IN, (b, rb - 2))
             return
         if port == "in":
@@ -1653,7 +1591,7 @@ def apply_channel_removal(
             assert array is not None
             new = np.take(array, idx, axis=space.axis)
             params += int(array.size - new.size)
-            _set_const(space.value, new)
+            set_constant(space.value, new)
         elif space.value.shape is not None:
             dims = list(space.value.shape)
             if space.axis < len(dims):

@@ -12,7 +12,8 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from nnopt_graph.analysis.channels import ROLE_IN, ChannelGroup, const_array
+from nnopt_graph.analysis.channels import ROLE_IN, ChannelGroup
+from nnopt_graph.core.constants import const_array
 
 
 def _values_by_name(model: ir.Model) -> dict[str, ir.Value]:

@@ -18,7 +18,6 @@ import dataclasses
 import logging
 from collections.abc import Iterator
 
-import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 import onnxscript.optimizer
@@ -36,6 +35,7 @@ from nnopt_graph.analysis.walk import (
     count_nodes,
     custom_domain_nodes,
 )
+from nnopt_graph.core.constants import constant_bool
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
 logger = logging.getLogger(__name__)
@@ -211,14 +211,6 @@ def _bypass(node: ir.Node, source: ir.Value, result: ir.Value) -> bool:
     return True
 
 
-def _constant_bool(value: ir.Value | None) -> bool | None:
-    if value is None:
-        return False
-    if value.const_value is None:
-        return None
-    return bool(np.asarray(value.const_value.numpy()).item())
-
-
 def _no_op_source(node: ir.Node) -> ir.Value | None:
     """The input a node passes through unchanged, or None when it computes something."""
     if node.domain not in STANDARD_DOMAINS or not node.inputs or node.inputs[0] is None:
@@ -228,7 +220,7 @@ def _no_op_source(node: ir.Node) -> ir.Value | None:
     if op == "Identity":
         return x
     if op == "Dropout":
-        training = _constant_bool(node.inputs[2] if len(node.inputs) > 2 else None)
+        training = constant_bool(node.inputs[2] if len(node.inputs) > 2 else None)
         mask_used = len(node.outputs) > 1 and (
             node.outputs[1].uses() or node.outputs[1].is_graph_output()
         )

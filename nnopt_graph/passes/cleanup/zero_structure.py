@@ -20,10 +20,10 @@ from nnopt_graph.analysis.channels import (
     ChannelGroup,
     ChannelSpace,
     apply_channel_removal,
-    const_array,
     find_channel_groups,
 )
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
+from nnopt_graph.core.constants import const_array
 from nnopt_graph.core.rewrite import ShapeBuilder, model_value_names, replace_output
 from nnopt_graph.passes.cleanup.simplify import annotations_kept
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass

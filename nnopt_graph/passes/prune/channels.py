@@ -21,10 +21,10 @@ from nnopt_graph.analysis.channels import (
     ChannelGroup,
     analyze_channels,
     apply_channel_removal,
-    const_array,
 )
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
 from nnopt_graph.check.metrics import sample_metrics
+from nnopt_graph.core.constants import const_array
 from nnopt_graph.passes.prune.importance import (
     IMPORTANCE_KINDS,
     activation_taps,

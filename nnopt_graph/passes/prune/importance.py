@@ -22,8 +22,8 @@ from nnopt_graph.analysis.channels import (
     WEIGHT_ROLES,
     ChannelGroup,
     ChannelSpace,
-    const_array,
 )
+from nnopt_graph.core.constants import const_array
 from nnopt_graph.runtime.data import Dataset
 
 if TYPE_CHECKING:

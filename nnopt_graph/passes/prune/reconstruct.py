@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx_ir as ir
 
-from nnopt_graph.analysis.channels import const_array, set_node_const_input
+from nnopt_graph.analysis.channels import set_node_const_input
+from nnopt_graph.core.constants import const_array
 from nnopt_graph.runtime.data import Dataset, input_specs
 
 if TYPE_CHECKING:
@@ -49,11 +50,6 @@ class Sink:
     out: ir.Value
     out_keep: dict[int, np.ndarray]
     add: ir.Node | None = None
-
-
-def _attr(node: ir.Node, name: str, default: object) -> object:
-    attr = node.attributes.get(name)
-    return attr.value if attr is not None else default
 
 
 def _follower_add(node: ir.Node) -> tuple[ir.Node, int] | None:
@@ -94,16 +90,16 @@ def find_sinks(
             skipped["skipped-reconstruct-unsupported"] += 1
             continue
         op = node.op_type
-        if op == "Conv" and warr.ndim in (3, 4) and _attr(node, "group", 1) == 1:
+        if op == "Conv" and warr.ndim in (3, 4) and node.attributes.get_int("group", 1) == 1:
             kind = "conv"
         elif (
             op == "ConvTranspose"
             and warr.ndim in (3, 4)
-            and _attr(node, "group", 1) == 1
-            and _attr(node, "auto_pad", "NOTSET") in ("NOTSET", b"NOTSET", "VALID", b"VALID")
+            and node.attributes.get_int("group", 1) == 1
+            and node.attributes.get_string("auto_pad", "NOTSET") in ("NOTSET", "VALID")
         ):
             kind = "convt"
-        elif op == "Gemm" and not _attr(node, "transA", 0):
+        elif op == "Gemm" and not node.attributes.get_int("transA", 0):
             kind = "gemm"
         elif op == "MatMul" and warr.ndim == 2:
             kind = "matmul"
@@ -157,9 +153,9 @@ def _conv_geometry(
     """(kernel, strides, dilations, begin pads) of a 2-D view of a 1-D or 2-D Conv."""
     spatial = len(w_shape) - 2
     kernel = list(w_shape[2:])
-    strides = list(_attr(node, "strides", [1] * spatial))  # type: ignore[arg-type]
-    dilations = list(_attr(node, "dilations", [1] * spatial))  # type: ignore[arg-type]
-    auto_pad = _attr(node, "auto_pad", "NOTSET")
+    strides = list(node.attributes.get_ints("strides", [1] * spatial))
+    dilations = list(node.attributes.get_ints("dilations", [1] * spatial))
+    auto_pad = node.attributes.get_string("auto_pad", "NOTSET")
     if isinstance(auto_pad, bytes):
         auto_pad = auto_pad.decode()
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
@@ -176,7 +172,7 @@ def _conv_geometry(
     elif auto_pad == "VALID":
         begins = [0] * spatial
     else:
-        pads = list(_attr(node, "pads", [0] * (2 * spatial)))  # type: ignore[arg-type]
+        pads = list(node.attributes.get_ints("pads", [0] * (2 * spatial)))
         begins = pads[:spatial]
     if spatial == 1:
         return [1, *kernel], [1, *strides], [1, *dilations], [0, *begins]
@@ -192,9 +188,9 @@ def _convt_geometry(
     """
     spatial = len(w_shape) - 2
     kernel = list(w_shape[2:])
-    strides = list(_attr(node, "strides", [1] * spatial))  # type: ignore[arg-type]
-    dilations = list(_attr(node, "dilations", [1] * spatial))  # type: ignore[arg-type]
-    pads = list(_attr(node, "pads", [0] * (2 * spatial)))  # type: ignore[arg-type]
+    strides = list(node.attributes.get_ints("strides", [1] * spatial))
+    dilations = list(node.attributes.get_ints("dilations", [1] * spatial))
+    pads = list(node.attributes.get_ints("pads", [0] * (2 * spatial)))
     begins = [dilations[i] * (kernel[i] - 1) - pads[i] for i in range(spatial)]
     if spatial == 1:
         return [1, *kernel], [1, 1], [1, *dilations], [0, *begins], [1, *strides]
@@ -299,8 +295,8 @@ class _System:
         if self.sink.kind == "convt":
             return _convt_as_conv(w).reshape(w.shape[1], -1).T
         if self.sink.kind == "gemm":
-            trans_b = _attr(self.sink.node, "transB", 0)
-            alpha = float(_attr(self.sink.node, "alpha", 1.0))  # type: ignore[arg-type]
+            trans_b = self.sink.node.attributes.get_int("transB", 0)
+            alpha = self.sink.node.attributes.get_float("alpha", 1.0)
             return (w.T if trans_b else w) * alpha
         return w
 
@@ -387,7 +383,7 @@ def _current_bias(sink: Sink, outputs: int) -> np.ndarray | None:
         arr = const_array(c)
         if arr is None or arr.size != outputs:
             return None
-        return arr.reshape(-1) * float(_attr(node, "beta", 1.0))  # type: ignore[arg-type]
+        return arr.reshape(-1) * node.attributes.get_float("beta", 1.0)
     return np.zeros(outputs, np.float32) if sink.add is not None else None
 
 
@@ -406,13 +402,13 @@ def _write_back(sink: Sink, system: _System, weight: np.ndarray, bias: np.ndarra
         if bias is not None:
             set_node_const_input(node, 2, bias.astype(dtype), suffix="refit")
     elif sink.kind == "gemm":
-        alpha = float(_attr(node, "alpha", 1.0))  # type: ignore[arg-type]
+        alpha = node.attributes.get_float("alpha", 1.0)
         w = weight / alpha
-        if _attr(node, "transB", 0):
+        if node.attributes.get_int("transB", 0):
             w = w.T
         set_node_const_input(node, 1, w.astype(dtype), suffix="refit")
         if bias is not None:
-            beta = float(_attr(node, "beta", 1.0))  # type: ignore[arg-type]
+            beta = node.attributes.get_float("beta", 1.0)
             c = node.inputs[2] if len(node.inputs) > 2 else None
             old = const_array(c) if c is not None else None
             shape = old.shape if old is not None else bias.shape

@@ -10,7 +10,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
-from nnopt_graph.analysis.channels import const_array
+from nnopt_graph.core.constants import const_array
 
 logger = logging.getLogger(__name__)
 

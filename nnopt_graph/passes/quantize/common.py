@@ -10,7 +10,6 @@ __all__ = [
     "add_initializer",
     "calibration_data",
     "commit",
-    "const_array",
     "drop_if_unused",
     "ensure_opset",
     "name_of",
@@ -30,6 +29,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS, all_graphs
+from nnopt_graph.core.constants import const_array
 from nnopt_graph.pipeline.base import Pass, PassContext
 from nnopt_graph.runtime.data import Dataset, input_specs, random_dataset, resolve_shapes
 
@@ -39,30 +39,6 @@ logger = logging.getLogger(__name__)
 def name_of(item: ir.Value | ir.Node | None) -> str:
     """The name of a value or node ("" when it has none: graphs name all they hold)."""
     return (item.name if item is not None else None) or ""
-
-
-def const_array(value: ir.Value | None) -> np.ndarray | None:
-    """The value's constant contents, or None for anything computed or overridable.
-
-    Constants are initializers that are not graph inputs, and Constant nodes' tensors.
-    """
-    if value is None or value.is_graph_input():
-        return None
-    if value.is_initializer():
-        return None if value.const_value is None else value.const_value.numpy()
-    producer = value.producer()
-    if (
-        producer is None
-        or producer.op_type != "Constant"
-        or producer.domain not in STANDARD_DOMAINS
-    ):
-        return None
-    try:
-        # get_const_tensor reads every Constant attribute form (value_float, value_ints...).
-        tensor = ir.convenience.get_const_tensor(value)
-    except Exception:  # an attribute onnx-ir cannot read (sparse_value): not a weight
-        return None
-    return None if tensor is None else tensor.numpy()
 
 
 class NameScope:

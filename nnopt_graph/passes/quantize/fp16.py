@@ -13,6 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
+from nnopt_graph.core.constants import const_array
 from nnopt_graph.passes.quantize.common import (
     NameScope,
     RankedBackOffPass,
@@ -20,7 +21,6 @@ from nnopt_graph.passes.quantize.common import (
     annotate_types,
     calibration_data,
     commit,
-    const_array,
     drop_if_unused,
     name_of,
     split_names,

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from nnopt_graph.core.constants import constant_of_node
 from nnopt_graph.errors import BadInputError
 from nnopt_graph.passes.sharing.cluster.constants import (
     _FLOAT_DTYPES,
@@ -51,7 +52,6 @@ from nnopt_graph.passes.sharing.cluster.opset import (
 from nnopt_graph.passes.sharing.cluster.weights import (
     _already_clustered,
     _collect,
-    _constant_tensor,
     _dims,
     _Weight,
 )
@@ -312,7 +312,7 @@ class ClusterWeightsPass(Pass):
             1
             for function in model.functions.values()
             for node in ir.traversal.RecursiveGraphIterator(function)
-            if _constant_tensor(node) is not None
+            if constant_of_node(node) is not None
         )
         decisions: list[dict[str, Any]] = []
         if _default_opset(model) < _MIN_OPSET or (model.ir_version or 0) < 4:

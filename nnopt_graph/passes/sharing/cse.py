@@ -13,6 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS, all_graphs
+from nnopt_graph.core.constants import constant_bool
 from nnopt_graph.passes.sharing.dedup import tensor_digest, tensors_equal
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
@@ -59,26 +60,6 @@ def _is_onnx(node: ir.Node) -> bool:
     return node.domain in ("", "ai.onnx")
 
 
-def _constant_bool(value: ir.Value | None) -> bool | None:
-    """The value of a constant boolean input (None: not constant)."""
-    if value is None:
-        return False
-    tensor = value.const_value
-    producer = value.producer()
-    if (
-        tensor is None
-        and producer is not None
-        and producer.op_type == "Constant"
-        and _is_onnx(producer)
-    ):
-        attr = producer.attributes.get("value")
-        if isinstance(attr, ir.Attr) and attr.type == ir.AttributeType.TENSOR:
-            tensor = attr.as_tensor()
-    if tensor is None or tensor.size != 1:
-        return None
-    return bool(np.asarray(tensor.numpy()).reshape(-1)[0])
-
-
 def _nondeterministic(node: ir.Node) -> bool:
     if not _is_onnx(node):
         return False
@@ -86,7 +67,7 @@ def _nondeterministic(node: ir.Node) -> bool:
         return True
     if node.op_type == "Dropout":
         training = node.inputs[2] if len(node.inputs) > 2 else None
-        return _constant_bool(training) is not False
+        return constant_bool(training) is not False
     return False
 
 

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import onnx_ir as ir
 
+from nnopt_graph.core.constants import constant_of_node
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
 logger = logging.getLogger(__name__)
@@ -255,21 +256,6 @@ class _Weight:
         return _dims(self.tensor)
 
 
-def _constant_tensor(node: ir.Node) -> ir.TensorProtocol | None:
-    """The tensor of a Constant node given by its ``value`` attribute, else None."""
-    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
-        return None
-    attr = node.attributes.get("value")
-    if (
-        len(node.attributes) != 1
-        or not isinstance(attr, ir.Attr)
-        or attr.is_ref()
-        or attr.type != ir.AttributeType.TENSOR
-    ):
-        return None
-    return attr.as_tensor()
-
-
 def _collect(scopes: _Scopes) -> list[_Weight]:
     """Every weight of the main graph and its subgraphs, in a stable order."""
     weights = []
@@ -284,7 +270,7 @@ def _collect(scopes: _Scopes) -> list[_Weight]:
                 weight.pinned = "graph-output"
             weights.append(weight)
         for node in graph:
-            tensor = _constant_tensor(node)
+            tensor = constant_of_node(node)
             if tensor is None:
                 continue
             weight = _Weight(node.outputs[0], graph, node, tensor)
@@ -727,7 +713,7 @@ class DeduplicateWeightsPass(Pass):
             1
             for function in model.functions.values()
             for node in ir.traversal.RecursiveGraphIterator(function)
-            if _constant_tensor(node) is not None
+            if constant_of_node(node) is not None
         )
         if model.ir_version is not None and model.ir_version < 4:
             # Before IR 4 every initializer must also be a graph input: nothing may move.

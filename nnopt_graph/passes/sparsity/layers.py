@@ -117,11 +117,6 @@ def write_weight(value: ir.Value, array: np.ndarray) -> None:
         value.type = ir.TensorType(tensor.dtype)
 
 
-def _attr_int(node: ir.Node, name: str, default: int) -> int:
-    attr = node.attributes.get(name)
-    return attr.as_int() if attr is not None else default
-
-
 def _skip_reason(node: ir.Node, weight: ir.Value, tensor: ir.TensorProtocol) -> str | None:
     """Why a layer's weight cannot be changed in place, or None."""
     if tensor.dtype not in _FLOAT_TYPES:
@@ -148,7 +143,7 @@ def _layer_of(node: ir.Node, in_main: bool) -> tuple[Layer | None, str | None]:
     if op == "Conv":
         if len(shape) < 3:
             return None, "bad-weight-rank"
-        layer = Layer(node, weight, op, shape, groups=_attr_int(node, "group", 1))
+        layer = Layer(node, weight, op, shape, groups=node.attributes.get_int("group", 1))
     elif op == "MatMul":
         if len(shape) != 2:
             return None, "weight-not-2d"
@@ -161,8 +156,8 @@ def _layer_of(node: ir.Node, in_main: bool) -> tuple[Layer | None, str | None]:
             weight,
             op,
             shape,
-            trans_a=bool(_attr_int(node, "transA", 0)),
-            trans_b=bool(_attr_int(node, "transB", 0)),
+            trans_a=bool(node.attributes.get_int("transA", 0)),
+            trans_b=bool(node.attributes.get_int("transB", 0)),
         )
     layer.in_main_graph = in_main
     reason = _skip_reason(node, weight, tensor)

@@ -9,16 +9,15 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from nnopt_graph.core.constants import const_array
 from nnopt_graph.passes.quantize.common import (
     NameScope,
     add_initializer,
-    const_array,
     drop_if_unused,
     name_of,
 )
 from nnopt_graph.passes.quantize.int8.plan import (
     _FLOAT,
-    _attr_int,
     _Format,
     _QParams,
     _Target,
@@ -95,7 +94,7 @@ def _bias_shift(t: _Target, delta: np.ndarray, mean: np.ndarray) -> np.ndarray |
     """E[x] times the weight error: the output shift per channel that bias correction removes."""
     op = t.node.op_type
     if op == "Conv":
-        group = _attr_int(t.node, "group", 1)
+        group = t.node.attributes.get_int("group", 1)
         summed = delta.reshape(delta.shape[0], delta.shape[1], -1).sum(axis=2)  # [M, C/g]
         per_group = summed.shape[0] // group
         cin = summed.shape[1]

@@ -61,7 +61,6 @@ from nnopt_graph.passes.quantize.int8.plan import (
     _INT32_LIMIT,
     TARGET_OPS,
     QuantizeInt8Options,
-    _attr_int,
     _Cache,
     _Format,
     _format,
@@ -91,7 +90,7 @@ def _kind(node: ir.Node) -> str:
     """The speed search's unit: a family of nodes that is kept in int8 or not as a whole."""
     op = node.op_type
     if op == "Conv":
-        return "conv-grouped" if _attr_int(node, "group", 1) > 1 else "conv"
+        return "conv-grouped" if node.attributes.get_int("group", 1) > 1 else "conv"
     if op in TARGET_OPS:
         return op.lower()
     if op in {"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Split", "Slice"}:

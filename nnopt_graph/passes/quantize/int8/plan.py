@@ -13,13 +13,13 @@ import numpy as np
 import onnx_ir as ir
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
+from nnopt_graph.core.constants import const_array
 from nnopt_graph.passes.quantize.calib import (
     CALIBRATORS,
     HistogramStats,
     TensorStats,
 )
 from nnopt_graph.passes.quantize.common import (
-    const_array,
     name_of,
 )
 
@@ -200,16 +200,6 @@ def _is_float_activation(value: ir.Value | None) -> bool:
     )
 
 
-def _attr_int(node: ir.Node, name: str, default: int) -> int:
-    attr = node.attributes.get(name)
-    return default if attr is None else attr.as_int()
-
-
-def _attr_float(node: ir.Node, name: str, default: float) -> float:
-    attr = node.attributes.get(name)
-    return default if attr is None else attr.as_float()
-
-
 def _check_target(node: ir.Node, options: QuantizeInt8Options) -> _Target | str:
     """A quantizable weighted node, or the reason it is skipped."""
     inputs = list(node.inputs)
@@ -234,13 +224,13 @@ def _check_target(node: ir.Node, options: QuantizeInt8Options) -> _Target | str:
         if weight.ndim < 3:
             return "unsupported-weight-rank"
     elif op == "ConvTranspose":
-        if _attr_int(node, "group", 1) != 1 or weight.ndim < 3:
+        if node.attributes.get_int("group", 1) != 1 or weight.ndim < 3:
             return "unsupported-attributes"
         axis = 1
     elif op == "Gemm":
-        if _attr_int(node, "transA", 0) != 0 or weight.ndim != 2:
+        if node.attributes.get_int("transA", 0) != 0 or weight.ndim != 2:
             return "unsupported-attributes"
-        axis = 0 if _attr_int(node, "transB", 0) else 1
+        axis = 0 if node.attributes.get_int("transB", 0) else 1
     else:  # MatMul
         if weight.ndim != 2:
             return "unsupported-weight-rank"
@@ -250,7 +240,8 @@ def _check_target(node: ir.Node, options: QuantizeInt8Options) -> _Target | str:
         b = const_array(inputs[2])
         channels = weight.shape[axis]
         scaled = op == "Gemm" and (
-            _attr_float(node, "alpha", 1.0) != 1.0 or _attr_float(node, "beta", 1.0) != 1.0
+            node.attributes.get_float("alpha", 1.0) != 1.0
+            or node.attributes.get_float("beta", 1.0) != 1.0
         )
         if b is not None and b.dtype == np.float32 and b.shape == (channels,) and not scaled:
             bias_index, bias = 2, b

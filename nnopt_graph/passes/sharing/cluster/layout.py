@@ -85,13 +85,6 @@ class _Layout:
         return f"block (axis {self.axis}, size {self.block_size})"
 
 
-def _attr_int(node: ir.Node, name: str, default: int) -> int:
-    attr = node.attributes.get(name)
-    if isinstance(attr, ir.Attr) and attr.type == ir.AttributeType.INT:
-        return int(attr.as_int())
-    return default
-
-
 def _axes_for_use(node: ir.Node, index: int, rank: int) -> tuple[int, int] | None:
     """(output-channel axis, reduction axis) of a weight read by ``node`` at input ``index``."""
     if node.domain not in _ONNX_DOMAINS or rank < 2:
@@ -103,9 +96,9 @@ def _axes_for_use(node: ir.Node, index: int, rank: int) -> tuple[int, int] | Non
         return 1, 0
     if op == "Gemm" and rank == 2:
         if index == 1:
-            return (0, 1) if _attr_int(node, "transB", 0) else (1, 0)
+            return (0, 1) if node.attributes.get_int("transB", 0) else (1, 0)
         if index == 0:
-            return (1, 0) if _attr_int(node, "transA", 0) else (0, 1)
+            return (1, 0) if node.attributes.get_int("transA", 0) else (0, 1)
     if op == "MatMul":
         if index == 1:
             return rank - 1, rank - 2
@@ -114,7 +107,7 @@ def _axes_for_use(node: ir.Node, index: int, rank: int) -> tuple[int, int] | Non
     if op in ("LSTM", "GRU", "RNN") and index in (1, 2) and rank == 3:
         return 1, 2
     if op == "Gather" and index == 0 and rank == 2:
-        axis = _attr_int(node, "axis", 0) % rank
+        axis = node.attributes.get_int("axis", 0) % rank
         return axis, 1 - axis
     return None
 

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 
 import onnx_ir as ir
 
+from nnopt_graph.core.constants import constant_of_node
 from nnopt_graph.passes.sharing.cluster.constants import (
     _BYTE_DTYPES,
     _INDEX_OPS,
-    _ONNX_DOMAINS,
 )
 
 logger = logging.getLogger(__name__)
@@ -34,15 +34,6 @@ class _Weight:
 
 def _dims(tensor: ir.TensorProtocol) -> tuple[int, ...]:
     return tuple(int(d) for d in tensor.shape.numpy())
-
-
-def _constant_tensor(node: ir.Node) -> ir.TensorProtocol | None:
-    if node.op_type != "Constant" or node.domain not in _ONNX_DOMAINS or len(node.attributes) != 1:
-        return None
-    attr = node.attributes.get("value")
-    if not isinstance(attr, ir.Attr) or attr.is_ref() or attr.type != ir.AttributeType.TENSOR:
-        return None
-    return attr.as_tensor()
 
 
 def _graphs(graph: ir.Graph, where: str) -> Iterator[tuple[ir.Graph, str]]:
@@ -75,7 +66,7 @@ def _collect(model: ir.Model) -> tuple[list[_Weight], set[int], set[str]]:
                 weights.append(_Weight(value, graph, where, None, value.const_value))
         for node in graph:
             names.update(v.name for v in node.outputs if v.name)
-            tensor = _constant_tensor(node)
+            tensor = constant_of_node(node)
             if tensor is not None:
                 weights.append(_Weight(node.outputs[0], graph, where, node, tensor))
     return weights, outputs, names
