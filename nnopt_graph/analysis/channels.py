@@ -37,6 +37,7 @@ import onnxscript.optimizer
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS, opset_version
 from nnopt_graph.core.constants import const_array, const_shape, is_constant, set_constant
+from nnopt_graph.core.unionfind import UnionFind
 
 logger = logging.getLogger(__name__)
 
@@ -308,34 +309,6 @@ def set_node_const_input(
             graph.initializers.pop(old.name or "")
 
 
-# ---------------------------------------------------------------- union-find
-
-
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: list[int] = []
-
-    def add(self, count: int) -> int:
-        base = len(self.parent)
-        self.parent.extend(range(base, base + count))
-        return base
-
-    def find(self, x: int) -> int:
-        parent = self.parent
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            if ra < rb:
-                self.parent[rb] = ra
-            else:
-                self.parent[ra] = rb
-
-
 @dataclasses.dataclass(eq=False)
 class _Space:
     value: ir.Value
@@ -414,8 +387,9 @@ class _Analyzer:
         self.graph = graph
         self.shapes = shapes
         self.opset = opset
-        self.uf = _UnionFind()
-        self.space_uf = _UnionFind()
+        self.uf: UnionFind[int] = UnionFind()
+        self.space_uf: UnionFind[int] = UnionFind()
+        self._units = 0
         self.spaces: dict[_Key, _Space] = {}
         self.order: list[_Space] = []
         self.queue: collections.deque[_Key] = collections.deque()
@@ -490,12 +464,13 @@ class _Analyzer:
         size = dims[axis]
         if not isinstance(size, int) or size < 1:
             return None
+        base, self._units = self._units, self._units + size
         space = _Space(
             value,
             axis,
             size,
-            self.uf.add(size),
-            self.space_uf.add(1),
+            base,
+            len(self.order),
             is_constant(value),
         )
         self.spaces[key] = space

@@ -6,7 +6,6 @@ import collections
 import dataclasses
 import logging
 import platform
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -14,6 +13,7 @@ import onnx_ir as ir
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
 from nnopt_graph.core.constants import const_array
+from nnopt_graph.core.unionfind import UnionFind
 from nnopt_graph.passes.quantize.calib import (
     CALIBRATORS,
     HistogramStats,
@@ -152,29 +152,12 @@ class _QWeight:
     bias_scale: np.ndarray | None
 
 
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[str, str] = {}
-
-    def find(self, key: str) -> str:
-        self.parent.setdefault(key, key)
-        while self.parent[key] != key:
-            self.parent[key] = self.parent[self.parent[key]]
-            key = self.parent[key]
-        return key
-
-    def union(self, keys: Iterable[str]) -> None:
-        keys = list(keys)
-        for other in keys[1:]:
-            self.parent[self.find(other)] = self.find(keys[0])
-
-
 @dataclasses.dataclass
 class _Plan:
     targets: list[_Target]
     joined: list[ir.Node]
     tensors: dict[str, ir.Value]
-    groups: _UnionFind
+    groups: UnionFind[str]
     folded: dict[str, ir.Node]  # region node name -> Relu/Clip folded into its output
     skipped: collections.Counter[str]
 
@@ -291,7 +274,7 @@ def _plan(graph: ir.Graph, target: str, options: QuantizeInt8Options, exclude: s
         else:
             targets.append(checked)
     tensors: dict[str, ir.Value] = {}
-    groups = _UnionFind()
+    groups: UnionFind[str] = UnionFind()
     folded: dict[str, ir.Node] = {}
 
     def add(value: ir.Value | None) -> bool:
@@ -387,7 +370,7 @@ def _plan(graph: ir.Graph, target: str, options: QuantizeInt8Options, exclude: s
             )
         joined = [n for n in joined if id(n) in keep]
         tensors = {}
-        groups = _UnionFind()
+        groups: UnionFind[str] = UnionFind()
         for t in targets:
             for v in [t.node.inputs[0]] + ([t.node.inputs[1]] if t.weight is None else []):
                 add(v)
@@ -398,7 +381,7 @@ def _plan(graph: ir.Graph, target: str, options: QuantizeInt8Options, exclude: s
             for v in members:
                 add(v)
             if union:
-                groups.union(union)
+                groups.union_all(union)
             if relu is not None:
                 folded[name_of(node)] = relu
     elif target == "tensorrt":
@@ -423,7 +406,7 @@ def _plan(graph: ir.Graph, target: str, options: QuantizeInt8Options, exclude: s
                 # Concat runs as a copy in int8 only when its inputs share the output's scale.
                 members = [v for v in node.inputs if v is not None and name_of(v) in tensors]
                 if members:
-                    groups.union([node.outputs[0].name, *(name_of(v) for v in members)])
+                    groups.union_all([node.outputs[0].name, *(name_of(v) for v in members)])
     return _Plan(targets, joined, tensors, groups, folded, skipped)
 
 
