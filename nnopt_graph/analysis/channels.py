@@ -37,6 +37,7 @@ import onnxscript.optimizer
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS, opset_version
 from nnopt_graph.core.constants import const_array, const_shape, is_constant, set_constant
+from nnopt_graph.core.names import NameScope
 from nnopt_graph.core.unionfind import UnionFind
 
 logger = logging.getLogger(__name__)
@@ -258,18 +259,6 @@ class RemovalResult:
 # ---------------------------------------------------------------- constants
 
 
-def _unique_name(graph: ir.Graph, base: str) -> str:
-    taken = set(graph.initializers)
-    taken.update(v.name for n in graph for v in n.outputs if v.name)
-    taken.update(v.name for v in graph.inputs if v.name)
-    name = base
-    i = 1
-    while name in taken:
-        name = f"{base}_{i}"
-        i += 1
-    return name
-
-
 def set_node_const_input(
     node: ir.Node, index: int, array: np.ndarray, suffix: str = "pruned"
 ) -> None:
@@ -296,7 +285,7 @@ def set_node_const_input(
         if old is not None and old.name
         else f"{node.name or node.op_type}_{index}"
     )
-    name = _unique_name(graph, base)
+    name = NameScope.for_graph(graph)(base)
     value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
     value.shape = ir.Shape(array.shape)
     value.dtype = ir.DataType.from_numpy(array.dtype)

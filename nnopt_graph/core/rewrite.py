@@ -2,43 +2,29 @@
 
 from __future__ import annotations
 
-__all__ = ["ShapeBuilder", "model_value_names", "replace_output"]
+__all__ = ["ShapeBuilder", "replace_output"]
 
 import logging
 
 import numpy as np
 import onnx_ir as ir
 
+from nnopt_graph.core.names import NameScope
+
 logger = logging.getLogger(__name__)
-
-
-def model_value_names(model: ir.Model) -> set[str]:
-    """Every value name in the model's main graph and subgraphs (names are model-wide)."""
-    names: set[str] = set()
-    for graph in model.graphs():
-        names.update(graph.initializers)
-        names.update(v.name for v in graph.inputs if v.name)
-        names.update(v.name for node in graph for v in node.outputs if v.name)
-    return names
 
 
 class ShapeBuilder:
     """Builds nodes and constants in one graph with names no other value there has."""
 
-    def __init__(self, graph: ir.Graph, opset: int, taken: set[str]) -> None:
+    def __init__(self, graph: ir.Graph, opset: int, names: NameScope) -> None:
         self.graph = graph
         self.opset = opset
-        self.taken = taken
+        self.names = names
 
     def name(self, base: str) -> str:
         """A fresh name starting with ``base``."""
-        name = base
-        i = 1
-        while name in self.taken or name in self.graph.initializers:
-            name = f"{base}_{i}"
-            i += 1
-        self.taken.add(name)
-        return name
+        return self.names(base)
 
     def const(self, base: str, array: np.ndarray) -> ir.Value:
         """A new initializer holding ``array``."""

@@ -24,7 +24,8 @@ from nnopt_graph.analysis.channels import (
 )
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
 from nnopt_graph.core.constants import const_array
-from nnopt_graph.core.rewrite import ShapeBuilder, model_value_names, replace_output
+from nnopt_graph.core.names import NameScope
+from nnopt_graph.core.rewrite import ShapeBuilder, replace_output
 from nnopt_graph.passes.cleanup.simplify import annotations_kept
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
@@ -335,7 +336,7 @@ def _zero_weight(node: ir.Node, limit: int) -> bool:
     return array is not None and array.size > 0 and not np.any(array != 0)
 
 
-def _replace_zero_op(node: ir.Node, opset: int, taken: set[str]) -> str | None:
+def _replace_zero_op(node: ir.Node, opset: int, taken: NameScope) -> str | None:
     """Replace a Conv/Gemm/MatMul with an all-zero weight by Expand(its bias); None or why not."""
     graph = node.graph
     if not isinstance(graph, ir.Graph):
@@ -424,7 +425,7 @@ class EliminateZeroStructurePass(Pass):
             or (n.inputs[0] is not None and n.inputs[0].shape is None)
             for n in candidates
         )
-        taken = model_value_names(model)
+        taken = NameScope.for_model(model)
         decisions = []
         with annotations_kept(model) if unknown else contextlib.nullcontext():
             if unknown:

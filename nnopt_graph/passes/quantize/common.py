@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 __all__ = [
-    "NameScope",
     "RankedBackOffPass",
     "ranked_back_off",
     "annotate_types",
@@ -30,6 +29,7 @@ import onnx_ir.passes.common as ir_passes
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS, all_graphs
 from nnopt_graph.core.constants import const_array
+from nnopt_graph.core.names import NameScope
 from nnopt_graph.pipeline.base import Pass, PassContext
 from nnopt_graph.runtime.data import Dataset, input_specs, random_dataset, resolve_shapes
 
@@ -39,29 +39,6 @@ logger = logging.getLogger(__name__)
 def name_of(item: ir.Value | ir.Node | None) -> str:
     """The name of a value or node ("" when it has none: graphs name all they hold)."""
     return (item.name if item is not None else None) or ""
-
-
-class NameScope:
-    """Unique node and value names for one graph."""
-
-    def __init__(self, graph: ir.Graph) -> None:
-        self.used: set[str] = set()
-        for g in [graph, *graph.subgraphs()]:
-            self.used.update(v.name for v in g.inputs if v.name)
-            self.used.update(g.initializers)
-            for node in g:
-                if node.name:
-                    self.used.add(node.name)
-                self.used.update(v.name for v in node.outputs if v.name)
-
-    def __call__(self, base: str) -> str:
-        """``base``, or ``base_1``, ``base_2``... whichever is still free."""
-        name, i = base, 0
-        while name in self.used:
-            i += 1
-            name = f"{base}_{i}"
-        self.used.add(name)
-        return name
 
 
 def add_initializer(graph: ir.Graph, names: NameScope, base: str, array: np.ndarray) -> ir.Value:

@@ -14,8 +14,8 @@ import onnx_ir as ir
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
 from nnopt_graph.core.constants import const_array
+from nnopt_graph.core.names import NameScope
 from nnopt_graph.passes.quantize.common import (
-    NameScope,
     RankedBackOffPass,
     add_initializer,
     annotate_types,
@@ -288,7 +288,7 @@ class QuantizeFp16Pass(RankedBackOffPass):
             cache.ranking = sorted((n for n in peak if peak[n] > 0), key=lambda n: -peak[n])
         modes, skipped = self._decide(graph, cache.absmax, cache.shapes)
         skipped["skipped-functions"] = len(work.functions)
-        names = NameScope(graph)
+        names = NameScope.for_graph(graph)
         stats: collections.Counter[str] = collections.Counter()
         created: list[ir.Node] = []
         # 1. Retype what float16 nodes produce; convert their float tensor attributes.

@@ -22,8 +22,8 @@ import onnx_ir as ir
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
 from nnopt_graph.core.constants import const_array
+from nnopt_graph.core.names import NameScope
 from nnopt_graph.passes.quantize.common import (
-    NameScope,
     RankedBackOffPass,
     add_initializer,
     annotate_types,
@@ -289,7 +289,7 @@ class QuantizeInt4Pass(RankedBackOffPass):
             cache.errors[name_of(t.node)] = err
         if cache.ranking is None:
             cache.ranking = sorted(cache.errors, key=lambda n: -cache.errors[n])
-        names = NameScope(graph)
+        names = NameScope.for_graph(graph)
         stats: collections.Counter[str] = collections.Counter()
         smooth_inputs: dict[tuple[str, bytes], ir.Value] = {}
         for t in targets:

@@ -20,6 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from nnopt_graph.core.constants import constant_of_node
+from nnopt_graph.core.names import NameScope
 from nnopt_graph.errors import BadInputError
 from nnopt_graph.passes.sharing.cluster.constants import (
     _FLOAT_DTYPES,
@@ -276,7 +277,7 @@ class ClusterWeightsPass(Pass):
         storage = ir.DataType.INT4 if plan.int4 else ir.DataType.INT8
         return _encode_dequantize(array, dtype, o.bits, plan.layout, storage, plan.emulate)
 
-    def _apply(self, plan: _Plan, encoded: _Encoded, names: set[str]) -> None:
+    def _apply(self, plan: _Plan, encoded: _Encoded, names: NameScope) -> None:
         """Replace the weight by decode nodes at the graph start (or where its Constant was)."""
         weight = plan.weight
         graph = weight.graph
@@ -297,7 +298,7 @@ class ClusterWeightsPass(Pass):
             graph.initializers.pop(name)
         else:
             graph.remove(weight.node, safe=True)
-        names.discard(output.name or "")
+        names.release(output.name or "")
         output.name = name
 
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
@@ -321,7 +322,8 @@ class ClusterWeightsPass(Pass):
             )
             stats["skipped-old-model"] = 1
             return PassResult(dict(stats))
-        weights, outputs, names = _collect(model)
+        weights, outputs, used = _collect(model)
+        names = NameScope(used)
         plans = self._plan(weights, outputs, stats)
         encoded_plans: list[tuple[_Plan, _Encoded, np.ndarray]] = []
         for plan in plans:

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx_ir as ir
 
-from nnopt_graph.core.rewrite import ShapeBuilder, model_value_names, replace_output
+from nnopt_graph.core.names import NameScope
+from nnopt_graph.core.rewrite import ShapeBuilder, replace_output
 from nnopt_graph.errors import BadInputError
 from nnopt_graph.passes.sparsity.layers import (
     ActivationStats,
@@ -191,7 +192,7 @@ def _opset(model: ir.Model) -> int:
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
 
 
-def _matmul_to_gemm(layer: Layer, model: ir.Model, taken: set[str]) -> str | None:
+def _matmul_to_gemm(layer: Layer, model: ir.Model, taken: NameScope) -> str | None:
     """Rewrite a MatMul by a constant [K, N] weight as Gemm(transB=1); None or why not.
 
     An input of rank > 2 is flattened to [-1, K] and the result reshaped back to the
@@ -412,7 +413,7 @@ class SparsifyPass(Pass):
         ranked = sorted(plans, key=lambda p: p.error, reverse=True)
         dense = {id(p) for p in ranked[: o.keep_dense]}
         to_gemm = o.to_gemm == "true" or (o.to_gemm == "auto" and context.target == "tensorrt")
-        taken = model_value_names(model) if to_gemm else set()
+        taken = NameScope.for_model(model) if to_gemm else NameScope()
         decisions: list[dict[str, Any]] = []
         for p in plans:
             layer = p.layer

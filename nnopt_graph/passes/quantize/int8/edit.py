@@ -10,8 +10,8 @@ import numpy as np
 import onnx_ir as ir
 
 from nnopt_graph.core.constants import const_array
+from nnopt_graph.core.names import NameScope
 from nnopt_graph.passes.quantize.common import (
-    NameScope,
     add_initializer,
     drop_if_unused,
     name_of,
@@ -135,7 +135,7 @@ class _Editor:
 
     def __init__(self, graph: ir.Graph) -> None:
         self.graph = graph
-        self.names = NameScope(graph)
+        self.names = NameScope.for_graph(graph)
         self.acts: list[_ActRecord] = []
         self.weights: list[_WeightRecord] = []
         self.removed_edges = 0

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from nnopt_graph.core.names import NameScope
 from nnopt_graph.passes.quantize.calib import (
     collect_histograms,
     collect_stats,
@@ -26,7 +27,6 @@ from nnopt_graph.passes.quantize.calib import (
     percentile_range,
 )
 from nnopt_graph.passes.quantize.common import (
-    NameScope,
     RankedBackOffPass,
     annotate_types,
     calibration_data,
@@ -536,7 +536,7 @@ class QuantizeInt8Pass(RankedBackOffPass):
                 self._cache.stats,
                 options.smooth_quant,
                 self._cache,
-                NameScope(base.graph),
+                NameScope.for_graph(base.graph),
             )
             plan = _plan(base.graph, target, options, exclude)
         calibrator = options.calibrator

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from nnopt_graph.core.names import NameScope
 from nnopt_graph.passes.quantize.calib import (
     TensorStats,
 )
 from nnopt_graph.passes.quantize.common import (
-    NameScope,
     add_initializer,
     drop_if_unused,
     name_of,
@@ -149,7 +149,7 @@ def _sensitivity(
     """
     sens = work.clone()
     graph = sens.graph
-    names = NameScope(graph)
+    names = NameScope.for_graph(graph)
     by_name = {name_of(n): n for n in graph}
     values = {name_of(v): v for v in graph.inputs}
     for node in graph:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from nnopt_graph.core.names import NameScope
 from nnopt_graph.passes.sharing.cluster.grids import (
     kmeans_1d,
     uniform_grid,
@@ -24,20 +25,14 @@ logger = logging.getLogger(__name__)
 class _Emitter:
     """Adds new initializers and decode nodes for one weight to its graph."""
 
-    def __init__(self, graph: ir.Graph, base: str, names: set[str]) -> None:
+    def __init__(self, graph: ir.Graph, base: str, names: NameScope) -> None:
         self.graph = graph
         self.base = base
         self.names = names
         self.nodes: list[ir.Node] = []
 
     def fresh(self, suffix: str) -> str:
-        name = f"{self.base}_{suffix}"
-        i = 1
-        while name in self.names:
-            name = f"{self.base}_{suffix}_{i}"
-            i += 1
-        self.names.add(name)
-        return name
+        return self.names(f"{self.base}_{suffix}")
 
     def const(self, suffix: str, tensor: ir.Tensor) -> ir.Value:
         name = self.fresh(suffix)
