@@ -15,9 +15,9 @@ from nnopt_graph.analysis.channels import (
     ROLE_OUT,
     analyze_channels,
     apply_channel_removal,
-    const_array,
     find_channel_groups,
 )
+from nnopt_graph.core.constants import const_array
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 
@@ -580,12 +580,12 @@ def test_weights_in_constant_nodes_are_sliced():
 
 
 def test_a_handler_that_fails_freezes_instead_of_raising(monkeypatch):
-    from nnopt_graph.analysis import channels
+    from nnopt_graph.analysis.channels import analyzer
 
     def broken(self, node, port, index, axis, key):
         raise ValueError("cannot read this node")
 
-    monkeypatch.setattr(channels._Analyzer, "_unary", broken)
+    monkeypatch.setattr(analyzer._Analyzer, "_unary", broken)
     groups = find_channel_groups(_model(*CHAIN))
     g = [g for g in groups if ("w1", 0) in _names(g)][0]
     assert g.frozen and "unsupported op: Relu (not followed)" in g.frozen_reasons
