@@ -79,7 +79,7 @@ def is_constant(value: ir.Value | None) -> bool:
 def const_shape(value: ir.Value | None) -> tuple[int, ...] | None:
     """The shape of a constant (without reading its data), else None."""
     tensor = constant_tensor(value)
-    return None if tensor is None else tuple(int(d) for d in tensor.shape)
+    return None if tensor is None else tuple(int(d) for d in tensor.shape.numpy())
 
 
 def constant_bool(value: ir.Value | None) -> bool | None:
