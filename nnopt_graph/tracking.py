@@ -113,7 +113,7 @@ def _log_wandb(report: dict[str, Any], project: str) -> Path:
         import wandb
     except ImportError as exc:
         raise BadInputError("--log wandb needs wandb: pip install 'nnopt-graph[tracking]'") from exc
-    mode = os.environ.get("WANDB_MODE", "offline")
+    mode: Any = os.environ.get("WANDB_MODE", "offline")
     run = wandb.init(project=project, mode=mode, config={"pipeline": report.get("pipeline")})
     try:
         steps: dict[int, dict[str, float]] = {}
@@ -123,7 +123,7 @@ def _log_wandb(report: dict[str, Any], project: str) -> Path:
             run.log(steps[step], step=step)
         columns, rows = _decision_rows(report)
         if rows:
-            run.log({"decisions": wandb.Table(columns=columns, data=rows)})
+            run.log({"decisions": wandb.Table(columns=list[Any](columns), data=rows)})
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp, "report.json")
             path.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")

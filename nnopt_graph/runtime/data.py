@@ -497,7 +497,7 @@ def _scan_values(path: Path, name: str, array: np.ndarray, want: np.dtype) -> No
     The array is never read whole: blocks of about 64 MiB along axis 0.
     """
     dtype, want = np.dtype(array.dtype), np.dtype(want)
-    limits = None
+    limits: tuple[float, float] | None = None
     if dtype != want and want.kind in "iu" and dtype.kind in "iu":
         info = np.iinfo(want)
         if not (np.iinfo(dtype).min >= info.min and np.iinfo(dtype).max <= info.max):

@@ -26,11 +26,12 @@ T = TypeVar("T")
 _DISABLE_ENV = "NNOPT_GRAPH_NO_ISOLATION"
 
 
-def _context() -> multiprocessing.context.BaseContext:
+def _context() -> multiprocessing.context.DefaultContext:
     # fork: the child inherits the datasets, memory maps and imports, and starts in
     # milliseconds; arguments and the callable are never pickled.
     methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    return context  # type: ignore[return-value]  # fork and spawn contexts both have Process
 
 
 def _send_error(conn: Connection, exc: BaseException) -> None:

@@ -73,39 +73,6 @@ class _Analyzer(_ComputeOps, _LayoutOps):
             self.handlers[op] = self._reduce
         for op in _RESHAPES:
             self.handlers[op] = self._reshape
-        self.handlers: dict[str, Callable[[ir.Node, str, int, int, _Key], None]] = {
-            "Conv": self._conv,
-            "ConvTranspose": self._conv_transpose,
-            "Gemm": self._gemm,
-            "MatMul": self._matmul,
-            "BatchNormalization": self._batch_norm,
-            "InstanceNormalization": self._instance_norm,
-            "LayerNormalization": self._layer_norm,
-            "Softmax": self._softmax,
-            "LogSoftmax": self._softmax,
-            "Hardmax": self._softmax,
-            "Concat": self._concat,
-            "Split": self._split,
-            "Slice": self._slice,
-            "Transpose": self._transpose,
-            "Resize": self._resize,
-            "Upsample": self._resize,
-            "Pad": self._pad,
-            "Gather": self._gather,
-            "Expand": self._expand,
-            "Shape": self._shape,
-            "Constant": self._constant,
-        }
-        for op in _UNARY:
-            self.handlers[op] = self._unary
-        for op in _ELEMENTWISE:
-            self.handlers[op] = self._elementwise
-        for op in _POOLS:
-            self.handlers[op] = self._pool
-        for op in _REDUCES | {"ArgMax", "ArgMin"}:
-            self.handlers[op] = self._reduce
-        for op in _RESHAPES:
-            self.handlers[op] = self._reshape
 
     # -------------------------------------------------------- propagation
 
@@ -193,15 +160,15 @@ class _Analyzer(_ComputeOps, _LayoutOps):
         for edit in self.edits:
             for k in edit.spaces:
                 edits_by_space[k].append(edit)
-        groups = []
+        groups: list[ChannelGroup] = []
         for members in by_root.values():
             if not any(s.constant and any(r.role == ROLE_OUT for r in s.roles) for s in members):
                 continue  # no prunable dimension: no weight's output channels
-            roots = {}
+            roots: dict[int, int] = {}
             # Units are numbered in the order of the primary space's channels.
             primary = self._primary(members)
             ordered = [primary] + [s for s in members if s is not primary]
-            unit_of_space = {}
+            unit_of_space: dict[int, np.ndarray] = {}
             for space in ordered:
                 ids = np.empty(space.size, dtype=np.int64)
                 for i in range(space.size):
@@ -284,7 +251,7 @@ def _inferred_shapes(
     clone = model.clone()
     fixed = False
     for value in clone.graph.inputs:
-        if input_shapes and value.name in input_shapes:
+        if input_shapes and value.name and value.name in input_shapes:
             value.shape = ir.Shape(list(input_shapes[value.name]))
             fixed = True
     try:

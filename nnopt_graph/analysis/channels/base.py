@@ -245,3 +245,16 @@ class _AnalyzerBase:
         for value in values:
             if value is not None and value is not tracked:
                 self.link(key, tracked, axis, value, axis)
+
+    def _unary(self, node: ir.Node, port: str, index: int, axis: int, key: _Key) -> None:
+        """The same axis of the first input and the output (also the pass-through case)."""
+        if port == "in" and index != 0:
+            self.freeze(key, f"unsupported operand: input {index} of {node.op_type}")
+            return
+        if node.op_type == "Dropout" and self._used(self._out(node, 1)):
+            self.freeze(key, "unsupported op: Dropout mask")
+            return
+        x, y = self._in(node, 0), self._out(node, 0)
+        if x is not None and y is not None:
+            tracked, other = (x, y) if port == "in" else (y, x)
+            self.link(key, tracked, axis, other, axis)

@@ -46,18 +46,6 @@ class _ComputeOps(_AnalyzerBase):
     def _constant(self, node: ir.Node, port: str, index: int, axis: int, key: _Key) -> None:
         """A Constant node produces a constant: sliced on removal."""
 
-    def _unary(self, node: ir.Node, port: str, index: int, axis: int, key: _Key) -> None:
-        if port == "in" and index != 0:
-            self.freeze(key, f"unsupported operand: input {index} of {node.op_type}")
-            return
-        if node.op_type == "Dropout" and self._used(self._out(node, 1)):
-            self.freeze(key, "unsupported op: Dropout mask")
-            return
-        x, y = self._in(node, 0), self._out(node, 0)
-        if x is not None and y is not None:
-            tracked, other = (x, y) if port == "in" else (y, x)
-            self.link(key, tracked, axis, other, axis)
-
     def _elementwise(self, node: ir.Node, port: str, index: int, axis: int, key: _Key) -> None:
         y = self._out(node, 0)
         yd = self.dims(y)
@@ -166,17 +154,18 @@ class _ComputeOps(_AnalyzerBase):
     def _reduce(self, node: ir.Node, port: str, index: int, axis: int, key: _Key) -> None:
         x, y = self._in(node, 0), self._out(node, 0)
         rank = self.rank(x)
-        if port == "in" and index > 0 or rank is None or y is None:
+        if port == "in" and index > 0 or rank is None or x is None or y is None:
             self.freeze(key, f"unsupported operand: {node.op_type}")
             return
         if node.op_type in ("ArgMax", "ArgMin"):
             axes = [node.attributes.get_int("axis", 0)]
         else:
             axes_c = const_array(self._in(node, 1)) if self._in(node, 1) is not None else None
+            listed = node.attributes.get_ints("axes")
             axes = (
                 [int(a) for a in axes_c.ravel()]
                 if axes_c is not None
-                else node.attributes.get_ints("axes")
+                else (None if listed is None else list(listed))
             )
             if axes is None or (axes_c is not None and axes_c.size == 0):
                 if self._in(node, 1) is not None and axes_c is None:

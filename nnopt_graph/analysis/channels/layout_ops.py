@@ -252,8 +252,10 @@ class _LayoutOps(_AnalyzerBase):
         if port == "in" and index > 0 or rank is None:
             self.freeze(key, "unsupported operand: Pad")
             return
+        pads: list[int] | None
         if self.opset < 11:
-            pads = node.attributes.get_ints("pads")
+            listed = node.attributes.get_ints("pads")
+            pads = None if listed is None else list(listed)
             axes = list(range(rank))
         else:
             pads_c = const_array(self._in(node, 1))

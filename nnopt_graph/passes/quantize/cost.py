@@ -50,7 +50,7 @@ def node_macs(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> dict[str,
     """MACs of every main-graph Conv/ConvTranspose/Gemm/MatMul at these input shapes."""
     clone = model.clone()
     for value in clone.graph.inputs:
-        if value.name in shapes:
+        if value.name and value.name in shapes:
             value.shape = ir.Shape(list(shapes[value.name]))
     for node in clone.graph:
         for value in node.outputs:
@@ -67,10 +67,10 @@ def node_macs(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> dict[str,
 def _elements(value: ir.Value | None) -> int | None:
     if value is None or value.shape is None:
         return None
-    dims = list(value.shape)
-    if not all(isinstance(d, int) and d >= 0 for d in dims):
+    dims = [d for d in value.shape if isinstance(d, int) and d >= 0]
+    if len(dims) != len(value.shape):
         return None
-    return math.prod(dims)  # type: ignore[arg-type]
+    return math.prod(dims)
 
 
 @dataclasses.dataclass

@@ -370,7 +370,7 @@ def _plan(graph: ir.Graph, target: str, options: QuantizeInt8Options, exclude: s
             )
         joined = [n for n in joined if id(n) in keep]
         tensors = {}
-        groups: UnionFind[str] = UnionFind()
+        groups = UnionFind()
         for t in targets:
             for v in [t.node.inputs[0]] + ([t.node.inputs[1]] if t.weight is None else []):
                 add(v)
