@@ -37,6 +37,7 @@ from nnopt_graph.core.opaque_types import (
     restore_opaque_types,
     strip_opaque_types,
 )
+from nnopt_graph.core.protos import proto_graphs
 from nnopt_graph.errors import BadInputError
 
 logger = logging.getLogger(__name__)
@@ -139,17 +140,7 @@ def load(path: str | os.PathLike[str]) -> ir.Model:
 
 def has_sparse_initializers(proto: onnx.ModelProto) -> bool:
     """Whether any graph of the model (subgraphs included) has sparse initializers."""
-    stack = [proto.graph]
-    while stack:
-        graph = stack.pop()
-        if graph.sparse_initializer:
-            return True
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    stack.append(attr.g)
-                stack.extend(attr.graphs)
-    return False
+    return any(graph.sparse_initializer for graph in proto_graphs(proto.graph))
 
 
 def _marked_sparse(model: ir.Model) -> bool:

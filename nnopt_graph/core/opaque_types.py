@@ -29,11 +29,12 @@ __all__ = [
 import base64
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
 import onnx_ir as ir
+
+from nnopt_graph.core.protos import proto_graphs
 
 logger = logging.getLogger(__name__)
 
@@ -96,18 +97,6 @@ def describe_type(tp: onnx.TypeProto) -> str:
     return kind or "unknown"
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    stack = [graph]
-    while stack:
-        g = stack.pop()
-        yield g
-        for node in g.node:
-            for attr in node.attribute:
-                if attr.HasField("g"):
-                    stack.append(attr.g)
-                stack.extend(attr.graphs)
-
-
 def strip_opaque_types(proto: onnx.ModelProto) -> int:
     """Move map types out of the proto so onnx-ir can read it; returns how many were moved.
 
@@ -115,7 +104,7 @@ def strip_opaque_types(proto: onnx.ModelProto) -> int:
     serialized TypeProto); intermediate ``value_info`` entries with a map type are dropped.
     """
     moved = 0
-    for graph in _graphs(proto.graph):
+    for graph in proto_graphs(proto.graph):
         for vi in [*graph.input, *graph.output]:
             if vi.HasField("type") and _has_map(vi.type):
                 entry = vi.metadata_props.add()
@@ -148,7 +137,7 @@ def has_opaque_types(proto: onnx.ModelProto) -> bool:
     """Whether any graph input or output carries a moved type."""
     return any(
         entry.key == MARKER
-        for graph in _graphs(proto.graph)
+        for graph in proto_graphs(proto.graph)
         for vi in [*graph.input, *graph.output]
         for entry in vi.metadata_props
     )
@@ -164,7 +153,7 @@ def restore_opaque_types(path: str | os.PathLike[str]) -> bool:
     proto = onnx.load(str(path), load_external_data=False)
     if not has_opaque_types(proto):
         return False
-    for graph in _graphs(proto.graph):
+    for graph in proto_graphs(proto.graph):
         for vi in [*graph.input, *graph.output]:
             props = {e.key: e.value for e in vi.metadata_props}
             tp = opaque_type_of(props)

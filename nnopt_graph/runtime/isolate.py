@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = ["iter_isolated", "run_isolated"]
 
+import contextlib
 import faulthandler
 import logging
 import multiprocessing
@@ -82,6 +83,41 @@ def _raise_error(kind: str, payload: Any) -> None:
     raise RuntimeError(payload)
 
 
+@contextlib.contextmanager
+def _child_process(
+    fn: Callable[..., Any], args: tuple, kwargs: dict, what: str, *, stream: bool
+) -> Iterator[Callable[[], tuple[str, Any]]]:
+    """A forked child running ``fn``; yields a function that receives its next message.
+
+    The receiver returns ("item", x) or ("done", result), re-raises the child's exception,
+    and turns the child's death into a one-line CheckFailedError. On leaving, a child that
+    is still running (the caller stopped early, or was interrupted) is killed.
+    """
+    ctx = _context()
+    receiver, sender = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_child, args=(sender, fn, args, kwargs, stream), daemon=True)
+    process.start()
+    sender.close()
+
+    def receive() -> tuple[str, Any]:
+        try:
+            kind, payload = receiver.recv()
+        except EOFError:
+            process.join()
+            raise _crash_error(process.exitcode, what) from None
+        if kind not in ("item", "done"):
+            _raise_error(kind, payload)
+        return kind, payload
+
+    try:
+        yield receive
+    finally:
+        receiver.close()
+        if process.is_alive():
+            process.kill()
+        process.join()
+
+
 def iter_isolated(
     fn: Callable[..., Iterable[T]], *args: Any, what: str = "running the output", **kwargs: Any
 ) -> Iterator[T]:
@@ -101,29 +137,12 @@ def iter_isolated(
     if os.environ.get(_DISABLE_ENV):
         yield from fn(*args, **kwargs)
         return
-    ctx = _context()
-    receiver, sender = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child, args=(sender, fn, args, kwargs, True), daemon=True)
-    process.start()
-    sender.close()
-    try:
+    with _child_process(fn, args, kwargs, what, stream=True) as receive:
         while True:
-            try:
-                kind, payload = receiver.recv()
-            except EOFError:
-                process.join()
-                raise _crash_error(process.exitcode, what) from None
-            if kind == "item":
-                yield payload
-            elif kind == "done":
+            kind, payload = receive()
+            if kind == "done":
                 return
-            else:
-                _raise_error(kind, payload)
-    finally:
-        receiver.close()
-        if process.is_alive():
-            process.kill()  # the caller stopped early (or was interrupted)
-        process.join()
+            yield payload
 
 
 def run_isolated(
@@ -146,22 +165,6 @@ def run_isolated(
     """
     if os.environ.get(_DISABLE_ENV):
         return fn(*args, **kwargs)
-    ctx = _context()
-    receiver, sender = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child, args=(sender, fn, args, kwargs, False), daemon=True)
-    process.start()
-    sender.close()
-    try:
-        try:
-            kind, payload = receiver.recv()
-        except EOFError:
-            process.join()
-            raise _crash_error(process.exitcode, what) from None
-        if kind != "done":
-            _raise_error(kind, payload)
+    with _child_process(fn, args, kwargs, what, stream=False) as receive:
+        _, payload = receive()
         return payload  # type: ignore[no-any-return]
-    finally:
-        receiver.close()
-        if process.is_alive():
-            process.kill()
-        process.join()
