@@ -29,6 +29,7 @@ import onnx_ir as ir
 
 from nnopt_graph.core.opaque_types import describe_type, opaque_type_of
 from nnopt_graph.errors import BadInputError
+from nnopt_graph.runtime.data_checks import check_dtype, check_shape, scan_values
 from nnopt_graph.runtime.data_files import SampleFile, load_npz, load_test_data_sets
 
 logger = logging.getLogger(__name__)
@@ -38,8 +39,6 @@ _SHAPE_ARG = re.compile(r"^([^:]+):(\d+(?:,\d+)*)?$")
 # Generated inputs larger than this are refused before allocating (override with the
 # NNOPT_GRAPH_MAX_GENERATED_BYTES environment variable).
 MAX_GENERATED_BYTES = 4 * 2**30
-# Bytes read at a time when data is scanned for NaN/Inf.
-_SCAN_BYTES = 64 * 2**20
 
 
 def _size_text(nbytes: int) -> str:
@@ -400,7 +399,7 @@ def load_dataset(path: str | Path, specs: Sequence[InputSpec]) -> Dataset:
     stacked = set()
     for spec in specs:
         array = arrays[spec.name]
-        _check_dtype(path, spec, array.dtype)
+        check_dtype(path, spec, array.dtype)
         rank = len(spec.dims) if spec.dims is not None else array.ndim
         if array.ndim == rank + 1:
             stacked.add(spec.name)
@@ -409,7 +408,7 @@ def load_dataset(path: str | Path, specs: Sequence[InputSpec]) -> Dataset:
                 f"{path}: array '{spec.name}' has rank {array.ndim}; the input has rank "
                 f"{rank} (give rank {rank + 1} to stack whole samples on axis 0)"
             )
-        _check_shape(path, spec, tuple(array.shape), spec.name in stacked)
+        check_shape(path, spec, tuple(array.shape), spec.name in stacked)
         selected[spec.name] = array
     lengths = {len(a) for a in selected.values()}
     if len(lengths) > 1:
@@ -417,7 +416,7 @@ def load_dataset(path: str | Path, specs: Sequence[InputSpec]) -> Dataset:
     if not lengths or lengths == {0}:
         raise BadInputError(f"{path}: no samples (axis 0 of the arrays has length 0)")
     for spec in specs:
-        _scan_values(path, spec.name, selected[spec.name], spec.dtype)
+        scan_values(path, spec.name, selected[spec.name], spec.dtype)
         if selected[spec.name].dtype != spec.dtype:
             logger.warning(
                 "%s: input '%s' converted from %s to %s",
@@ -443,89 +442,3 @@ def load_dataset(path: str | Path, specs: Sequence[InputSpec]) -> Dataset:
             f"{path}: {dataset.num_samples} samples, fewer than the model's fixed batch {step}"
         )
     return dataset
-
-
-def _check_dtype(path: Path, spec: InputSpec, dtype: np.dtype) -> None:
-    """Refuse data the input cannot take: text, objects, complex numbers, lossy casts.
-
-    Numbers convert (with a warning) when the cast keeps their kind or widens it:
-    integers or booleans for a float input, float64 for float32; floats for an integer
-    input, or anything for a boolean one, would change values and are refused.
-    """
-    dtype = np.dtype(dtype)
-    want = np.dtype(spec.dtype)
-    if dtype == want:
-        return
-    if dtype.kind not in "biuf":
-        kinds = {"U": "string", "S": "bytes", "O": "object", "c": "complex", "V": "structured"}
-        kind = kinds.get(dtype.kind, str(dtype))
-        raise BadInputError(
-            f"{path}: array '{spec.name}' holds {kind} values ({dtype}); "
-            f"the input takes {want} numbers"
-        )
-    if want.kind == "f" and dtype.kind in "biuf":
-        return
-    if want.kind in "iu" and dtype.kind in "biu":
-        return  # a narrower integer type: the values are checked to fit when scanned
-    raise BadInputError(
-        f"{path}: array '{spec.name}' is {dtype}, which does not convert without loss to the "
-        f"input's {want}"
-    )
-
-
-def _check_shape(path: Path, spec: InputSpec, shape: tuple[int, ...], stacked: bool) -> None:
-    """Per-sample dims must match the input's static dims (dynamic dims take any size)."""
-    if spec.dims is None:
-        return
-    # Stacked: each sample (axis 0) is a whole feed. Sliced: axis 0 is the batch axis.
-    sample = shape[1:] if stacked else shape
-    first = 0 if stacked else 1
-    for axis in range(first, len(spec.dims)):
-        dim = spec.dims[axis]
-        if isinstance(dim, int) and dim > 0 and sample[axis] != dim:
-            want = ["?" if not isinstance(d, int) or d <= 0 else d for d in spec.dims]
-            got = list(sample) if stacked else ["N", *sample[1:]]
-            raise BadInputError(
-                f"{path}: array '{spec.name}' has sample shape {got}; the input's shape is "
-                f"{want} (axis {axis} must be {dim})"
-            )
-
-
-def _scan_values(path: Path, name: str, array: np.ndarray, want: np.dtype) -> None:
-    """Refuse NaN/Inf, and values the input's type cannot hold, reading slice by slice.
-
-    The array is never read whole: blocks of about 64 MiB along axis 0.
-    """
-    dtype, want = np.dtype(array.dtype), np.dtype(want)
-    limits: tuple[float, float] | None = None
-    if dtype != want and want.kind in "iu" and dtype.kind in "iu":
-        info = np.iinfo(want)
-        if not (np.iinfo(dtype).min >= info.min and np.iinfo(dtype).max <= info.max):
-            limits = (info.min, info.max)
-    elif dtype != want and want.kind == "f" and dtype.kind == "f":
-        if np.finfo(dtype).max > np.finfo(want).max:
-            big = float(np.finfo(want).max)
-            limits = (-big, big)
-    if (dtype.kind != "f" and limits is None) or len(array) == 0:
-        return
-    per_sample = max(1, math.prod(array.shape[1:]) * dtype.itemsize)
-    step = max(1, _SCAN_BYTES // per_sample)
-    for start in range(0, len(array), step):
-        block = np.asarray(array[start : start + step])
-        flat = block.reshape(len(block), -1)
-        if dtype.kind == "f":
-            finite = np.isfinite(flat).all(axis=1)
-            if not finite.all():
-                bad = start + int(np.argmin(finite))
-                what = "NaN" if np.isnan(block).any() else "Inf"
-                raise BadInputError(
-                    f"{path}: array '{name}' has {what} values (first in sample {bad}); "
-                    "calibration and held-out data must be finite"
-                )
-        if limits is not None and flat.size:
-            low, high = flat.min(), flat.max()
-            if low < limits[0] or high > limits[1]:
-                raise BadInputError(
-                    f"{path}: array '{name}' has values in [{low}, {high}], outside what the "
-                    f"input's {want} holds"
-                )

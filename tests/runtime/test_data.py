@@ -201,7 +201,7 @@ def test_int64_data_that_fits_converts_to_int32(tmp_path):
 
 
 def test_nan_scan_reads_slices_not_the_whole_file(tmp_path, monkeypatch):
-    from nnopt_graph.runtime import data as data_module
+    from nnopt_graph.runtime import data_checks as data_module
 
     x = np.zeros((64, 3, 4), np.float32)
     x[50, 1, 2] = np.nan
