@@ -9,91 +9,12 @@ import contextlib
 import logging
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
-from nnopt_graph.errors import BadInputError, NnoptError
-
-PROG = "nnopt-graph"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage errors as one line and exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        prefix = "unrecognized arguments: "
-        if message.startswith(prefix):
-            import difflib
-
-            known = [o for a in self._all_actions() for o in a.option_strings]
-            for word in message[len(prefix) :].split():
-                flag = word.split("=", 1)[0]
-                if flag.startswith("-"):
-                    close = difflib.get_close_matches(flag, known, n=1)
-                    if close:
-                        message += f"; did you mean '{close[0]}'?"
-                        break
-        raise BadInputError(message)
-
-    def _all_actions(self) -> list[argparse.Action]:
-        """This parser's actions and those of its subcommands."""
-        actions = list(self._actions)
-        for action in self._actions:
-            if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
-                for sub in action.choices.values():
-                    actions.extend(sub._actions)  # noqa: SLF001
-        return actions
-
-
-def _input_shapes(values: Sequence[str] | None) -> dict[str, list[int]]:
-    from nnopt_graph.runtime.data import parse_input_shape
-
-    shapes: dict[str, list[int]] = {}
-    for text in values or ():
-        name, dims = parse_input_shape(text)
-        shapes[name] = dims
-    return shapes
-
-
-def _check_pass_names(names: set[str], flag: str) -> None:
-    """Refuse names that are no registered pass (with the closest one as a suggestion).
-
-    Raises:
-        BadInputError: an unknown name.
-    """
-    import difflib
-
-    from nnopt_graph.pipeline.registry import pass_names
-
-    known = [*pass_names(), "all"]
-    for name in sorted(names):
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else " (see 'nnopt-graph list-passes')"
-            raise BadInputError(f"{flag}: unknown pass '{name}'{hint}")
-
-
-def _int_in(lo: int, hi: int) -> Callable[[str], int]:
-    """An argparse type: an integer in [lo, hi]."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{value} is outside the allowed range [{lo}, {hi}]")
-        return value
-
-    return parse
-
-
-def _existing_file(path: str) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise BadInputError(f"{p}: no such file")
-    return p
+from nnopt_graph.cli_args import PROG, Parser, check_pass_names, existing_file, input_shapes, int_in
+from nnopt_graph.cli_measure import cmd_bench, cmd_compare, cmd_inspect
+from nnopt_graph.errors import NnoptError
 
 
 def _cmd_opt(args: argparse.Namespace) -> int:
@@ -109,7 +30,7 @@ def _cmd_opt(args: argparse.Namespace) -> int:
     from nnopt_graph.report import print_summary
     from nnopt_graph.tracking import log_run, parse_log_spec
 
-    _existing_file(args.input)
+    existing_file(args.input)
     data = [d for d in (args.calib, args.eval) if d]
     check_job_paths(
         args.input,
@@ -122,7 +43,7 @@ def _cmd_opt(args: argparse.Namespace) -> int:
     instruments: list[Instrument] = []
     if args.print_ir_after:
         names = {n.strip() for n in args.print_ir_after.split(",") if n.strip()}
-        _check_pass_names(names, "--print-ir-after")
+        check_pass_names(names, "--print-ir-after")
         instruments.append(PrintIRAfterInstrument(names))
     if args.dump_dir:
         instruments.append(DumpDirInstrument(Path(args.dump_dir)))
@@ -138,7 +59,7 @@ def _cmd_opt(args: argparse.Namespace) -> int:
         target=args.target,
         calib=args.calib,
         eval_data=args.eval,
-        input_shapes=_input_shapes(args.input_shape),
+        input_shapes=input_shapes(args.input_shape),
         guard=args.guard,
         check=not args.no_check,
         verify_each=args.verify_each,
@@ -163,188 +84,6 @@ def _cmd_list_passes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_inspect(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from nnopt_graph.analysis.stats import summarize
-
-    summary = summarize(_existing_file(args.model), _input_shapes(args.input_shape))
-    if args.json:
-        from nnopt_graph.report import strict_json
-
-        print(strict_json(summary.to_json()))
-        return 0
-    console = Console()
-    console.print(
-        f"[bold]{summary.path}[/bold]  ir_version {summary.ir_version}  {summary.producer}"
-    )
-    console.print(
-        "opsets: " + ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in summary.opsets.items())
-    )
-    for kind, values in (("input", summary.inputs), ("output", summary.outputs)):
-        for v in values:
-            console.print(f"{kind:6} {v['name']}: {v['dtype']} {v['shape']}")
-    console.print(
-        f"nodes {summary.nodes} (subgraphs {summary.subgraphs}, functions {summary.functions}); "
-        f"params {summary.params:,}; weights {summary.weight_bytes:,} B; "
-        f"file {summary.size_bytes:,} B"
-    )
-    if summary.flops is not None:
-        console.print(
-            f"FLOPs {summary.flops:,} (MACs {summary.macs:,}) at shapes {summary.flops_shapes}"
-        )
-    table = Table(title="ops")
-    table.add_column("op")
-    table.add_column("count", justify="right")
-    for op, count in summary.op_histogram.items():
-        table.add_row(op, str(count))
-    console.print(table)
-    return 0
-
-
-def _cmd_compare(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from nnopt_graph.check.compare import compare_models
-    from nnopt_graph.check.equality import LOSSLESS
-    from nnopt_graph.check.guard import parse_guard
-    from nnopt_graph.core.io import load
-    from nnopt_graph.report import strict_json
-    from nnopt_graph.runtime.data import input_specs, load_dataset, random_dataset, resolve_shapes
-
-    conditions = parse_guard(args.tolerance) if args.tolerance else None
-    a, b = _existing_file(args.a), _existing_file(args.b)
-    model = load(a)
-    load(b)  # reports a bad second file as bad input, before any work
-    specs = input_specs(model)
-    if args.calib:
-        dataset = load_dataset(args.calib, specs)
-    else:
-        logging.getLogger(PROG).warning("no --calib data: comparing on random inputs")
-        dataset = random_dataset(
-            specs, resolve_shapes(specs, _input_shapes(args.input_shape)), args.samples
-        )
-    result = compare_models(a, b, dataset, tolerance=None if conditions else LOSSLESS)
-    if conditions is None:
-        same = bool(result.equal)
-        why = result.problems[:1] + [
-            f"{o.name}: {', '.join(o.problems)}" for o in result.outputs if o.problems
-        ]
-        rule = f"equal ({LOSSLESS})"
-    else:
-        failed = []
-        for c in conditions:
-            value = result.metric(c.metric, c.reduction)
-            if not result.shapes_match or not c.holds(value):
-                failed.append(f"{c} (measured {value:.6g})")
-        same = not failed
-        why = failed
-        rule = args.tolerance
-    verdict = {"same": same, "rule": rule, "reasons": why}
-    if args.json:
-        print(strict_json({**result.to_json(), "verdict": verdict}))
-    else:
-        table = Table(
-            title=f"{a.name} vs {b.name} ({result.samples} samples; worst sample per metric)"
-        )
-        for col in (
-            "output",
-            "cosine min",
-            "rel_l2 max",
-            "max_abs",
-            "sqnr min dB",
-            "top1",
-            "shape",
-        ):
-            table.add_column(col, justify="right" if col != "output" else "left")
-        for o in result.outputs:
-            table.add_row(
-                o.name,
-                f"{o.cosine:.6f}",
-                f"{o.rel_l2:.3g}",
-                f"{o.max_abs:.3g}",
-                f"{o.sqnr:.1f}",
-                "-" if o.top1 is None else f"{o.top1:.4f}",
-                "same" if o.shape_match and o.dtype_match else "DIFFERENT",
-            )
-        Console().print(table)
-        print(
-            ("same" if same else "DIFFERENT") + f" under {rule}" + ("" if same else f": {why[0]}")
-        )
-    return 0 if same else 1
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from nnopt_graph.runtime.bench import benchmark, existing
-
-    eps = [e.strip() for e in args.ep.split(",") if e.strip()]
-    for ep in eps:
-        if ep not in ("cpu", "cuda", "tensorrt"):
-            raise BadInputError(
-                f"unknown execution provider '{ep}' (choose from cpu, cuda, tensorrt)"
-            )
-    if args.json and not Path(args.json).parent.resolve().is_dir():
-        raise BadInputError(f"{args.json}: folder does not exist")
-    results = benchmark(
-        existing(args.models),
-        eps,
-        input_shapes=_input_shapes(args.input_shape),
-        runs=args.runs,
-        warmup=args.warmup,
-        threads=args.threads,
-    )
-    table = Table(title=f"latency, {args.runs} interleaved runs after {args.warmup} warm-up")
-    for col in (
-        "model",
-        "ep",
-        "p50 ms",
-        "p90 ms",
-        "min..max ms",
-        "ratio vs first (min/med/max)",
-        "load s",
-    ):
-        table.add_column(col)
-    for r in results:
-        if not r.available:
-            table.add_row(r.model, r.ep, "unavailable", "", "", r.note or "", "")
-            continue
-        lat, ratio = r.latency_ms, r.ratio_vs_first or {}
-        table.add_row(
-            r.model,
-            r.ep,
-            f"{lat['p50']:.3f}",
-            f"{lat['p90']:.3f}",
-            f"{lat['min']:.3f}..{lat['max']:.3f}",
-            f"{ratio['min']:.3f} / {ratio['median']:.3f} / {ratio['max']:.3f}",
-            f"{r.load_s:.3f}",
-        )
-    Console(width=200).print(table)
-    available = [r for r in results if r.available]
-    if args.json:
-        from nnopt_graph.report import write_json
-
-        write_json(
-            {
-                "runs": args.runs,
-                "warmup": args.warmup,
-                "threads": args.threads,
-                "results": [r.to_json() for r in results],
-            },
-            args.json,
-        )
-    if not available:
-        raise NnoptError(
-            f"none of the requested execution providers ({', '.join(eps)}) is available in "
-            "this onnxruntime build; install nnopt-graph[gpu] for cuda/tensorrt"
-        )
-    return 0
-
-
 def _add_input_shape(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--input-shape",
@@ -355,15 +94,15 @@ def _add_input_shape(parser: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
-    parser = _Parser(
+    parser = Parser(
         prog=PROG, description="A compiler-style ONNX graph optimizer.", parents=[common]
     )
     from nnopt_graph import __version__
 
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser, required=True)
+    sub = parser.add_subparsers(dest="command", parser_class=Parser, required=True)
 
     opt = sub.add_parser("opt", parents=[common], help="optimize a model")
     opt.add_argument("input", metavar="IN.onnx", help="the model to optimize")
@@ -440,7 +179,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ins.add_argument("model", metavar="MODEL", help="the model to describe")
     _add_input_shape(ins)
     ins.add_argument("--json", action="store_true", help="print strict JSON instead of tables")
-    ins.set_defaults(func=_cmd_inspect)
+    ins.set_defaults(func=cmd_inspect)
 
     cmp_ = sub.add_parser("compare", parents=[common], help="output fidelity of B against A")
     cmp_.add_argument("a", metavar="A.onnx", help="the reference model")
@@ -451,7 +190,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_input_shape(cmp_)
     cmp_.add_argument(
         "--samples",
-        type=_int_in(1, 100_000),
+        type=int_in(1, 100_000),
         default=8,
         help="generated feeds when there is no --calib",
     )
@@ -462,20 +201,20 @@ def _build_parser() -> argparse.ArgumentParser:
         "exit 1 when it does not hold",
     )
     cmp_.add_argument("--json", action="store_true", help="print strict JSON instead of a table")
-    cmp_.set_defaults(func=_cmd_compare)
+    cmp_.set_defaults(func=cmd_compare)
     bench = sub.add_parser("bench", parents=[common], help="latency on ONNX Runtime EPs")
     bench.add_argument("models", nargs="+", metavar="MODEL", help="models to time, interleaved")
     bench.add_argument("--ep", default="cpu", help="comma-separated: cpu,cuda,tensorrt")
     _add_input_shape(bench)
     bench.add_argument(
-        "--runs", type=_int_in(1, 1_000_000), default=20, help="timed interleaved rounds"
+        "--runs", type=int_in(1, 1_000_000), default=20, help="timed interleaved rounds"
     )
     bench.add_argument(
-        "--warmup", type=_int_in(0, 1_000_000), default=5, help="untimed runs per model first"
+        "--warmup", type=int_in(0, 1_000_000), default=5, help="untimed runs per model first"
     )
-    bench.add_argument("--threads", type=_int_in(1, 1024), default=2, help="CPU intra-op threads")
+    bench.add_argument("--threads", type=int_in(1, 1024), default=2, help="CPU intra-op threads")
     bench.add_argument("--json", metavar="FILE", help="also write the results as strict JSON")
-    bench.set_defaults(func=_cmd_bench)
+    bench.set_defaults(func=cmd_bench)
 
     from nnopt_graph.search.cli import add_search_parser
 
