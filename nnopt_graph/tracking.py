@@ -84,13 +84,10 @@ def _decision_rows(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 def _log_tensorboard(report: dict[str, Any], folder: str) -> Path:
     try:
         from tensorboardX import SummaryWriter
-    except ImportError:
-        try:
-            from torch.utils.tensorboard import SummaryWriter  # type: ignore[no-redef]
-        except ImportError as exc:
-            raise BadInputError(
-                "--log tensorboard needs tensorboardX: pip install 'nnopt-graph[tracking]'"
-            ) from exc
+    except ImportError as exc:
+        raise BadInputError(
+            "--log tensorboard needs tensorboardX: pip install 'nnopt-graph[tracking]'"
+        ) from exc
     Path(folder).mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(folder)
     try:
