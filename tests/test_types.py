@@ -1,4 +1,4 @@
-"""mypy --strict is clean on the measurement (check/), the pass contract and manager (pipeline/)."""
+"""mypy: --strict on core/, pipeline/ and check/ (and errors.py), plain on the whole package."""
 
 from __future__ import annotations
 
@@ -28,3 +28,12 @@ def test_mypy_strict_on_check():
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-4000:]
+
+
+def test_mypy_on_the_whole_package():
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "nnopt_graph"],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert "Success: no issues found" in proc.stdout

@@ -44,7 +44,8 @@ def _static(dims: Sequence[Any] | None) -> list[int] | None:
 
 def _layer_nodes(group: ChannelGroup) -> tuple[list[Any], list[Any]] | None:
     """(sources, sinks) as (node, data input, channel axis) when all are plain layers."""
-    sources, sinks = [], []
+    sources: list[Any] = []
+    sinks: list[Any] = []
     for space in group.spaces:
         for role in space.roles:
             if role.role not in (ROLE_OUT, ROLE_IN):

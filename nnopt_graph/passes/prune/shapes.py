@@ -22,7 +22,7 @@ def _copied_dim(value: ir.Value, source: ir.Value) -> int | None:
         return None
     if node.op_type == "Unsqueeze":
         axes = node.attributes.get("axes")
-        axes_v = axes.as_ints() if axes is not None else None
+        axes_v = list(axes.as_ints()) if axes is not None else None
         if axes_v is None and len(node.inputs) > 1:
             array = const_array(node.inputs[1])
             axes_v = None if array is None else [int(a) for a in array.ravel()]
