@@ -16,6 +16,7 @@ from typing import Any
 
 from nnopt_graph.errors import BadInputError, CheckFailedError
 from nnopt_graph.search.cache import CandidateCache, candidate_key, file_sha256
+from nnopt_graph.search.evaluate import blas_threads
 from nnopt_graph.search.space import SearchSpace, load_space
 
 logger = logging.getLogger(__name__)
@@ -192,6 +193,7 @@ def _search_one(
     limit = min(limit, space.size)
     deadline = time.monotonic() + budget_minutes * 60 if budget_minutes else None
     threads = max(1, min(2, (os.cpu_count() or 1) // executor.workers))
+    blas = blas_threads()
     seen: dict[str, dict[str, Any]] = {}
     evaluated = asked = 0
     max_asks = 20 * space.size
@@ -227,6 +229,7 @@ def _search_one(
                 "eval": None if eval_data is None else str(eval_data),
                 "guard": guard,
                 "threads": threads,
+                "blas_threads": blas,
                 "seed": seed,
                 "key": key,
             }
