@@ -125,11 +125,13 @@ def _compare_windows(
         runs = max(runs, min(max_runs, int(min_seconds / (per_window * per_run)) + 1))
     n = len(sessions)
     times: list[list[float]] = [[] for _ in sessions]
+    step = 0  # the rotation carries on across windows: no model runs twice in a row
     for _ in range(runs):
         best = [float("inf")] * n
-        for j in range(per_window):
+        for _ in range(per_window):
+            step += 1
             for k in range(n):
-                i = (j + k) % n
+                i = (step + k) % n
                 start = time.perf_counter()
                 sessions[i].run(names[i], feed)
                 best[i] = min(best[i], time.perf_counter() - start)
