@@ -39,9 +39,7 @@ def _windows(durations: list[list[float]], monkeypatch: pytest.MonkeyPatch, **kw
 
 
 def test_no_model_runs_twice_in_a_row(monkeypatch: pytest.MonkeyPatch) -> None:
-    _, log = _windows(
-        [[1e-3]] * 3, monkeypatch, min_seconds=0.0, max_runs=400, window_seconds=0.01
-    )
+    _, log = _windows([[1e-3]] * 3, monkeypatch, min_seconds=0.0, max_runs=400, window_seconds=0.01)
     assert all(a != b for a, b in zip(log, log[1:], strict=False))
     assert log.count(0) == log.count(1) == log.count(2)
 

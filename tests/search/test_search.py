@@ -228,9 +228,7 @@ def test_report_html_plots_one_point_per_front_candidate(searched: Path) -> None
         assert f"href='#front-{n:02d}'" in page and f"id='front-{n:02d}'" in page
         assert f"href='front/{n:02d}.onnx'" in page
     # Self-contained: no script, no stylesheet or image from the network.
-    assert "<script" not in page and "http://" not in page.replace(
-        "http://www.w3.org/2000/svg", ""
-    )
+    assert "<script" not in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
     assert "https://" not in page
     # The front table links the plot.
     assert "[report.html](report.html)" in (searched / "front.md").read_text()
