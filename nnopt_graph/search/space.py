@@ -8,6 +8,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,7 @@ def default_space(target: str) -> SearchSpace:
     prune = ("prune", tuple(_prune_choice(r) for r in PRUNE_RATIOS))
     sparse = ("sparsify", ("", "sparsify{pattern=2:4}"))
     if target in ("cpu", "tensorrt"):
-        quant = ("quantize", ("", "quantize-int8"))
+        quant: tuple[str, tuple[str, ...]] = ("quantize", ("", "quantize-int8"))
         preset = "quantize-int8"
     elif target == "cuda":
         quant = ("quantize", ("", "quantize-fp16", "quantize-int4", "quantize-fp16,quantize-int4"))
@@ -150,7 +151,7 @@ def validate_space(space: SearchSpace) -> None:
             raise BadInputError(f"search space: candidate '{text}': {exc}") from exc
 
 
-def load_space(path: str | Path | None, target: str) -> SearchSpace:
+def load_space(path: str | os.PathLike[str] | None, target: str) -> SearchSpace:
     """The ``--space`` file's space, or the target's default; every candidate parsed.
 
     Raises:

@@ -42,7 +42,7 @@ class OptunaStrategy:
         self._optuna = optuna
         # Optuna >= 5 takes constraints from Trial.set_constraint; older ones from a function.
         self._set_constraint = hasattr(optuna.trial.Trial, "set_constraint")
-        extra = {} if self._set_constraint else {"constraints_func": _constraints}
+        extra: dict[str, Any] = {} if self._set_constraint else {"constraints_func": _constraints}
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=4, **extra)
         self.study = optuna.create_study(directions=["minimize"] * 3, sampler=sampler)
         for preset in space.preset_choices():
