@@ -282,6 +282,21 @@ def _ray_bench(trials: int, work: Path) -> dict:
     }
 
 
+def _fidelity_size_front(records: dict, names: set[str]) -> list[str]:
+    """The front of the named feasible records on (1 - worst cosine, size) alone."""
+    from nnopt_graph.search.run import pareto_front
+
+    ok = sorted(
+        n
+        for n in names
+        if records[n]["status"] == "ok"
+        and records[n]["guard_passed"]
+        and records[n]["worst_cosine"] is not None
+    )
+    points = [(1.0 - records[n]["worst_cosine"], float(records[n]["size"])) for n in ok]
+    return [ok[i] for i in pareto_front(points)]
+
+
 def _fmt(d: dict) -> str:
     return f"{d['min']:.3f} / **{d['median']:.3f}** / {d['max']:.3f}"
 
@@ -372,14 +387,24 @@ def _markdown(out: dict) -> list[str]:
         ]
         for label, run in rr.items():
             lines.append(f"| {label} | {run['seconds']} | {run['evaluated']} | `{run['best']}` |")
-        for key in ("ray1_vs_local1", "ray2_vs_local2"):
+        for key, (a, b) in (
+            ("ray1_vs_local1", ("local-1", "ray-1")),
+            ("ray2_vs_local2", ("local-2", "ray-2")),
+        ):
             s = ray_part[key]
+            common = set(rr[a]["records"]) & set(rr[b]["records"])
+            fa = _fidelity_size_front(rr[a]["records"], common)
+            fb = _fidelity_size_front(rr[b]["records"], common)
             lines.append("")
             lines.append(
-                f"{key}: {s['common']} common candidates of {s['candidates_a']} / "
+                f"{b} vs {a}: {s['common']} common candidates of {s['candidates_a']} / "
                 f"{s['candidates_b']}; identical status, guard, size, worst cosine and model "
                 f"sha256: {s['identical_records']} / {s['common']} (bytes "
-                f"{s['identical_bytes']} / {s['common']}); same front set: {s['same_front_set']}."
+                f"{s['identical_bytes']} / {s['common']}). Front on (worst cosine, size) of the "
+                f"common candidates: {'the same' if fa == fb else 'different'} ({len(fa)} "
+                f"candidates). Full front (latency too): "
+                f"{'the same' if s['same_front_set'] else 'different'} "
+                f"({len(s['front_a'])} / {len(s['front_b'])} candidates)."
             )
         lines += [
             "",
