@@ -33,7 +33,10 @@ def test_mypy_strict_on_check():
 def test_mypy_on_the_whole_package():
     proc = subprocess.run(
         [sys.executable, "-m", "mypy", "nnopt_graph"],
-        cwd=ROOT, capture_output=True, text=True, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert "Success: no issues found" in proc.stdout

@@ -56,6 +56,7 @@ def compare_latency(
     spinning: bool = False,
     min_seconds: float = 0.0,
     max_runs: int = 400,
+    window_seconds: float = 0.0,
 ) -> LatencyComparison:
     """Time the models on one feed, alternating their order every round (A B C, C B A, ...).
 
@@ -63,6 +64,14 @@ def compare_latency(
     off, a session's pool threads sleep between runs, so no session slows the next.
     ``min_seconds`` raises the round count (up to ``max_runs``) until the first model
     has run about that long, so sub-millisecond models get enough rounds to compare.
+
+    With ``window_seconds`` > 0 a round is a window instead of one run per model: the
+    models run in rotating order (A B C, B C A, C A B, ...; no model twice in a row)
+    until the first has run about ``window_seconds`` (at least 3 runs each), and each
+    model's time in the round is the fastest of its runs in that window. A single
+    preempted run of a sub-millisecond model then no longer makes a round's ratio 50x
+    (or 0.02x); load that slows a whole window slows every model in it alike.
+    ``min_seconds`` then counts windows (``runs`` rounds at least, ``max_runs`` at most).
     """
     sessions = [_session(p, threads, spinning) for p in paths]
     names = [[o.name for o in s.get_outputs()] for s in sessions]
@@ -73,8 +82,12 @@ def compare_latency(
             start = time.perf_counter()
             session.run(outs, feed)
             warm.append(time.perf_counter() - start)
+    per_run = max(statistics.median(warm[:warmup] or warm), 1e-6) if warm else 1e-6
+    if window_seconds > 0:
+        return _compare_windows(
+            sessions, names, feed, runs, per_run, min_seconds, max_runs, window_seconds
+        )
     if min_seconds > 0 and warm:
-        per_run = max(statistics.median(warm[:warmup] or warm), 1e-6)
         runs = max(runs, min(max_runs, int(min_seconds / per_run) + 1))
     times: list[list[float]] = [[] for _ in sessions]
     order = list(range(len(sessions)))
@@ -83,6 +96,10 @@ def compare_latency(
             start = time.perf_counter()
             sessions[i].run(names[i], feed)
             times[i].append(time.perf_counter() - start)
+    return _comparison(times, runs)
+
+
+def _comparison(times: list[list[float]], runs: int) -> LatencyComparison:
     ratios = []
     for t in times:
         per_round = sorted(a / b for a, b in zip(t, times[0], strict=False))
@@ -90,3 +107,34 @@ def compare_latency(
             {"min": per_round[0], "median": statistics.median(per_round), "max": per_round[-1]}
         )
     return LatencyComparison([statistics.median(t) * 1e3 for t in times], ratios, runs)
+
+
+def _compare_windows(
+    sessions: list[ort.InferenceSession],
+    names: list[list[str]],
+    feed: dict[str, np.ndarray],
+    runs: int,
+    per_run: float,
+    min_seconds: float,
+    max_runs: int,
+    window_seconds: float,
+) -> LatencyComparison:
+    """Rounds of windows in rotating order; a model's round time is its fastest run."""
+    per_window = max(3, int(window_seconds / per_run) + 1)
+    if min_seconds > 0:
+        runs = max(runs, min(max_runs, int(min_seconds / (per_window * per_run)) + 1))
+    n = len(sessions)
+    times: list[list[float]] = [[] for _ in sessions]
+    step = 0  # the rotation carries on across windows: no model runs twice in a row
+    for _ in range(runs):
+        best = [float("inf")] * n
+        for _ in range(per_window):
+            step += 1
+            for k in range(n):
+                i = (step + k) % n
+                start = time.perf_counter()
+                sessions[i].run(names[i], feed)
+                best[i] = min(best[i], time.perf_counter() - start)
+        for i in range(n):
+            times[i].append(best[i])
+    return _comparison(times, runs)

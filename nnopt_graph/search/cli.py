@@ -35,7 +35,9 @@ def add_search_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
     p.add_argument("input", metavar="IN.onnx", help="the model, or a folder of .onnx models")
-    p.add_argument("outdir", metavar="OUTDIR", help="front.json, front.md, front/, best.onnx")
+    p.add_argument(
+        "outdir", metavar="OUTDIR", help="front.json, front.md, report.html, front/, best.onnx"
+    )
     p.add_argument("--target", required=True, choices=["cpu", "cuda", "tensorrt"])
     p.add_argument("--calib", required=True, metavar="DATA", help="calibration data")
     p.add_argument("--eval", metavar="DATA", help="held-out data the guard measures on")

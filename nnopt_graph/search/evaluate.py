@@ -2,15 +2,54 @@
 
 from __future__ import annotations
 
-__all__ = ["evaluate_candidate"]
+__all__ = ["blas_threads", "evaluate_candidate"]
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+# Latency protocol of every candidate: >= 20 windows of >= 10 ms (each model's fastest
+# run in a window of rotating runs), >= 0.5 s of the input model in all.
+WINDOW_SECONDS = 0.01
+MIN_SECONDS = 0.5
+
+
+def blas_threads() -> int | None:
+    """Threads of this process's BLAS (numpy's OpenBLAS/MKL), or None when unknown."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    counts = [int(i["num_threads"]) for i in threadpool_info() if i.get("user_api") == "blas"]
+    return max(counts) if counts else None
+
+
+@contextlib.contextmanager
+def _pinned_blas(threads: int | None) -> Iterator[None]:
+    """Run with numpy's BLAS on ``threads`` threads (no change when None).
+
+    Float reductions in BLAS (the passes' refits and Hessians) split differently over a
+    different thread count, so the same pipeline writes other bytes in the last bit. A Ray
+    worker starts with one BLAS thread (Ray sets OMP_NUM_THREADS=1), a local process with
+    one per core: the search pins every evaluation to the driver's count.
+    """
+    if threads is None:
+        yield
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        logger.warning("threadpoolctl is missing: BLAS threads not pinned to %d", threads)
+        yield
+        return
+    with threadpool_limits(limits=threads, user_api="blas"):
+        yield
 
 
 def _size(folder: Path) -> int:
@@ -23,7 +62,8 @@ def evaluate_candidate(job: dict[str, Any]) -> dict[str, Any]:
 
     Args:
         job: ``input``, ``output`` (the model path to write), ``pipeline``, ``target``,
-            ``calib``, ``eval``, ``guard``, ``threads``, ``runs``, ``seed``.
+            ``calib``, ``eval``, ``guard``, ``threads`` (latency), ``runs``, ``seed`` and
+            ``blas_threads`` (numpy's BLAS threads while building; None leaves them).
 
     Returns:
         A JSON-ready record: ``status`` (``ok`` or ``failed``), ``size``, ``guard_passed``,
@@ -40,16 +80,17 @@ def evaluate_candidate(job: dict[str, Any]) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"pipeline": job["pipeline"], "status": "failed"}
     try:
-        result = optimize(
-            job["input"],
-            out,
-            job["pipeline"],
-            target=job["target"],
-            calib=job["calib"],
-            eval_data=job.get("eval"),
-            guard=job.get("guard"),
-            seed=job.get("seed", 0),
-        )
+        with _pinned_blas(job.get("blas_threads")):
+            result = optimize(
+                job["input"],
+                out,
+                job["pipeline"],
+                target=job["target"],
+                calib=job["calib"],
+                eval_data=job.get("eval"),
+                guard=job.get("guard"),
+                seed=job.get("seed", 0),
+            )
     except NnoptError as exc:
         record["error"] = one_line(exc)
         record["seconds"] = time.perf_counter() - start
@@ -78,7 +119,8 @@ def evaluate_candidate(job: dict[str, Any]) -> dict[str, Any]:
         runs=job.get("runs", 20),
         warmup=3,
         threads=job.get("threads", 1),
-        min_seconds=job.get("min_seconds", 1.0),
+        min_seconds=job.get("min_seconds", MIN_SECONDS),
+        window_seconds=job.get("window_seconds", WINDOW_SECONDS),
     )
     record["latency_ratio"] = timing.ratio[1]
     record["latency_runs"] = timing.runs

@@ -16,6 +16,7 @@ from typing import Any
 
 from nnopt_graph.errors import BadInputError, CheckFailedError
 from nnopt_graph.search.cache import CandidateCache, candidate_key, file_sha256
+from nnopt_graph.search.evaluate import blas_threads
 from nnopt_graph.search.space import SearchSpace, load_space
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def _cosine(record: dict[str, Any]) -> float | None:
 def _write_outputs(
     outdir: Path, records: list[dict[str, Any]], meta: dict[str, Any]
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    from nnopt_graph.search.report import REPORT_NAME, render_front_html
     from nnopt_graph.search.strategy import objectives
 
     feasible = [r for r in records if r.get("status") == "ok" and r.get("guard_passed")]
@@ -118,6 +120,7 @@ def _write_outputs(
         **meta,
         "front": entries,
         "best": None if best is None else {"pipeline": best["pipeline"], "model": "best.onnx"},
+        "report": REPORT_NAME,
         "candidates": [{k: v for k, v in r.items() if k != "key"} for r in records],
     }
     (outdir / "front.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
@@ -137,7 +140,13 @@ def _write_outputs(
             f"| {n:02d} | {_fmt_ratio(r)} | {'-' if cos is None else f'{cos:.5f}'} "
             f"| {r['size']} | `{r['pipeline']}` |"
         )
+    lines += [
+        "",
+        f"Plot of the front (latency vs worst-sample cosine, size as area): "
+        f"[{REPORT_NAME}]({REPORT_NAME})",
+    ]
     (outdir / "front.md").write_text("\n".join(lines) + "\n")
+    (outdir / REPORT_NAME).write_text(render_front_html(meta, front, records, best))
     if best is not None:
         _copy_model(Path(best["model"]), outdir / "best.onnx")
         (outdir / "best.pipeline.txt").write_text(best["pipeline"] + "\n")
@@ -192,6 +201,7 @@ def _search_one(
     limit = min(limit, space.size)
     deadline = time.monotonic() + budget_minutes * 60 if budget_minutes else None
     threads = max(1, min(2, (os.cpu_count() or 1) // executor.workers))
+    blas = blas_threads()
     seen: dict[str, dict[str, Any]] = {}
     evaluated = asked = 0
     max_asks = 20 * space.size
@@ -227,6 +237,7 @@ def _search_one(
                 "eval": None if eval_data is None else str(eval_data),
                 "guard": guard,
                 "threads": threads,
+                "blas_threads": blas,
                 "seed": seed,
                 "key": key,
             }
@@ -275,7 +286,8 @@ def run_search(
 
     A folder's models go to ``OUTDIR/<stem>/``. Each OUTDIR gets ``front.json``,
     ``front.md``, ``front/NN.onnx`` + ``NN.pipeline.txt``, ``best.onnx`` +
-    ``best.pipeline.txt`` and ``cache.jsonl`` (a re-run takes evaluated candidates from it).
+    ``best.pipeline.txt``, ``report.html`` (the front plotted) and ``cache.jsonl``
+    (a re-run takes evaluated candidates from it).
 
     Raises:
         BadInputError: unusable model, data, space, guard or options (exit 2).

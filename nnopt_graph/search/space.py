@@ -85,9 +85,8 @@ def default_space(target: str) -> SearchSpace:
     """
     prune = ("prune", tuple(_prune_choice(r) for r in PRUNE_RATIOS))
     sparse = ("sparsify", ("", "sparsify{pattern=2:4}"))
-    quant: tuple[str, tuple[str, ...]]
     if target in ("cpu", "tensorrt"):
-        quant = ("quantize", ("", "quantize-int8"))
+        quant: tuple[str, tuple[str, ...]] = ("quantize", ("", "quantize-int8"))
         preset = "quantize-int8"
     elif target == "cuda":
         quant = ("quantize", ("", "quantize-fp16", "quantize-int4", "quantize-fp16,quantize-int4"))

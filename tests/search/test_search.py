@@ -215,6 +215,25 @@ def test_folder_without_models_exits_2(tmp_path: Path) -> None:
     )
 
 
+def test_report_html_plots_one_point_per_front_candidate(searched: Path) -> None:
+    import re
+
+    front = json.loads((searched / "front.json").read_text())["front"]
+    page = (searched / "report.html").read_text()
+    assert page.startswith("<!doctype html>")
+    # One blue point per front candidate, numbered like front/NN.onnx, each linked to its row.
+    points = re.findall(r"class='front-point' data-n='(\d\d)'", page)
+    assert points == [f"{n:02d}" for n in range(len(front))]
+    for n in range(len(front)):
+        assert f"href='#front-{n:02d}'" in page and f"id='front-{n:02d}'" in page
+        assert f"href='front/{n:02d}.onnx'" in page
+    # Self-contained: no script, no stylesheet or image from the network.
+    assert "<script" not in page and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+    assert "https://" not in page
+    # The front table links the plot.
+    assert "[report.html](report.html)" in (searched / "front.md").read_text()
+
+
 def test_help_does_not_import_optuna() -> None:
     code = (
         "import sys, contextlib, io\nfrom nnopt_graph.cli import main\n"
