@@ -157,6 +157,12 @@ def _entry(name: str, pipeline: str, guard: str, runs: int, tmp: Path) -> dict[s
     feeds = _feeds(held, a)
     cos = _cosines(a, b, feeds)
     record = result.records[-1].to_json() if result.records else {}
+    keys = ("group", "units_before", "units_after", "ratio", "sensitivity_curve", "reason")
+    decisions = [
+        {k: d[k] for k in keys if k in d}
+        for d in record.get("decisions", [])
+        if d.get("status") in ("pruned", "unchanged")
+    ]
     return {
         "model": name,
         "pipeline": pipeline,
@@ -168,6 +174,8 @@ def _entry(name: str, pipeline: str, guard: str, runs: int, tmp: Path) -> dict[s
         "weight_params_ratio": round(_weights(out, encoder) / _weights(base, encoder), 4),
         "latency_ratio": _latency(a, b, feeds[0], runs),
         "heldout_samples": len(cos),
+        "stats": {k: v for k, v in (record.get("stats") or {}).items() if v},
+        "decisions": decisions,
         "cosine": {
             "min": round(float(cos.min()), 5),
             "p5": round(float(np.percentile(cos, 5)), 5),
