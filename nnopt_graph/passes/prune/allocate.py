@@ -15,10 +15,12 @@ from __future__ import annotations
 
 __all__ = [
     "Allocation",
+    "allocate_budget",
     "allocate_params",
     "allocate_units",
     "global_ratios",
     "sensitivity_levels",
+    "removed_params",
     "total_weight_params",
     "unit_param_costs",
 ]
@@ -180,6 +182,52 @@ def allocate_params(
             )
         result[group.id] = Allocation(ratio, params, reason)
     return result
+
+
+def removed_params(groups: Sequence[ChannelGroup], ratios: Mapping[int, float]) -> float:
+    """Weight parameters removed when each group loses ``ratios[id]`` of its units.
+
+    A weight pruned on two axes (a Conv between two pruned groups, an FFN matrix whose
+    rows and columns both go) loses ``1 - (1 - f1)(1 - f2)`` of its entries, not the sum.
+    """
+    kept: dict[int, tuple[int, float]] = {}  # id(value) -> (size, kept fraction)
+    for group in groups:
+        fraction = ratios.get(group.id, 0.0)
+        for space in group.spaces:
+            if not space.is_constant or not space.has_role(*WEIGHT_ROLES):
+                continue
+            array = const_array(space.value)
+            if array is None:
+                continue
+            size, left = kept.get(id(space.value), (int(array.size), 1.0))
+            kept[id(space.value)] = (size, left * (1.0 - fraction))
+    return float(sum(size * (1.0 - left) for size, left in kept.values()))
+
+
+def allocate_budget(
+    groups: Sequence[ChannelGroup],
+    curves: Mapping[int, Mapping[float, float]],
+    budget: float,
+    max_ratio: float,
+    rounds: int = 8,
+) -> dict[int, Allocation]:
+    """``allocate_params`` corrected for weights shared by two pruned groups.
+
+    The per-unit costs count a weight pruned on both axes twice; the planned budget is
+    rescaled (secant steps) until the exact count (``removed_params``) meets ``budget``.
+    """
+    target = float(budget)
+    chosen = allocate_params(groups, curves, target, max_ratio)
+    for _ in range(rounds):
+        actual = removed_params(groups, {gid: a.ratio for gid, a in chosen.items()})
+        if actual <= 0 or abs(actual - budget) <= 0.005 * budget:
+            break
+        target *= budget / actual
+        again = allocate_params(groups, curves, target, max_ratio)
+        if again == chosen:
+            break
+        chosen = again
+    return chosen
 
 
 def global_ratios(

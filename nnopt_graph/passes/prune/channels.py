@@ -26,7 +26,7 @@ from nnopt_graph.analysis.channels import (
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
 from nnopt_graph.check.metrics import sample_metrics
 from nnopt_graph.passes.prune.allocate import (
-    allocate_params,
+    allocate_budget,
     allocate_units,
     global_ratios,
     sensitivity_levels,
@@ -376,7 +376,8 @@ class PruneChannelsPass(Pass):
 
     @staticmethod
     def _key(group: ChannelGroup, level: float) -> str:
-        return f"{group.graph.name}/{group.name}/{group.num_units}@{level:g}"
+        # The id too: unnamed nodes give several groups the same name.
+        return f"{group.graph.name}/{group.id}/{group.name}/{group.num_units}@{level:g}"
 
     def _dataset(self, model: ir.Model, context: PassContext) -> Dataset | None:
         dataset: Dataset | None = context.calibration
@@ -406,7 +407,7 @@ class PruneChannelsPass(Pass):
             }
             if options.budget == "params":
                 plan.budget = int(round(options.ratio * total_weight_params(model)))
-                chosen = allocate_params(candidates, plan.curves, plan.budget, cap)
+                chosen = allocate_budget(candidates, plan.curves, plan.budget, cap)
                 plan.ratios = {gid: a.ratio for gid, a in chosen.items()}
                 plan.reasons = {gid: a.reason for gid, a in chosen.items()}
                 return
@@ -536,6 +537,11 @@ class PruneChannelsPass(Pass):
                 if len(plan.keep[group.id]) < group.num_units:
                     deltas.extend(bias_deltas(group, plan.keep[group.id], plan.channel_stats))
         stats["params-budget"] = plan.budget
+        # Planned from the unpruned weights (a weight shared by two pruned groups counts
+        # its removed rows and columns twice, so it can exceed params-removed).
+        for group in plan.candidates:
+            removed_units = np.setdiff1d(np.arange(group.num_units), plan.keep[group.id])
+            stats["params-planned"] += int(round(unit_param_costs(group)[removed_units].sum()))
         if plan.budget:
             decisions.append(
                 {
@@ -581,7 +587,6 @@ class PruneChannelsPass(Pass):
             if primary is not None and after is not None:
                 stats["channels-removed"] += primary.size - after
             stats["params-removed"] += result.params_removed
-            stats["params-planned"] += int(round(float(unit_param_costs(group)[removed].sum())))
             for space in group.spaces:
                 if space.has_role(ROLE_IN) and len(result.kept[space.key]) < space.size:
                     for role in space.roles:
