@@ -43,6 +43,25 @@ from nnopt_graph.job import optimize  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ["minilm-l3-paraphrase", "bert-encoder", "nudenet-320n-static"]
 ENCODERS = {"minilm-l3-paraphrase", "bert-encoder"}
+_SEARCH = "prune-channels{ratio=0.25 search=true protect-last=false%s}"
+# Default pipelines per model: the uniform ratio, the sensitivity search under the
+# weight-parameter budget (activation and FLAP fluctuation importance), and for the
+# encoders the refit-free recoveries (none; FLAP bias compensation); for the detector
+# the search's earlier unit-average budget for comparison.
+PIPELINES = {
+    "encoder": [
+        "prune-channels{ratio=0.25}",
+        _SEARCH % "",
+        _SEARCH % " importance=fluctuation",
+        _SEARCH % " reconstruct=false",
+        _SEARCH % " reconstruct=false compensate=true importance=fluctuation",
+    ],
+    "detector": [
+        "prune-channels{ratio=0.25}",
+        _SEARCH % "",
+        _SEARCH % " budget=units",
+    ],
+}
 
 
 def _inputs(name: str, tmp: Path) -> tuple[Path, Path, Path]:
@@ -187,13 +206,12 @@ def _entry(name: str, pipeline: str, guard: str, runs: int, tmp: Path) -> dict[s
 def main() -> int:
     """Run the table and write bench/results/prune_transformer.{json,md}."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument(
         "--pipeline",
         action="append",
-        help="pipeline(s) to run per model (default: prune-channels at 0.25, uniform and "
-        "with sensitivity-allocated ratios)",
+        help="pipeline(s) to run per model (default: PIPELINES, by model kind)",
     )
     parser.add_argument("--guard", default="cosine>=0.95")
     args = parser.parse_args()
@@ -202,12 +220,9 @@ def main() -> int:
     ).stdout.strip()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        pipelines = args.pipeline or [
-            "prune-channels{ratio=0.25}",
-            "prune-channels{ratio=0.25 search=true protect-last=false}",
-        ]
         for name in args.models.split(","):
-            for pipeline in pipelines:
+            kind = "encoder" if name in ENCODERS else "detector"
+            for pipeline in args.pipeline or PIPELINES[kind]:
                 rows.append(_entry(name, pipeline, args.guard, args.runs, Path(tmp)))
                 print(json.dumps(rows[-1]), flush=True)
     meta = {
@@ -237,6 +252,23 @@ def main() -> int:
             f"{lat['max']:.3f} | {cos['min']:.4f} / {cos['p5']:.4f} / {cos['median']:.4f} "
             f"({r['heldout_samples']}) |"
         )
+    lines += ["", "## Per-group allocation (encoders, search rows)", ""]
+    lines += [
+        "units before -> after, the measured sensitivity (1 - worst cosine on 8 calibration",
+        "samples, that group alone pruned without refit) at each ratio, and the reason.",
+        "",
+        "| model | pipeline | group | units | sensitivity by ratio | reason |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["model"] not in ENCODERS or "search=true" not in r["pipeline"]:
+            continue
+        for d in r["decisions"]:
+            curve = ", ".join(f"{k}: {v:.4f}" for k, v in d.get("sensitivity_curve", {}).items())
+            lines.append(
+                f"| {r['model']} | `{r['pipeline']}` | {d['group']} | "
+                f"{d['units_before']} -> {d['units_after']} | {curve} | {d['reason']} |"
+            )
     (RESULTS / "prune_transformer.md").write_text("\n".join(lines) + "\n")
     return 0
 
