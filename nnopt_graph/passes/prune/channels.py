@@ -24,7 +24,6 @@ from nnopt_graph.analysis.channels import (
     const_array,
 )
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
-from nnopt_graph.check.metrics import sample_metrics
 from nnopt_graph.passes.prune.allocate import (
     allocate_budget,
     allocate_units,
@@ -44,6 +43,7 @@ from nnopt_graph.passes.prune.importance import (
 )
 from nnopt_graph.passes.prune.latency import WidthChoice, choose_width
 from nnopt_graph.passes.prune.reconstruct import Sink, find_sinks, reconstruct_sinks
+from nnopt_graph.passes.prune.sensitivity import masked_clone, min_cosine, run_outputs
 from nnopt_graph.passes.prune.shapes import fold_copied_reshape_dims
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 from nnopt_graph.runtime.data import Dataset, input_specs
@@ -227,54 +227,6 @@ def _select(group: ChannelGroup, scores: np.ndarray, remove: int) -> np.ndarray:
     return np.nonzero(keep)[0]
 
 
-def _run_outputs(
-    runtime: RuntimeServices, model: ir.Model, dataset: Dataset
-) -> list[list[np.ndarray]]:
-    """The model's outputs, per sample, in its output order."""
-    return [list(outputs.values()) for [outputs] in runtime.outputs([model], dataset)]
-
-
-def _masked(model: ir.Model, group: ChannelGroup, keep: np.ndarray) -> ir.Model:
-    """A clone whose sink weights read zeros for the removed units.
-
-    It computes what removal without refit computes, without rewriting the graph.
-    """
-    clone = model.clone()
-    by_name = dict(clone.graph.initializers)
-    by_name.update({v.name: v for n in clone.graph for v in n.outputs if v.name})
-    removed = np.ones(group.num_units, dtype=bool)
-    removed[keep] = False
-    for space in group.spaces:
-        if not space.is_constant or not space.has_role(ROLE_IN):
-            continue
-        idx = np.nonzero(removed[space.unit_of])[0]
-        value = by_name.get(space.name)
-        array = const_array(value)
-        if value is None or array is None or not len(idx):
-            continue
-        array = array.copy()
-        index: list[Any] = [slice(None)] * array.ndim
-        index[space.axis] = idx
-        array[tuple(index)] = 0
-        tensor = ir.tensor(array, name=value.name)
-        producer = value.producer()
-        if producer is not None and producer.op_type == "Constant":
-            producer.attributes["value"] = ir.AttrTensor("value", tensor)
-        else:
-            value.const_value = tensor
-    return clone
-
-
-def _min_cosine(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float:
-    """The worst sample's cosine over all outputs (NaN counts as the worst)."""
-    worst = 1.0
-    for ref, cand in zip(reference, candidate, strict=True):
-        for r, c in zip(ref, cand, strict=True):
-            value = sample_metrics(r, c).cosine
-            worst = min(worst, -1.0 if value != value else value)
-    return worst
-
-
 @dataclasses.dataclass
 class PrunePlan:
     """What prune-channels decided for a model, before changing it.
@@ -355,13 +307,13 @@ class PruneChannelsPass(Pass):
             for level in levels.get(g.id, [])
             if self._key(g, level) not in self._sensitivity
         ]
-        reference = _run_outputs(runtime, model, subset) if todo else []
+        reference = run_outputs(runtime, model, subset) if todo else []
         for group, level in todo:
             keep = _select(group, scores[group.id], _removal_count(group, level, self.options))
             if len(keep) == group.num_units:
                 continue
-            outputs = _run_outputs(runtime, _masked(model, group, keep), subset)
-            value = max(0.0, 1.0 - _min_cosine(reference, outputs))
+            outputs = run_outputs(runtime, masked_clone(model, group, keep), subset)
+            value = max(0.0, 1.0 - min_cosine(reference, outputs))
             self._sensitivity[self._key(group, level)] = value
         result: dict[int, dict[float, float]] = {}
         for group in groups:
