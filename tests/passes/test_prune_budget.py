@@ -391,3 +391,80 @@ def test_compensated_model_is_unchanged_by_a_second_run_at_ratio_zero():
     )
     assert not result.modified
     assert ir.serde.serialize_model(model).SerializeToString() == before
+
+
+def _conv_chain(seed: int, *, gemm_without_c: bool = False) -> onnx.ModelProto:
+    """x [N,3,4,4] -> Conv 1x1 (8; channels 0-1 constant 3 after Relu) -> Relu -> Conv 1x1 (4)
+    -> GlobalAveragePool -> Flatten -> Gemm (2, no C when ``gemm_without_c``)."""
+    rng = np.random.default_rng(seed)
+    w0 = rng.standard_normal([8, 3, 1, 1]).astype(np.float32)
+    b0 = (rng.standard_normal([8]) * 0.1).astype(np.float32)
+    w0[:2] = 0
+    b0[:2] = 3.0
+    w1 = (rng.standard_normal([4, 8, 1, 1]) / 3).astype(np.float32)
+    b1 = (rng.standard_normal([4]) * 0.1).astype(np.float32)
+    wf = rng.standard_normal([2, 4]).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(a, n)
+        for a, n in ((w0, "w0"), (b0, "b0"), (w1, "w1"), (b1, "b1"), (wf, "wf"))
+    ]
+    gemm_inputs = ["flat", "wf"]
+    if not gemm_without_c:
+        inits.append(numpy_helper.from_array(np.zeros(2, np.float32), "bf"))
+        gemm_inputs.append("bf")
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"]),
+        helper.make_node("Relu", ["c0"], ["r0"]),
+        helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("GlobalAveragePool", ["r1"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"]),
+        helper.make_node("Gemm", gemm_inputs, ["y"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+        inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _images(samples: int, seed: int) -> Dataset:
+    x = np.random.default_rng(seed).standard_normal([samples, 3, 4, 4]).astype(np.float32)
+    return Dataset({"x": x}, "test")
+
+
+def test_conv_compensation_makes_removing_constant_channels_exact():
+    proto = _conv_chain(14)
+    options = dict(ratio=0.25, importance="fluctuation", reconstruct=False, protect_first=False)
+    plain, _ = _prune(proto, _images(16, 0), **options)
+    compensated, result = _prune(proto, _images(16, 0), compensate=True, **options)
+    assert result.stats["layers-bias-compensated"] >= 1
+    held = _images(8, 5).arrays["x"]
+    (y,) = ort_run(proto, {"x": held})
+    (z,) = ort_run(ir.serde.serialize_model(compensated), {"x": held})
+    (p,) = ort_run(ir.serde.serialize_model(plain), {"x": held})
+    per_sample = np.linalg.norm(z - y, axis=1) / np.linalg.norm(y, axis=1).mean()
+    assert per_sample.max() < 1e-5
+    assert np.abs(p - y).max() > 1e-2
+
+
+def test_gemm_compensation_creates_the_missing_bias():
+    proto = _conv_chain(15, gemm_without_c=True)
+    model, result = _prune(
+        proto,
+        _images(16, 0),
+        ratio=0.5,
+        reconstruct=False,
+        compensate=True,
+        protect_first=False,
+        protect_last=False,
+    )
+    gemm = next(n for n in model.graph if n.op_type == "Gemm")
+    assert len(gemm.inputs) == 3 and gemm.inputs[2] is not None
+    assert result.stats["layers-bias-compensated"] >= 2
+    onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
