@@ -15,7 +15,8 @@ pipeline runs under ``--guard`` (default ``cosine>=0.95``), whose measurement us
     per-round ratios after warm-up (min/median/max);
   - fidelity: per held-out sample, all float outputs flattened, cosine; min/p5/median.
 
-Run: .venv/bin/python bench/prune_transformer.py [--runs 40] [--models a,b] [--pipeline P]
+Run: .venv/bin/python bench/prune_transformer.py [--runs 100] [--models a,b] [--pipeline P]
+[--out STEM]
 """
 
 from __future__ import annotations
@@ -228,6 +229,9 @@ def main() -> int:
         help="pipeline(s) to run per model (default: PIPELINES, by model kind)",
     )
     parser.add_argument("--guard", default="cosine>=0.95")
+    parser.add_argument(
+        "--out", default="prune_transformer", help="results file stem under bench/results/"
+    )
     args = parser.parse_args()
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
@@ -245,7 +249,7 @@ def main() -> int:
         "onnxruntime": ort.__version__,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "prune_transformer.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
+    (RESULTS / f"{args.out}.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
     lines = [
         "# Structured pruning at ratio 0.25 (bench/prune_transformer.py)",
         "",
@@ -286,7 +290,7 @@ def main() -> int:
                 f"| {r['model']} | `{r['pipeline']}` | {d['group']} | "
                 f"{d['units_before']} -> {d['units_after']} | {curve} | {d['reason']} |"
             )
-    (RESULTS / "prune_transformer.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     return 0
 
 
