@@ -23,16 +23,27 @@ from nnopt_graph.analysis.channels import (
     apply_channel_removal,
 )
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
-from nnopt_graph.check.metrics import sample_metrics
 from nnopt_graph.core.constants import const_array
+from nnopt_graph.passes.prune.allocate import (
+    allocate_budget,
+    allocate_units,
+    global_ratios,
+    sensitivity_levels,
+    total_weight_params,
+    unit_param_costs,
+)
+from nnopt_graph.passes.prune.compensate import BiasDelta, apply_bias_deltas, bias_deltas
 from nnopt_graph.passes.prune.importance import (
     IMPORTANCE_KINDS,
+    ChannelStats,
+    Tap,
     activation_taps,
-    collect_activation_means,
+    collect_channel_stats,
     group_importance,
 )
 from nnopt_graph.passes.prune.latency import WidthChoice, choose_width
-from nnopt_graph.passes.prune.reconstruct import find_sinks, reconstruct_sinks
+from nnopt_graph.passes.prune.reconstruct import Sink, find_sinks, reconstruct_sinks
+from nnopt_graph.passes.prune.sensitivity import masked_clone, min_cosine, run_outputs
 from nnopt_graph.passes.prune.shapes import fold_copied_reshape_dims
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 from nnopt_graph.runtime.data import Dataset, input_specs
@@ -49,6 +60,10 @@ _STATS = (
     "channels-removed",
     "params-removed",
     "layers-reconstructed",
+    "layers-bias-compensated",
+    "skipped-compensate-no-bias",
+    "params-budget",
+    "params-planned",
     "skipped-groups-frozen",
     "skipped-groups-protected",
     "skipped-nothing-prunable",
@@ -71,7 +86,8 @@ class PruneChannelsOptions:
         ratio: fraction of each prunable group's units to remove (channels, neurons, heads).
         round_to: keep channel counts a multiple of this (groups of single channels).
         importance: activation (mean |activation| x weight norm on calibration data;
-            l2 without data), l1 | l2 (weight magnitude over the group), bn-scale.
+            l2 without data), fluctuation (FLAP: activation variance x squared weight
+            norm; l2 without data), l1 | l2 (weight magnitude over the group), bn-scale.
         scope: local (the same ratio in every group) or global (one ranking of
             normalized importances across groups).
         max_layer_ratio: never remove more than this fraction of a group.
@@ -80,7 +96,13 @@ class PruneChannelsOptions:
         reconstruct: refit the consumers' weights by least squares on calibration data.
         ridge: ridge strength of the refit, relative to the mean feature energy.
         calib_samples: calibration samples used at most.
-        search: allocate per-group ratios by measured sensitivity (average stays ``ratio``).
+        search: allocate per-group ratios by measured sensitivity curves (see ``budget``).
+        budget: with ``search``, what ``ratio`` is a fraction of: params (weight
+            parameters removed / all weight parameters of the weighted layers, taken where
+            the measured sensitivity per parameter is lowest) or units (the average of the
+            groups' unit ratios, inversely to sensitivity at ``ratio``).
+        compensate: move the removed input channels' mean contribution into the next
+            layer's bias (FLAP) for the layers the least-squares refit does not solve.
         latency_aware: time candidate widths on the target EP and prefer faster counts.
         min_ratio: back-off stops below this ratio.
         fold_shapes: first rewrite Reshape targets computed from the input's own dims
@@ -102,6 +124,8 @@ class PruneChannelsOptions:
     ridge: float = dataclasses.field(default=1e-3, metadata={"range": (0.0, None, True, True)})
     calib_samples: int = dataclasses.field(default=64, metadata={"range": (1, None, True, True)})
     search: bool = False
+    budget: str = dataclasses.field(default="params", metadata={"choices": ("params", "units")})
+    compensate: bool = False
     latency_aware: bool = False
     min_ratio: float = dataclasses.field(default=0.05, metadata={"range": (0.0, 1.0, True, False)})
     fold_shapes: bool = False
@@ -203,107 +227,6 @@ def _select(group: ChannelGroup, scores: np.ndarray, remove: int) -> np.ndarray:
     return np.nonzero(keep)[0]
 
 
-def _global_ratios(
-    groups: Sequence[ChannelGroup],
-    scores: dict[int, np.ndarray],
-    ratio: float,
-    options: PruneChannelsOptions,
-) -> dict[int, float]:
-    """Per-group ratios from one ranking of mean-normalized importances across groups."""
-    entries: list[tuple[float, int]] = []
-    total = 0
-    for group in groups:
-        s = scores[group.id]
-        free = group.prunable_units
-        mean = float(s[free].mean()) if len(free) and s[free].mean() > 0 else 1.0
-        entries.extend((float(s[u]) / mean, group.id) for u in free)
-        total += group.num_units
-    entries.sort()
-    budget = int(math.floor(ratio * total + 0.5))
-    caps = {g.id: int(math.floor(options.max_layer_ratio * g.num_units + 1e-9)) for g in groups}
-    taken = dict.fromkeys(caps, 0)
-    for _, gid in entries:
-        if budget <= 0:
-            break
-        if taken[gid] < caps[gid]:
-            taken[gid] += 1
-            budget -= 1
-    return {g.id: taken[g.id] / g.num_units for g in groups}
-
-
-def _allocate(
-    groups: Sequence[ChannelGroup], sensitivity: dict[int, float], ratio: float, max_ratio: float
-) -> dict[int, float]:
-    """Per-group ratios inversely related to sensitivity, averaging ``ratio`` over units."""
-    known = [g for g in groups if sensitivity.get(g.id) is not None]
-    ratios = {g.id: ratio for g in groups}
-    if len(known) < 2:
-        return ratios
-    values = np.array([sensitivity[g.id] for g in known])
-    eps = 1e-6 + 0.05 * float(values.mean())
-    weight = 1.0 / np.sqrt(values + eps)
-    units = np.array([g.num_units for g in known], dtype=np.float64)
-    target = ratio * units.sum()
-    lo, hi = 0.0, 1e6
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        if (np.clip(mid * weight, 0.0, max_ratio) * units).sum() < target:
-            lo = mid
-        else:
-            hi = mid
-    for group, r in zip(known, np.clip(hi * weight, 0.0, max_ratio), strict=True):
-        ratios[group.id] = float(r)
-    return ratios
-
-
-def _run_outputs(
-    runtime: RuntimeServices, model: ir.Model, dataset: Dataset
-) -> list[list[np.ndarray]]:
-    """The model's outputs, per sample, in its output order."""
-    return [list(outputs.values()) for [outputs] in runtime.outputs([model], dataset)]
-
-
-def _masked(model: ir.Model, group: ChannelGroup, keep: np.ndarray) -> ir.Model:
-    """A clone whose sink weights read zeros for the removed units.
-
-    It computes what removal without refit computes, without rewriting the graph.
-    """
-    clone = model.clone()
-    by_name = dict(clone.graph.initializers)
-    by_name.update({v.name: v for n in clone.graph for v in n.outputs if v.name})
-    removed = np.ones(group.num_units, dtype=bool)
-    removed[keep] = False
-    for space in group.spaces:
-        if not space.is_constant or not space.has_role(ROLE_IN):
-            continue
-        idx = np.nonzero(removed[space.unit_of])[0]
-        value = by_name.get(space.name)
-        array = const_array(value)
-        if value is None or array is None or not len(idx):
-            continue
-        array = array.copy()
-        index: list[Any] = [slice(None)] * array.ndim
-        index[space.axis] = idx
-        array[tuple(index)] = 0
-        tensor = ir.tensor(array, name=value.name)
-        producer = value.producer()
-        if producer is not None and producer.op_type == "Constant":
-            producer.attributes["value"] = ir.AttrTensor("value", tensor)
-        else:
-            value.const_value = tensor
-    return clone
-
-
-def _min_cosine(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float:
-    """The worst sample's cosine over all outputs (NaN counts as the worst)."""
-    worst = 1.0
-    for ref, cand in zip(reference, candidate, strict=True):
-        for r, c in zip(ref, cand, strict=True):
-            value = sample_metrics(r, c).cosine
-            worst = min(worst, -1.0 if value != value else value)
-    return worst
-
-
 @dataclasses.dataclass
 class PrunePlan:
     """What prune-channels decided for a model, before changing it.
@@ -316,7 +239,12 @@ class PrunePlan:
         scores: per candidate, the importance of each unit.
         kinds: per candidate, the importance kind used (after fallbacks).
         ratios: per candidate, the ratio allocated.
-        sensitivity: per candidate, measured sensitivity (search=true).
+        sensitivity: per candidate, measured sensitivity at ``ratio`` (search=true).
+        curves: per candidate, measured sensitivity at each level measured (search=true).
+        reasons: per candidate, why its ratio was chosen.
+        channel_stats: per tapped sink input, calibration statistics (data importances,
+            compensate).
+        budget: weight parameters the allocation aimed to remove (budget=params), or 0.
         widths: per candidate, the latency-aware width choice.
         keep: per candidate, the unit indices to keep.
         decisions: report entries of frozen and protected groups.
@@ -330,6 +258,10 @@ class PrunePlan:
     kinds: dict[int, str] = dataclasses.field(default_factory=dict)
     ratios: dict[int, float] = dataclasses.field(default_factory=dict)
     sensitivity: dict[int, float] = dataclasses.field(default_factory=dict)
+    curves: dict[int, dict[float, float]] = dataclasses.field(default_factory=dict)
+    reasons: dict[int, str] = dataclasses.field(default_factory=dict)
+    channel_stats: dict[Tap, ChannelStats] = dataclasses.field(default_factory=dict)
+    budget: int = 0
     widths: dict[int, WidthChoice] = dataclasses.field(default_factory=dict)
     keep: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
     decisions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -364,36 +296,83 @@ class PruneChannelsPass(Pass):
         scores: dict[int, np.ndarray],
         dataset: Dataset,
         runtime: RuntimeServices,
-    ) -> dict[int, float]:
-        """1 - min output cosine when only this group is pruned at ``ratio`` (no refit)."""
-        result: dict[int, float] = {}
+        levels: dict[int, list[float]],
+    ) -> dict[int, dict[float, float]]:
+        """Per group, 1 - min output cosine when only it is pruned at each level (no refit)."""
         subset = dataset.take(min(_SENSITIVITY_SAMPLES, dataset.num_samples))
         todo = [
-            g for g in groups if g.graph is model.graph and self._key(g) not in self._sensitivity
+            (g, level)
+            for g in groups
+            if g.graph is model.graph
+            for level in levels.get(g.id, [])
+            if self._key(g, level) not in self._sensitivity
         ]
-        reference = _run_outputs(runtime, model, subset) if todo else []
-        for group in todo:
-            keep = _select(
-                group, scores[group.id], _removal_count(group, self.options.ratio, self.options)
-            )
+        reference = run_outputs(runtime, model, subset) if todo else []
+        for group, level in todo:
+            keep = _select(group, scores[group.id], _removal_count(group, level, self.options))
             if len(keep) == group.num_units:
                 continue
-            outputs = _run_outputs(runtime, _masked(model, group, keep), subset)
-            self._sensitivity[self._key(group)] = max(0.0, 1.0 - _min_cosine(reference, outputs))
+            outputs = run_outputs(runtime, masked_clone(model, group, keep), subset)
+            value = max(0.0, 1.0 - min_cosine(reference, outputs))
+            self._sensitivity[self._key(group, level)] = value
+        result: dict[int, dict[float, float]] = {}
         for group in groups:
-            if self._key(group) in self._sensitivity:
-                result[group.id] = self._sensitivity[self._key(group)]
+            curve = {
+                level: self._sensitivity[self._key(group, level)]
+                for level in levels.get(group.id, [])
+                if self._key(group, level) in self._sensitivity
+            }
+            if curve:
+                result[group.id] = curve
         return result
 
     @staticmethod
-    def _key(group: ChannelGroup) -> str:
-        return f"{group.graph.name}/{group.name}/{group.num_units}"
+    def _key(group: ChannelGroup, level: float) -> str:
+        # The id too: unnamed nodes give several groups the same name.
+        return f"{group.graph.name}/{group.id}/{group.name}/{group.num_units}@{level:g}"
 
     def _dataset(self, model: ir.Model, context: PassContext) -> Dataset | None:
         dataset: Dataset | None = context.calibration
         if dataset is not None and dataset.num_samples > self.options.calib_samples:
             dataset = dataset.take(self.options.calib_samples)
         return None if dataset is None else dataset.fit(input_specs(model))
+
+    def _allocate(
+        self, model: ir.Model, plan: PrunePlan, dataset: Dataset | None, context: PassContext
+    ) -> None:
+        """Fill ``plan.ratios`` (and sensitivities, reasons, budget) for the candidates."""
+        options = self.options
+        candidates = plan.candidates
+        if options.search and dataset is not None:
+            cap = options.max_layer_ratio
+            if options.budget == "params":
+                levels = {g.id: sensitivity_levels(options.ratio, cap) for g in candidates}
+            else:
+                levels = {g.id: [options.ratio] for g in candidates}
+            plan.curves = self._sensitivities(
+                model, candidates, plan.scores, dataset, context.runtime, levels
+            )
+            plan.sensitivity = {
+                gid: curve[options.ratio]
+                for gid, curve in plan.curves.items()
+                if options.ratio in curve
+            }
+            if options.budget == "params":
+                plan.budget = int(round(options.ratio * total_weight_params(model)))
+                chosen = allocate_budget(candidates, plan.curves, plan.budget, cap)
+                plan.ratios = {gid: a.ratio for gid, a in chosen.items()}
+                plan.reasons = {gid: a.reason for gid, a in chosen.items()}
+                return
+            plan.ratios = allocate_units(candidates, plan.sensitivity, options.ratio, cap)
+            plan.reasons = dict.fromkeys(plan.ratios, "units: inversely to sensitivity")
+        elif options.scope == "global":
+            plan.ratios = global_ratios(
+                candidates, plan.scores, options.ratio, options.max_layer_ratio
+            )
+            plan.reasons = dict.fromkeys(plan.ratios, "global ranking of importances")
+        else:
+            plan.ratios = {g.id: options.ratio for g in candidates}
+            plan.reasons = dict.fromkeys(plan.ratios, "uniform ratio")
 
     def plan(self, model: ir.Model, context: PassContext) -> PrunePlan:
         """Decide what to remove without changing the model.
@@ -431,29 +410,20 @@ class PruneChannelsPass(Pass):
             return plan
         candidates = plan.candidates
         kind = options.importance
-        means = None
-        if kind == "activation":
+        if kind in ("activation", "fluctuation") or options.compensate:
             if dataset is None:
-                logger.info(
-                    "prune-channels: importance=activation needs calibration data; using l2"
-                )
+                logger.info("prune-channels: importance=%s needs calibration data; using l2", kind)
             else:
-                means = collect_activation_means(
+                plan.channel_stats = collect_channel_stats(
                     context.runtime, model, activation_taps(candidates, model.graph), dataset
                 )
+        means = {t: v.mean_abs for t, v in plan.channel_stats.items()} or None
+        variances = {t: v.var for t, v in plan.channel_stats.items()} or None
         for group in candidates:
-            plan.scores[group.id], plan.kinds[group.id] = group_importance(group, kind, means)
-        if options.search and dataset is not None:
-            plan.sensitivity = self._sensitivities(
-                model, candidates, plan.scores, dataset, context.runtime
+            plan.scores[group.id], plan.kinds[group.id] = group_importance(
+                group, kind, means, variances
             )
-            plan.ratios = _allocate(
-                candidates, plan.sensitivity, options.ratio, options.max_layer_ratio
-            )
-        elif options.scope == "global":
-            plan.ratios = _global_ratios(candidates, plan.scores, options.ratio, options)
-        else:
-            plan.ratios = {g.id: options.ratio for g in candidates}
+        self._allocate(model, plan, dataset, context)
         ep = context.runtime.ep_for(context.target)
         for group in candidates:
             remove = _removal_count(group, plan.ratios[group.id], options)
@@ -512,6 +482,27 @@ class PruneChannelsPass(Pass):
                 teacher = model.clone()
         kept_all: dict[tuple[str, int], np.ndarray] = {}
         sink_nodes: list[ir.Node] = []
+        # Bias compensation from the unpruned weights, written after removal.
+        deltas: list[BiasDelta] = []
+        if options.compensate and plan.channel_stats:
+            for group in plan.candidates:
+                if len(plan.keep[group.id]) < group.num_units:
+                    deltas.extend(bias_deltas(group, plan.keep[group.id], plan.channel_stats))
+        stats["params-budget"] = plan.budget
+        # Planned from the unpruned weights (a weight shared by two pruned groups counts
+        # its removed rows and columns twice, so it can exceed params-removed).
+        for group in plan.candidates:
+            removed_units = np.setdiff1d(np.arange(group.num_units), plan.keep[group.id])
+            stats["params-planned"] += int(round(unit_param_costs(group)[removed_units].sum()))
+        if plan.budget:
+            decisions.append(
+                {
+                    "allocation": "params",
+                    "budget_params": plan.budget,
+                    "weight_params": total_weight_params(model),
+                    "ratio": options.ratio,
+                }
+            )
         for group in plan.candidates:
             keep = plan.keep[group.id]
             primary = group.primary
@@ -520,9 +511,16 @@ class PruneChannelsPass(Pass):
                 "graph": group.graph.name or "main",
                 "units": group.num_units,
                 "importance": plan.kinds[group.id],
+                "units_before": group.num_units,
+                "units_after": int(len(keep)),
                 "ratio": round(float(plan.ratios[group.id]), 4),
                 "sensitivity": plan.sensitivity.get(group.id),
+                "reason": plan.reasons.get(group.id, ""),
             }
+            if group.id in plan.curves:
+                base["sensitivity_curve"] = {
+                    f"{k:g}": round(v, 6) for k, v in sorted(plan.curves[group.id].items())
+                }
             if group.id in plan.widths:
                 choice = plan.widths[group.id]
                 base["latency_ms"] = {str(k): round(v, 4) for k, v in choice.latency_ms.items()}
@@ -551,7 +549,7 @@ class PruneChannelsPass(Pass):
                     **base,
                     "status": "pruned",
                     "channels": [primary.size if primary else None, after],
-                    "units_after": int(len(keep)),
+                    "params_removed": int(result.params_removed),
                     "importance_kept_mean": float(scores[keep].mean()),
                     "importance_removed_mean": float(scores[removed].mean()),
                 }
@@ -565,9 +563,14 @@ class PruneChannelsPass(Pass):
             )
         if stats["params-removed"] or stats["units-removed"]:
             ir_passes.ShapeInferencePass(strict_mode=False)(model)
+        sinks: list[Sink] = []
         if teacher is not None and sink_nodes and dataset is not None:
             sinks, skipped = find_sinks(model, sink_nodes, kept_all)
             stats.update({k: stats[k] + v for k, v in skipped.items()})
+        if deltas:  # only the layers the refit does not solve
+            done = apply_bias_deltas(deltas, kept_all, [s.node for s in sinks])
+            stats.update({k: stats[k] + v for k, v in done.items()})
+        if teacher is not None and sinks and dataset is not None:
             refit = reconstruct_sinks(
                 context.runtime, model, teacher, sinks, dataset, ridge=options.ridge
             )

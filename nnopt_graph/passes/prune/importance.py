@@ -1,14 +1,23 @@
-"""Importance of the units of channel groups: weight magnitude, BN scale, activations."""
+"""Importance of the units of channel groups: weight magnitude, BN scale, activations.
+
+``fluctuation`` follows FLAP (An et al. 2024, "Fluctuation-based Adaptive Structured
+Pruning for Large Language Models"): an input channel of a sink weight matters by how much
+it varies around its mean over the calibration data (its mean can be moved into the bias)
+times the squared norm of the weight column reading it.
+"""
 
 from __future__ import annotations
 
 __all__ = [
     "IMPORTANCE_KINDS",
+    "ChannelStats",
     "activation_taps",
     "collect_activation_means",
+    "collect_channel_stats",
     "group_importance",
 ]
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -31,7 +40,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-IMPORTANCE_KINDS = ("l1", "l2", "bn-scale", "activation")
+IMPORTANCE_KINDS = ("l1", "l2", "bn-scale", "activation", "fluctuation")
 
 # (value name, axis) of an activation whose per-channel mean |x| is measured.
 Tap = tuple[str, int]
@@ -86,15 +95,32 @@ def activation_taps(groups: Sequence[ChannelGroup], main_graph: ir.Graph) -> lis
     return taps
 
 
-def collect_activation_means(
+@dataclasses.dataclass(frozen=True)
+class ChannelStats:
+    """Per-channel statistics of one activation over the calibration data.
+
+    Attributes:
+        mean_abs: mean |x|.
+        mean: mean x (what bias compensation moves into the next layer's bias).
+        var: variance of x (sample variance, what ``fluctuation`` importance measures).
+        count: values per channel.
+    """
+
+    mean_abs: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    count: int
+
+
+def collect_channel_stats(
     runtime: RuntimeServices,
     model: ir.Model,
     taps: Sequence[Tap],
     dataset: Dataset,
     batch_size: int = 1,
-) -> dict[Tap, np.ndarray]:
-    """Mean |x| per channel of each tapped activation over the calibration data."""
-    sums: dict[Tap, np.ndarray] = {}
+) -> dict[Tap, ChannelStats]:
+    """Mean |x|, mean and variance per channel of each tapped activation."""
+    sums: dict[Tap, list[np.ndarray]] = {}
     counts: dict[Tap, int] = {}
     names = sorted({name for name, _ in taps})
 
@@ -103,21 +129,42 @@ def collect_activation_means(
             array = batch.get(name)
             if array is None or array.ndim <= axis:
                 continue
-            moved = np.moveaxis(np.abs(array.astype(np.float64)), axis, 0).reshape(
-                array.shape[axis], -1
-            )
-            sums[(name, axis)] = sums.get((name, axis), 0) + moved.sum(axis=1)
+            moved = np.moveaxis(array.astype(np.float64), axis, 0).reshape(array.shape[axis], -1)
+            parts = [np.abs(moved).sum(axis=1), moved.sum(axis=1), np.square(moved).sum(axis=1)]
+            if (name, axis) in sums:
+                sums[(name, axis)] = [a + b for a, b in zip(sums[(name, axis)], parts, strict=True)]
+            else:
+                sums[(name, axis)] = parts
             counts[(name, axis)] = counts.get((name, axis), 0) + moved.shape[1]
 
     if names:
         runtime.capture(model, names, dataset, on_batch, batch_size=batch_size, threads=None)
-    return {tap: sums[tap] / max(counts[tap], 1) for tap in sums}
+    stats: dict[Tap, ChannelStats] = {}
+    for tap, (abs_sum, total, squares) in sums.items():
+        n = max(counts[tap], 1)
+        mean = total / n
+        var = np.maximum(squares / n - np.square(mean), 0.0) * (n / max(n - 1, 1))
+        stats[tap] = ChannelStats(abs_sum / n, mean, var, counts[tap])
+    return stats
+
+
+def collect_activation_means(
+    runtime: RuntimeServices,
+    model: ir.Model,
+    taps: Sequence[Tap],
+    dataset: Dataset,
+    batch_size: int = 1,
+) -> dict[Tap, np.ndarray]:
+    """Mean |x| per channel of each tapped activation over the calibration data."""
+    stats = collect_channel_stats(runtime, model, taps, dataset, batch_size)
+    return {tap: value.mean_abs for tap, value in stats.items()}
 
 
 def group_importance(
     group: ChannelGroup,
     kind: str,
     activation_means: dict[Tap, np.ndarray] | None = None,
+    variances: dict[Tap, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, str]:
     """Importance of each unit of a group, and the kind actually used.
 
@@ -126,8 +173,14 @@ def group_importance(
     ``bn-scale``: |gamma| of the BatchNormalizations in the group (``l2`` when none is
     left, e.g. after fold-batchnorm). ``activation``: for each sink, mean |x| of its
     input channel times the L2 norm of the weight slice reading it, summed per unit
-    (``l2`` for groups without measured sinks).
+    (``l2`` for groups without measured sinks). ``fluctuation`` (FLAP): for each sink,
+    the variance of its input channel times the squared L2 norm of the weight slice
+    reading it, summed per unit (``variances`` needed; ``l2`` without them).
     """
+    if kind == "fluctuation":
+        return _data_weighted(group, variances, squared=True, kind=kind)
+    if kind == "activation":
+        return _data_weighted(group, activation_means, squared=False, kind=kind)
     if kind == "bn-scale":
         scores = np.zeros(group.num_units)
         found = False
@@ -140,23 +193,32 @@ def group_importance(
         if found:
             return scores, kind
         return _magnitude(group, "l2"), "l2"
-    if kind == "activation":
-        scores = np.zeros(group.num_units)
-        found = False
-        for space in group.spaces:
-            if not space.is_constant:
-                continue
-            for role in space.roles:
-                if role.role != ROLE_IN or role.data is None or activation_means is None:
-                    continue
-                value, axis = role.data
-                means = activation_means.get((value.name or "", axis))
-                norms = _weight_norms(space, "l2")
-                if means is None or norms is None or means.shape[0] != space.size:
-                    continue
-                _sum_by_unit(group, space, means * np.sqrt(norms), scores)
-                found = True
-        if found:
-            return scores, kind
-        return _magnitude(group, "l2"), "l2"
     return _magnitude(group, kind), kind
+
+
+def _data_weighted(
+    group: ChannelGroup,
+    per_channel: dict[Tap, np.ndarray] | None,
+    *,
+    squared: bool,
+    kind: str,
+) -> tuple[np.ndarray, str]:
+    """Sum over sinks of a per-channel statistic times the weight slice's (squared) norm."""
+    scores = np.zeros(group.num_units)
+    found = False
+    for space in group.spaces:
+        if not space.is_constant or per_channel is None:
+            continue
+        for role in space.roles:
+            if role.role != ROLE_IN or role.data is None:
+                continue
+            value, axis = role.data
+            stat = per_channel.get((value.name or "", axis))
+            norms = _weight_norms(space, "l2")  # sum of squares per index
+            if stat is None or norms is None or stat.shape[0] != space.size:
+                continue
+            _sum_by_unit(group, space, stat * (norms if squared else np.sqrt(norms)), scores)
+            found = True
+    if found:
+        return scores, kind
+    return _magnitude(group, "l2"), "l2"

@@ -1,0 +1,66 @@
+"""Sensitivity of a model to one group's removal: masked clones, worst-sample cosine."""
+
+from __future__ import annotations
+
+__all__ = ["masked_clone", "min_cosine", "run_outputs"]
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx_ir as ir
+
+from nnopt_graph.analysis.channels import ROLE_IN, ChannelGroup
+from nnopt_graph.check.metrics import sample_metrics
+from nnopt_graph.core.constants import const_array
+from nnopt_graph.runtime.data import Dataset
+
+if TYPE_CHECKING:
+    from nnopt_graph.runtime.services import RuntimeServices
+
+
+def run_outputs(
+    runtime: RuntimeServices, model: ir.Model, dataset: Dataset
+) -> list[list[np.ndarray]]:
+    """The model's outputs, per sample, in its output order."""
+    return [list(outputs.values()) for [outputs] in runtime.outputs([model], dataset)]
+
+
+def masked_clone(model: ir.Model, group: ChannelGroup, keep: np.ndarray) -> ir.Model:
+    """A clone whose sink weights read zeros for the removed units.
+
+    It computes what removal without refit computes, without rewriting the graph.
+    """
+    clone = model.clone()
+    by_name = dict(clone.graph.initializers)
+    by_name.update({v.name: v for n in clone.graph for v in n.outputs if v.name})
+    removed = np.ones(group.num_units, dtype=bool)
+    removed[keep] = False
+    for space in group.spaces:
+        if not space.is_constant or not space.has_role(ROLE_IN):
+            continue
+        idx = np.nonzero(removed[space.unit_of])[0]
+        value = by_name.get(space.name)
+        array = const_array(value)
+        if value is None or array is None or not len(idx):
+            continue
+        array = array.copy()
+        index: list[Any] = [slice(None)] * array.ndim
+        index[space.axis] = idx
+        array[tuple(index)] = 0
+        tensor = ir.tensor(array, name=value.name)
+        producer = value.producer()
+        if producer is not None and producer.op_type == "Constant":
+            producer.attributes["value"] = ir.AttrTensor("value", tensor)
+        else:
+            value.const_value = tensor
+    return clone
+
+
+def min_cosine(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float:
+    """The worst sample's cosine over all outputs (NaN counts as the worst)."""
+    worst = 1.0
+    for ref, cand in zip(reference, candidate, strict=True):
+        for r, c in zip(ref, cand, strict=True):
+            value = sample_metrics(r, c).cosine
+            worst = min(worst, -1.0 if value != value else value)
+    return worst
