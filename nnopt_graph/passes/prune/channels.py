@@ -1,5 +1,11 @@
 """Structured pruning: remove channels, FFN neurons and attention heads by dependency group."""
 
+# One module (~580 lines): the pass's options, its plan (groups, protection, scores,
+# allocation, widths) and the run that applies one plan share the PrunePlan and the
+# per-pass sensitivity cache that back-offs reuse. Each measurement or solver it calls
+# lives in its own module here: importance, allocate, sensitivity, latency, reconstruct,
+# compensate, shapes.
+
 from __future__ import annotations
 
 __all__ = ["PruneChannelsOptions", "PruneChannelsPass", "PrunePlan"]
