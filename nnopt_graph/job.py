@@ -150,6 +150,15 @@ def _datasets(
     return calibration.split(0.2)
 
 
+def _staged_bytes(staged: Path) -> int:
+    """Bytes of a staged output: the graph and the side file beside it in its stage folder.
+
+    ``io.staged_save`` writes into a folder of its own: the graph and, with external
+    data, one side file its tensors refer to, nothing else.
+    """
+    return sum(p.stat().st_size for p in staged.parent.iterdir() if p.is_file())
+
+
 def _check_input(model: ir.Model, path: Path) -> None:
     """Refuse an input the ONNX checker rejects: optimizing it would blame the output.
 
@@ -258,7 +267,14 @@ def optimize(
         warnings: list[str] = list(the_guard.warnings) if the_guard and lossy else []
         for text in warnings:
             logger.warning("%s", text)
-        input_summary = summarize(original, input_shapes) if output is not None else None
+        input_summary = None
+        if output is not None:
+            # A path input is summarized from the IR just loaded from it (not loaded again).
+            input_summary = (
+                summarize(ir_model, input_shapes, path=original)
+                if input_path is not None
+                else summarize(original, input_shapes)
+            )
         all_instruments: list[Instrument] = [VerifyEachInstrument()] if verify_each else []
         all_instruments.extend(instruments)
         context = PassContext(
@@ -310,7 +326,8 @@ def optimize(
                                 f"the output breaks the guard '{guard_expr}': "
                                 f"{'; '.join(outcome.failed)}; nothing written"
                             )
-                output_summary = summarize(staged, input_shapes)
+                # The final IR is what was written: summarize it, not a reload of the file.
+                output_summary = summarize(ir_model, input_shapes, size_bytes=_staged_bytes(staged))
                 output_summary.path = str(output)
             written = Path(output)
     result_report = build_report(
