@@ -16,7 +16,7 @@ from typing import Any
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
-from nnopt_graph.analysis.walk import all_nodes
+from nnopt_graph.analysis.walk import all_nodes, model_graphs
 from nnopt_graph.core.io import external_data_files, load
 from nnopt_graph.runtime.data import input_specs, resolve_shapes
 
@@ -164,7 +164,7 @@ def summarize(
     histogram = collections.Counter(
         f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in nodes
     )
-    graphs = list(model.graphs())
+    graphs = model_graphs(model)
     params = weight_bytes = initializers = 0
     for graph in graphs:
         for value in graph.initializers.values():
