@@ -98,7 +98,31 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", nargs="+", default=["4096", "16384", "65536", "262144:2"])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--name", default="min_work", help="results file name")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=[],
+        help="instead of measuring, merge these results JSON files (sizes and fixed-start "
+        "samples) into --name",
+    )
     args = parser.parse_args()
+    if args.merge:
+        parts = [json.loads(Path(p).read_text()) for p in args.merge]
+        rows = sorted((r for part in parts for r in part["results"]), key=lambda r: r["nodes"])
+        start: dict[str, list[float]] = {}
+        for part in parts:
+            for key, values in part["start_s"].items():
+                start.setdefault(key, []).extend(values)
+        meta = {
+            "commit": parts[0]["commit"],
+            "machine": parts[0]["machine"],
+            "merged_from": [Path(p).name for p in args.merge],
+            "start_median_s": {k: statistics.median(v) for k, v in start.items()},
+            "start_s": start,
+        }
+        _write(args.name, meta, rows)
+        return
     plan = []
     for spec in args.sizes:
         size, _, runs = spec.partition(":")
@@ -151,8 +175,14 @@ def main() -> None:
         "start_median_s": {k: statistics.median(v) for k, v in start_times.items()},
         "start_s": start_times,
     }
+    _write(args.name, meta, rows)
+
+
+def _write(name: str, meta: dict, rows: list[dict]) -> None:
+    """bench/results/NAME.json and NAME.md."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "min_work.json").write_text(json.dumps({**meta, "results": rows}, indent=2) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps({**meta, "results": rows}, indent=2) + "\n")
+    start_times = meta["start_s"]
     lines = [
         "# Default pipeline (verified) vs the minimum work, whole processes",
         "",
@@ -181,7 +211,7 @@ def main() -> None:
         + ", ".join(f"`nnopt-graph {k}` {v:.2f} s" for k, v in meta["start_median_s"].items()),
         "",
     ]
-    (RESULTS / "min_work.md").write_text("\n".join(lines))
+    (RESULTS / f"{name}.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":
