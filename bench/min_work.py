@@ -8,7 +8,8 @@ weight) and times, as separate processes, interleaved over --runs rounds:
 and, once per round, nnopt-graph list-passes and --version (fixed start). Medians and
 the ratio opt/min per size; the output's size ratio. Writes bench/results/min_work.{json,md}.
 
-Usage: python bench/min_work.py [--sizes 4096 16384 65536] [--runs 3]
+Usage: python bench/min_work.py [--sizes 4096 16384 65536 262144:2] [--runs 3]
+(SIZE:RUNS gives one size its own number of rounds.)
 """
 
 from __future__ import annotations
@@ -95,19 +96,47 @@ def _commit() -> str:
 def main() -> None:
     """Run and write the tables."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 65536])
+    parser.add_argument("--sizes", nargs="+", default=["4096", "16384", "65536", "262144:2"])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--name", default="min_work", help="results file name")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=[],
+        help="instead of measuring, merge these results JSON files (sizes and fixed-start "
+        "samples) into --name",
+    )
     args = parser.parse_args()
+    if args.merge:
+        parts = [json.loads(Path(p).read_text()) for p in args.merge]
+        rows = sorted((r for part in parts for r in part["results"]), key=lambda r: r["nodes"])
+        start: dict[str, list[float]] = {}
+        for part in parts:
+            for key, values in part["start_s"].items():
+                start.setdefault(key, []).extend(values)
+        meta = {
+            "commit": parts[0]["commit"],
+            "machine": parts[0]["machine"],
+            "merged_from": [Path(p).name for p in args.merge],
+            "start_median_s": {k: statistics.median(v) for k, v in start.items()},
+            "start_s": start,
+        }
+        _write(args.name, meta, rows)
+        return
+    plan = []
+    for spec in args.sizes:
+        size, _, runs = spec.partition(":")
+        plan.append((int(size), int(runs) if runs else args.runs))
     rows = []
     start_times: dict[str, list[float]] = {"list-passes": [], "--version": [], "--help": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for size in args.sizes:
+        for size, runs in plan:
             src = work / f"chain{size}.onnx"
             onnx.save(chain(size), src)
             times: dict[str, list[float]] = {"min": [], "opt": []}
             out_bytes = 0
-            for round_ in range(args.runs):
+            for round_ in range(runs):
                 order = ["min", "opt"] if round_ % 2 == 0 else ["opt", "min"]
                 for kind in order:
                     if kind == "min":
@@ -124,7 +153,7 @@ def main() -> None:
             rows.append(
                 {
                     "nodes": size,
-                    "runs": args.runs,
+                    "runs": runs,
                     "min_s": times["min"],
                     "opt_s": times["opt"],
                     "min_median_s": med["min"],
@@ -143,12 +172,17 @@ def main() -> None:
     meta = {
         "commit": _commit(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, shared",
-        "runs": args.runs,
         "start_median_s": {k: statistics.median(v) for k, v in start_times.items()},
         "start_s": start_times,
     }
+    _write(args.name, meta, rows)
+
+
+def _write(name: str, meta: dict, rows: list[dict]) -> None:
+    """bench/results/NAME.json and NAME.md."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "min_work.json").write_text(json.dumps({**meta, "results": rows}, indent=2) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps({**meta, "results": rows}, indent=2) + "\n")
+    start_times = meta["start_s"]
     lines = [
         "# Default pipeline (verified) vs the minimum work, whole processes",
         "",
@@ -156,17 +190,17 @@ def main() -> None:
         "Chains of Add/Mul/Relu on x[N,4] with a 4-element weight per Add/Mul. "
         "min = a process that onnx.load + onnx.save the model and runs the input and the "
         "saved model once each in ONNX Runtime; opt = `nnopt-graph opt IN OUT` (default "
-        f"pipeline, verified). {args.runs} runs each, interleaved (min opt, opt min, ...); "
-        "medians of wall seconds.",
+        "pipeline, verified). Runs per size in the table, interleaved (min opt, opt min, "
+        "...); medians of wall seconds.",
         "",
-        "| nodes | min s | opt s | opt / min (of medians) | per-run ratio min / med / max | "
-        "output size ratio |",
-        "|---|---|---|---|---|---|",
+        "| nodes | runs | min s | opt s | opt / min (of medians) | "
+        "per-run ratio min / med / max | output size ratio |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         pr = r["ratio_per_round"]
         lines.append(
-            f"| {r['nodes']:,} | {r['min_median_s']:.2f} | {r['opt_median_s']:.2f} | "
+            f"| {r['nodes']:,} | {r['runs']} | {r['min_median_s']:.2f} | {r['opt_median_s']:.2f} | "
             f"{r['ratio_of_medians']:.2f} | {pr['min']:.2f} / {pr['median']:.2f} / "
             f"{pr['max']:.2f} | {r['size_ratio']:.4f} |"
         )
@@ -177,7 +211,7 @@ def main() -> None:
         + ", ".join(f"`nnopt-graph {k}` {v:.2f} s" for k, v in meta["start_median_s"].items()),
         "",
     ]
-    (RESULTS / "min_work.md").write_text("\n".join(lines))
+    (RESULTS / f"{name}.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from nnopt_graph.runtime.data import (
     random_dataset,
     resolve_shapes,
 )
+from nnopt_graph.runtime.execute import ReferenceOutputs, reference_outputs
 from nnopt_graph.runtime.isolate import run_isolated
 from nnopt_graph.runtime.session import load_problem
 
@@ -150,8 +151,19 @@ def _datasets(
     return calibration.split(0.2)
 
 
+def _staged_bytes(staged: Path) -> int:
+    """Bytes of a staged output: the graph and the side file beside it in its stage folder.
+
+    ``io.staged_save`` writes into a folder of its own: the graph and, with external
+    data, one side file its tensors refer to, nothing else.
+    """
+    return sum(p.stat().st_size for p in staged.parent.iterdir() if p.is_file())
+
+
 def _check_input(model: ir.Model, path: Path) -> None:
     """Refuse an input the ONNX checker rejects: optimizing it would blame the output.
+
+    ONNX Runtime's turn comes once the data is known (``_check_input_runs``).
 
     Raises:
         BadInputError: the input model is structurally broken or invalid ONNX.
@@ -164,9 +176,38 @@ def _check_input(model: ir.Model, path: Path) -> None:
     except Exception as exc:
         text = " ".join(str(exc).split()) or type(exc).__name__
         raise BadInputError(f"{path}: invalid model: {text[:300]}") from exc
+
+
+def _input_reference(path: Path, dataset: Dataset) -> ReferenceOutputs | None:
+    """The input's outputs on the verification data, or None when ONNX Runtime fails."""
+    try:
+        return reference_outputs(path, dataset)
+    except Exception:  # noqa: BLE001  (load_problem then says whether loading is the problem)
+        return None
+
+
+def _check_input_runs(path: Path, held_out: Dataset | None) -> ReferenceOutputs | None:
+    """Refuse an input ONNX Runtime cannot load; given ``held_out``, run it on that data.
+
+    The session that shows the input loads also computes the outputs verification will
+    compare the written model against, so verification opens one session, not two.
+    Returns those outputs, or None (no data given, too large, or ONNX Runtime failed:
+    verification then runs the input itself and reports what fails).
+
+    Raises:
+        BadInputError: ONNX Runtime cannot load the input model.
+    """
+    if held_out is not None:
+        try:
+            reference = run_isolated(_input_reference, path, held_out, what="loading the input")
+        except CheckFailedError:  # a crash: load_problem says whether loading crashes
+            reference = None
+        if reference is not None:
+            return reference
     problem = run_isolated(load_problem, path, what="loading the input")
     if problem is not None:  # opset 99, an op of an unknown domain: not ours to optimize
         raise BadInputError(f"{path}: ONNX Runtime cannot load the input model: {problem}")
+    return None
 
 
 def optimize(
@@ -254,11 +295,22 @@ def optimize(
         calibration, held_out = _datasets(
             ir_model, calib, eval_data, input_shapes, verify_samples, lossy, seed
         )
+        reference: ReferenceOutputs | None = None
+        if input_path is not None:
+            verifies = output is not None and check
+            reference = _check_input_runs(input_path, held_out if verifies else None)
         the_guard = Guard(guard_expr, original, held_out, metric) if guard_expr else None
         warnings: list[str] = list(the_guard.warnings) if the_guard and lossy else []
         for text in warnings:
             logger.warning("%s", text)
-        input_summary = summarize(original, input_shapes) if output is not None else None
+        input_summary = None
+        if output is not None:
+            # A path input is summarized from the IR just loaded from it (not loaded again).
+            input_summary = (
+                summarize(ir_model, input_shapes, path=original)
+                if input_path is not None
+                else summarize(original, input_shapes)
+            )
         all_instruments: list[Instrument] = [VerifyEachInstrument()] if verify_each else []
         all_instruments.extend(instruments)
         context = PassContext(
@@ -297,7 +349,7 @@ def optimize(
                 if check:
                     fidelity = run_isolated(  # an ORT segfault: exit 1, nothing written
                         verify_written,
-                        original,
+                        reference or original,
                         staged,
                         held_out,
                         tolerance=None if lossy else LOSSLESS,
@@ -310,7 +362,8 @@ def optimize(
                                 f"the output breaks the guard '{guard_expr}': "
                                 f"{'; '.join(outcome.failed)}; nothing written"
                             )
-                output_summary = summarize(staged, input_shapes)
+                # The final IR is what was written: summarize it, not a reload of the file.
+                output_summary = summarize(ir_model, input_shapes, size_bytes=_staged_bytes(staged))
                 output_summary.path = str(output)
             written = Path(output)
     result_report = build_report(

@@ -16,7 +16,7 @@ from typing import Any
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
-from nnopt_graph.analysis.walk import all_nodes
+from nnopt_graph.analysis.walk import all_nodes, model_graphs
 from nnopt_graph.core.io import external_data_files, load
 from nnopt_graph.runtime.data import input_specs, resolve_shapes
 
@@ -114,37 +114,65 @@ def _io(values: Sequence[ir.Value]) -> list[dict[str, Any]]:
     ]
 
 
+def _inferred_macs(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> tuple[int, int]:
+    """MACs after shape inference with concrete input shapes; modifies ``model``."""
+    for value in model.graph.inputs:
+        if value.name in shapes:
+            value.shape = ir.Shape(shapes[value.name])
+    ir_passes.ShapeInferencePass(strict_mode=False)(model)
+    return estimate_macs(model)
+
+
+def _on_disk_bytes(path: Path, model: ir.Model) -> int:
+    """The file's size plus the external-data files its tensors read from."""
+    return path.stat().st_size + sum(p.stat().st_size for p in external_data_files(model))
+
+
 def summarize(
     model: ir.Model | str | os.PathLike[str],
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     *,
     with_flops: bool = True,
+    path: str | os.PathLike[str] | None = None,
+    size_bytes: int | None = None,
 ) -> ModelSummary:
     """Summarize a model; FLOPs need shapes, so dynamic inputs get concrete sizes.
 
-    When given a path the model is loaded here (lazily) and may be modified freely;
-    an in-memory model is summarized without FLOPs to leave it untouched.
+    When given a path the model is loaded here (lazily) and may be modified freely.
+    An in-memory model is never modified: its FLOPs are counted on a clone (which
+    shares the tensors), and only when it has Conv/ConvTranspose/Gemm/MatMul nodes.
+
+    Args:
+        model: the model, or the path of an ONNX file.
+        input_shapes: concrete shapes for dynamic inputs, by name (for FLOPs).
+        with_flops: count MACs/FLOPs (shape inference with concrete input shapes).
+        path: for an in-memory model, the file it was loaded from or written to; its
+            size (and its external data's) is the summary's size unless ``size_bytes``
+            is given.
+        size_bytes: for an in-memory model, the size of its file(s) on disk.
     """
-    path = None
-    size = None
+    loaded = not isinstance(model, ir.Model)
     if not isinstance(model, ir.Model):
         path = Path(model)
         model = load(path)
-        size = path.stat().st_size + sum(p.stat().st_size for p in external_data_files(model))
-    else:
-        with_flops = False
+        size_bytes = _on_disk_bytes(path, model)
+    elif path is not None:
+        path = Path(path)
+        if size_bytes is None:
+            size_bytes = _on_disk_bytes(path, model)
+    nodes = list(all_nodes(model))
     histogram = collections.Counter(
-        f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type
-        for n in all_nodes(model)
+        f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in nodes
     )
+    graphs = model_graphs(model)
     params = weight_bytes = initializers = 0
-    for graph in model.graphs():
+    for graph in graphs:
         for value in graph.initializers.values():
             initializers += 1
             if value.const_value is not None:
                 params += value.const_value.size
                 weight_bytes += value.const_value.nbytes
-    for node in all_nodes(model):
+    for node in nodes:
         # Weights held in Constant nodes (PaddlePaddle, spox exports) count as weights.
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             attr = node.attributes.get("value")
@@ -154,7 +182,7 @@ def summarize(
                 weight_bytes += tensor.nbytes
     summary = ModelSummary(
         path=str(path) if path else None,
-        size_bytes=size,
+        size_bytes=size_bytes,
         ir_version=model.ir_version,
         opsets=dict(model.opset_imports),
         producer=f"{model.producer_name or ''} {model.producer_version or ''}".strip(),
@@ -162,7 +190,7 @@ def summarize(
         outputs=_io(model.graph.outputs),
         op_histogram=dict(histogram.most_common()),
         nodes=sum(histogram.values()),
-        subgraphs=sum(1 for _ in model.graphs()) - 1,
+        subgraphs=len(graphs) - 1,
         functions=len(model.functions),
         initializers=initializers,
         params=params,
@@ -173,13 +201,11 @@ def summarize(
     )
     if with_flops:
         shapes = resolve_shapes(input_specs(model), input_shapes, warn=False)
-        for value in model.graph.inputs:
-            if value.name in shapes:
-                value.shape = ir.Shape(shapes[value.name])
         # Only Conv/ConvTranspose/Gemm/MatMul count: without them, no inference to run.
-        if any(n.op_type in _MAC_OPS and n.domain in ("", "ai.onnx") for n in all_nodes(model)):
-            ir_passes.ShapeInferencePass(strict_mode=False)(model)
-        macs, unknown = estimate_macs(model)
+        if any(n.op_type in _MAC_OPS and n.domain in ("", "ai.onnx") for n in nodes):
+            macs, unknown = _inferred_macs(model if loaded else model.clone(), shapes)
+        else:
+            macs, unknown = 0, 0
         if unknown:
             logger.info(
                 "FLOPs: %d matmul/conv nodes have unknown shapes and are not counted", unknown

@@ -9,6 +9,7 @@ __all__ = [
     "count_nodes",
     "custom_domain_nodes",
     "graph_nodes_recursive",
+    "model_graphs",
     "opset_version",
 ]
 
@@ -20,30 +21,68 @@ import onnx_ir as ir
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 
 
+def _node_subgraphs(node: ir.Node) -> Iterator[ir.Graph]:
+    """The graphs held by a node's attributes (If branches, Loop/Scan bodies), in order."""
+    for attr in node.attributes.values():
+        if not isinstance(attr, ir.Attr):
+            continue  # a function's reference attribute holds no graph
+        if attr.type == ir.AttributeType.GRAPH:
+            yield attr.as_graph()
+        elif attr.type == ir.AttributeType.GRAPHS:
+            yield from attr.as_graphs()
+
+
+def _subgraphs(graph: ir.Graph | ir.Function, seen: dict[ir.Graph, None]) -> None:
+    """Collect the subgraphs below ``graph`` in depth-first order of entry."""
+    for node in graph:
+        if not node.attributes:  # most nodes: no attribute can hold a graph
+            continue
+        for sub in _node_subgraphs(node):
+            seen.setdefault(sub, None)
+            _subgraphs(sub, seen)
+
+
+def _subgraphs_of(graph: ir.Graph) -> list[ir.Graph]:
+    """``graph.subgraphs()``: every subgraph below ``graph``, in onnx-ir's order."""
+    seen: dict[ir.Graph, None] = {}
+    _subgraphs(graph, seen)
+    seen.pop(graph, None)
+    return list(seen)
+
+
+def model_graphs(model: ir.Model) -> list[ir.Graph]:
+    """``model.graphs()``: the main graph and every subgraph, in the same order, faster.
+
+    onnx-ir's walk visits every node through a generic recursive iterator; this one
+    looks only at nodes that have attributes.
+    """
+    return [model.graph, *_subgraphs_of(model.graph)]
+
+
 def all_graphs(model: ir.Model) -> Iterator[ir.Graph | ir.Function]:
     """The main graph, every subgraph (If/Loop/Scan bodies), and every function."""
-    yield from model.graphs()
+    yield from model_graphs(model)
     for function in model.functions.values():
         yield function
-        for node in ir.traversal.RecursiveGraphIterator(function):
-            for attr in node.attributes.values():
-                if not isinstance(attr, ir.Attr):
-                    continue
-                if attr.type == ir.AttributeType.GRAPH:
-                    yield from _graph_and_subgraphs(attr.as_graph())
-                elif attr.type == ir.AttributeType.GRAPHS:
-                    for g in attr.as_graphs():
-                        yield from _graph_and_subgraphs(g)
-
-
-def _graph_and_subgraphs(graph: ir.Graph) -> Iterator[ir.Graph]:
-    yield graph
-    yield from graph.subgraphs()
+        for node in graph_nodes_recursive(function):
+            if not node.attributes:
+                continue
+            for sub in _node_subgraphs(node):
+                yield sub
+                yield from _subgraphs_of(sub)
 
 
 def graph_nodes_recursive(graph: ir.Graph | ir.Function) -> Iterator[ir.Node]:
-    """Every node of a graph, including those inside its subgraphs."""
-    yield from ir.traversal.RecursiveGraphIterator(graph)
+    """Every node of a graph, including those inside its subgraphs.
+
+    The order of ``ir.traversal.RecursiveGraphIterator``: each node, then the nodes of
+    the graphs its attributes hold.
+    """
+    for node in graph:
+        yield node
+        if node.attributes:
+            for sub in _node_subgraphs(node):
+                yield from graph_nodes_recursive(sub)
 
 
 def all_nodes(model: ir.Model) -> Iterator[ir.Node]:

@@ -19,7 +19,7 @@ import numpy as np
 from nnopt_graph.check.equality import Tolerance, value_problems
 from nnopt_graph.check.metrics import METRICS, OutputFidelity, sample_metrics
 from nnopt_graph.runtime.data import Dataset
-from nnopt_graph.runtime.execute import paired_outputs
+from nnopt_graph.runtime.execute import ReferenceOutputs, paired_outputs
 
 # Equality problems kept per comparison (the first ones; the count is kept in full).
 _MAX_PROBLEMS = 8
@@ -141,7 +141,7 @@ class _Collector:
 
 
 def compare_models(
-    reference: str | os.PathLike[str] | bytes,
+    reference: str | os.PathLike[str] | bytes | ReferenceOutputs,
     candidate: str | os.PathLike[str] | bytes,
     dataset: Dataset,
     *,
@@ -150,6 +150,9 @@ def compare_models(
     threads: int | None = None,
 ) -> Comparison:
     """Run both models on every feed (CPU EP) and measure their agreement per sample.
+
+    ``reference`` may be the reference's outputs computed ahead of time on ``dataset``
+    (``runtime.execute.reference_outputs``): then only the candidate runs.
 
     Raises:
         CheckFailedError: either model cannot be loaded or run, or the output names differ.

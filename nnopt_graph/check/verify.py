@@ -15,6 +15,7 @@ from nnopt_graph.check.equality import LOSSLESS, Tolerance
 from nnopt_graph.core.sparse_format import has_sparse_initializers
 from nnopt_graph.errors import CheckFailedError, one_line
 from nnopt_graph.runtime.data import Dataset
+from nnopt_graph.runtime.execute import ReferenceOutputs
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def check_written(candidate: Path) -> None:
 
 
 def verify_written(
-    reference: str | os.PathLike[str] | bytes,
+    reference: str | os.PathLike[str] | bytes | ReferenceOutputs,
     candidate: Path,
     dataset: Dataset,
     *,
@@ -52,7 +53,9 @@ def verify_written(
 
     With a ``tolerance`` (the lossless default), every output of every sample must be
     equal under it; without one (lossy pipelines, whose budget the guard enforces) only
-    shapes and dtypes must match.
+    shapes and dtypes must match. ``reference`` may be the original's outputs on
+    ``dataset`` computed when it was loaded: then only the written model is run (one
+    session, not two).
 
     Raises:
         CheckFailedError: the checker rejects the file, ONNX Runtime cannot run it, an

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-__all__ = ["ONE_SESSION_AT_A_TIME_BYTES", "paired_outputs", "weights_size"]
+__all__ = [
+    "ONE_SESSION_AT_A_TIME_BYTES",
+    "REFERENCE_OUTPUT_LIMIT_BYTES",
+    "ReferenceOutputs",
+    "paired_outputs",
+    "reference_outputs",
+    "weights_size",
+]
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +25,18 @@ from nnopt_graph.runtime.session import create_session
 # Above this, only one model is held in memory at a time (reference outputs are kept).
 ONE_SESSION_AT_A_TIME_BYTES = 512 * 2**20
 
+# reference_outputs keeps at most this many bytes of outputs (more: it gives up).
+REFERENCE_OUTPUT_LIMIT_BYTES = 256 * 2**20
+
 ModelSource = str | os.PathLike[str] | bytes
+
+
+@dataclasses.dataclass
+class ReferenceOutputs:
+    """A reference model's outputs on every feed of a dataset, computed ahead of time."""
+
+    names: list[str]
+    outputs: list[list[Any]]
 
 
 def weights_size(source: ModelSource) -> int:
@@ -56,8 +75,45 @@ def _check_names(ref_names: list[str], cand_sess: Any) -> None:
         raise CheckFailedError(f"output names differ: {ref_names} vs {cand_names}")
 
 
-def paired_outputs(
+def _nbytes(value: Any) -> int:
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_nbytes(v) for v in value)
+    return int(getattr(value, "nbytes", 0))
+
+
+def reference_outputs(
     reference: ModelSource,
+    dataset: Dataset,
+    *,
+    batch_size: int = 1,
+    threads: int | None = None,
+    limit_bytes: int = REFERENCE_OUTPUT_LIMIT_BYTES,
+) -> ReferenceOutputs | None:
+    """The reference's outputs on every feed (the session ``paired_outputs`` would use).
+
+    Computing them once, when the input is first loaded, spares verification a second
+    session of the input. None when they would exceed ``limit_bytes``.
+
+    Raises:
+        CheckFailedError: the model cannot be loaded or run (``paired_outputs``'s errors).
+    """
+    source = "generated" if dataset.source == "random" else "given"
+    session = _session(reference, "input", threads)
+    names = [o.name for o in session.get_outputs()]
+    outputs = []
+    total = 0
+    for feed in dataset.batches(batch_size):
+        outputs.append(_run(session, names, feed, "input", source))
+        total += _nbytes(outputs[-1])
+        if total > limit_bytes:
+            return None
+    return ReferenceOutputs(names, outputs)
+
+
+def paired_outputs(
+    reference: ModelSource | ReferenceOutputs,
     candidate: ModelSource,
     dataset: Dataset,
     *,
@@ -67,12 +123,23 @@ def paired_outputs(
     """(output names, reference outputs, candidate outputs) for each feed, CPU EP.
 
     Small models run side by side; large ones one after the other, so peak memory is one
-    model plus the reference outputs rather than two models.
+    model plus the reference outputs rather than two models. Given ``ReferenceOutputs``
+    (from ``reference_outputs`` on the same dataset and settings), only the candidate runs.
 
     Raises:
         CheckFailedError: either model cannot be loaded or run, or the output names differ.
     """
     source = "generated" if dataset.source == "random" else "given"
+    if isinstance(reference, ReferenceOutputs):
+        names = reference.names
+        cand_sess = _session(candidate, "output", threads)
+        _check_names(names, cand_sess)
+        stored = reference.outputs
+        for feed, ref_out in zip(
+            dataset.batches(batch_size), track(stored, "verifying", len(stored)), strict=True
+        ):
+            yield names, ref_out, _run(cand_sess, names, feed, "output", source)
+        return
     ref_sess = _session(reference, "input", threads)
     names = [o.name for o in ref_sess.get_outputs()]
     if weights_size(reference) > ONE_SESSION_AT_A_TIME_BYTES:

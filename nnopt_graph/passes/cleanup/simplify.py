@@ -34,6 +34,7 @@ from nnopt_graph.analysis.walk import (
     all_nodes,
     count_nodes,
     custom_domain_nodes,
+    model_graphs,
 )
 from nnopt_graph.core.constants import constant_bool
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
@@ -119,13 +120,13 @@ def _restore_node_names(saved: dict[int, tuple[ir.Node, str | None]]) -> int:
 
 
 def _initializer_count(model: ir.Model) -> int:
-    return sum(len(g.initializers) for g in model.graphs())
+    return sum(len(g.initializers) for g in model_graphs(model))
 
 
 def _initializer_bytes(model: ir.Model) -> int:
     return sum(
         v.const_value.nbytes
-        for g in model.graphs()
+        for g in model_graphs(model)
         for v in g.initializers.values()
         if v.const_value is not None
     )
@@ -353,6 +354,8 @@ class FoldBatchNormPass(Pass):
         rules would name it ``node_Conv_<n>``); its output keeps the BatchNormalization's.
         """
         before = _count_op(model, "BatchNormalization")
+        if not before:  # nothing for the rules to match: skip their walk of every node
+            return PassResult({"batchnorms-folded": 0, "skipped-batchnorms-kept": 0})
         # BatchNormalization output -> name of the node it may be folded into.
         fold_into: dict[str, str] = {}
         old_nodes: set[int] = set()
@@ -451,7 +454,7 @@ class SortTopologicallyPass(Pass):
 
 def _shape_signature(model: ir.Model) -> dict[int, tuple[object, object]]:
     signature: dict[int, tuple[object, object]] = {}
-    for graph in model.graphs():
+    for graph in model_graphs(model):
         for node in graph:
             for value in node.outputs:
                 shape = tuple(value.shape) if value.shape is not None else None
