@@ -8,6 +8,7 @@ __all__ = [
     "Pattern",
     "SolveResult",
     "follows_pattern",
+    "least_squares_target",
     "mask_weights",
     "parse_pattern",
     "relative_error",
@@ -229,6 +230,31 @@ def sparsegpt(
         w[:, i1:i2] = q1
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
     return SolveResult(w, int(np.count_nonzero(dead)))
+
+
+def least_squares_target(
+    matrix: np.ndarray, hessian: np.ndarray, cross: np.ndarray, damp: float = 0.01
+) -> np.ndarray:
+    """The dense weights W* that best map the current inputs to the reference outputs.
+
+    With X the layer's inputs in the model being sparsified (the layers before it already
+    sparse) and X_ref the same inputs in the dense reference, H = X^T X and C = X^T X_ref:
+    ||W X_ref - W' X||^2 = ||(W* - W') X||^2 + const for W* = W C^T (H + lambda I)^-1, so
+    pruning W* with SparseGPT on H reconstructs the reference's output, correcting the
+    drift the earlier layers' sparsity caused (lambda: ``damp`` times H's mean diagonal).
+
+    Args:
+        matrix: weights W, [rows, K].
+        hessian: H, [K, K].
+        cross: C, [K, K].
+        damp: ridge as a fraction of the mean diagonal of H.
+    """
+    h = np.array(hessian, dtype=np.float64)
+    k = h.shape[0]
+    ridge = damp * (float(np.mean(np.diag(h))) or 1.0)
+    h[np.diag_indices(k)] += max(ridge, 1e-12)
+    rhs = np.asarray(cross, np.float64) @ np.asarray(matrix, np.float64).T
+    return np.linalg.solve(h, rhs).T
 
 
 def _scores(
