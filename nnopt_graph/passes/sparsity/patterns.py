@@ -238,10 +238,13 @@ def least_squares_target(
     """The dense weights W* that best map the current inputs to the reference outputs.
 
     With X the layer's inputs in the model being sparsified (the layers before it already
-    sparse) and X_ref the same inputs in the dense reference, H = X^T X and C = X^T X_ref:
-    ||W X_ref - W' X||^2 = ||(W* - W') X||^2 + const for W* = W C^T (H + lambda I)^-1, so
-    pruning W* with SparseGPT on H reconstructs the reference's output, correcting the
-    drift the earlier layers' sparsity caused (lambda: ``damp`` times H's mean diagonal).
+    sparse) and X_ref the same inputs in the dense reference, H = X^T X and C = X^T X_ref,
+    W* minimizes ||W X_ref - W' X||^2 + lambda ||W' - W||^2 (a ridge toward the original
+    weights, lambda = ``damp`` times H's mean diagonal, so that little calibration data
+    cannot pull W* far from W): W* = W (C^T + lambda I) (H + lambda I)^-1. Since
+    ||W X_ref - W' X||^2 = ||(W* - W') X||^2 + const (without the ridge), pruning W* with
+    SparseGPT on H reconstructs the reference's output, correcting the drift the earlier
+    layers' sparsity caused. Without drift (C = H) W* is W.
 
     Args:
         matrix: weights W, [rows, K].
@@ -250,10 +253,12 @@ def least_squares_target(
         damp: ridge as a fraction of the mean diagonal of H.
     """
     h = np.array(hessian, dtype=np.float64)
+    c = np.array(cross, dtype=np.float64)
     k = h.shape[0]
-    ridge = damp * (float(np.mean(np.diag(h))) or 1.0)
-    h[np.diag_indices(k)] += max(ridge, 1e-12)
-    rhs = np.asarray(cross, np.float64) @ np.asarray(matrix, np.float64).T
+    ridge = max(damp * (float(np.mean(np.diag(h))) or 1.0), 1e-12)
+    h[np.diag_indices(k)] += ridge
+    c[np.diag_indices(k)] += ridge
+    rhs = c @ np.asarray(matrix, np.float64).T  # (C + lambda I) W^T
     return np.linalg.solve(h, rhs).T
 
 

@@ -59,6 +59,7 @@ _STATS = (
     "skipped-subgraph-layers-magnitude-only",
     "skipped-no-calibration-data",
     "skipped-matmul-gemm-params-dense",
+    "skipped-matmul-gemm-params-already-sparse",
 )
 # Reasons find_layers gives for a layer it cannot change, and the statistic that counts them.
 _REASON_STAT = {"shared-weight": "skipped-layers-shared-weights"}
@@ -368,8 +369,9 @@ class SparsifyPass(Pass):
             if why is not None:
                 stats[key] += 1
                 logger.debug("sparsify: %s '%s' skipped: %s", layer.op, layer.name, why)
-                if _coverage_key(layer) and key != "skipped-layers-already-sparse":
-                    stats["skipped-matmul-gemm-params-dense"] += tensor.size
+                if _coverage_key(layer):
+                    kind = "already-sparse" if key == "skipped-layers-already-sparse" else "dense"
+                    stats[f"skipped-matmul-gemm-params-{kind}"] += tensor.size
                 continue
             chosen.append((layer, tensor))
         stats["skipped-layers-in-functions"] += sum(
@@ -420,7 +422,11 @@ class SparsifyPass(Pass):
 
     def _calibrated(self, context: PassContext) -> tuple[Any, bool]:
         o = self.options
-        needs = o.reconstruct or o.importance != "magnitude"
+        needs = (
+            o.reconstruct
+            or o.importance != "magnitude"
+            or (o.keep_dense > 0 and o.sensitivity == "output")
+        )
         if not needs or context.calibration is None:
             return None, needs
         dataset = context.calibration
@@ -474,8 +480,10 @@ class SparsifyPass(Pass):
                 for layer in sweep:
                     self._solve(by_layer[id(layer)], layer_stats[id(layer)])
                 del layer_stats
-        total = stats["skipped-matmul-gemm-params-dense"] + sum(
-            p.original.size for p in plans if _coverage_key(p.layer)
+        total = (
+            stats["skipped-matmul-gemm-params-dense"]
+            + stats["skipped-matmul-gemm-params-already-sparse"]
+            + sum(p.original.size for p in plans if _coverage_key(p.layer))
         )
         room = int(np.floor(total * (1.0 - o.min_coverage) + 1e-9))
         reference_outputs = None
@@ -652,7 +660,10 @@ class SparsifyPass(Pass):
 
     @staticmethod
     def _summary(stats: dict[str, int], pattern: Pattern) -> dict[str, Any]:
-        covered = stats["matmul-gemm-params-sparsified"]
+        covered = (
+            stats["matmul-gemm-params-sparsified"]
+            + stats["skipped-matmul-gemm-params-already-sparse"]
+        )
         total = covered + stats["skipped-matmul-gemm-params-dense"]
         return {
             "summary": True,
