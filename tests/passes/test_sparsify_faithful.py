@@ -12,7 +12,14 @@ from test_sparsify import HEADER, build, dataset, initializer, nm_violations, we
 from nnopt_graph.check.metrics import sample_metrics
 from nnopt_graph.errors import BadInputError
 from nnopt_graph.passes.sparsity.layers import ActivationStats, Layer
-from nnopt_graph.passes.sparsity.patterns import least_squares_target
+from nnopt_graph.passes.sparsity.patterns import (
+    follows_pattern,
+    least_squares_target,
+    parse_pattern,
+    refit_masked,
+    relative_error,
+    sparsegpt,
+)
 from nnopt_graph.passes.sparsity.sparsify import SparsifyPass
 from nnopt_graph.pipeline.base import PassContext
 from nnopt_graph.pipeline.grammar import PassSpec
@@ -321,3 +328,42 @@ def test_output_sensitivity_without_calibration_falls_back_to_error():
     assert len(dense_weights(result)) == 1
     assert all(d["sensitivity-cosine"] is None for d in result.decisions if "layer" in d)
     assert "calibration-cosine-min" not in summary(result)
+
+
+# ---------------------------------------------------------------- refit
+
+
+def test_refit_is_the_exact_least_squares_fit_on_the_mask():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2000, 32)) @ rng.standard_normal((32, 32))
+    w = rng.standard_normal((12, 32))
+    h = x.T @ x
+    pattern = parse_pattern("2:4", 0.0)
+    swept = sparsegpt(w, h, pattern, damp=0.01).matrix
+    refit = refit_masked(w, h, swept != 0, 0.01, start=swept)
+    assert follows_pattern(refit, pattern)
+    np.testing.assert_array_equal(refit == 0, swept == 0)  # the mask is kept
+    damped = h + 0.01 * np.mean(np.diag(h)) * np.eye(32)
+    for row in range(12):
+        kept = np.flatnonzero(swept[row])
+        exact = np.linalg.solve(damped[np.ix_(kept, kept)], (damped @ w[row])[kept])
+        np.testing.assert_allclose(refit[row, kept], exact, rtol=1e-5, atol=1e-7)
+    assert relative_error(w, refit, h) < relative_error(w, swept, h)
+
+
+def test_refit_lowers_calibration_error_and_needs_calibration():
+    proto = deep()
+    calib = dataset(x=inputs(8, 16))
+    errors = {}
+    for refit in (False, True):
+        model, result = run(proto, PassContext(calibration=calib), refit=refit)
+        assert nm_violations(to_proto(model), 2, 4) == {"w1": 0, "w2": 0, "w3": 0}
+        errors[refit] = [d["relative-output-error"] for d in result.decisions if "layer" in d]
+    assert all(a < b for a, b in zip(errors[True], errors[False], strict=True)), errors
+    # Without calibration there is no Hessian: refit changes nothing.
+    plain, _ = run(proto, importance="magnitude", reconstruct=False)
+    with_refit, _ = run(proto, refit=True)
+    for name in ("w1", "w2", "w3"):
+        np.testing.assert_array_equal(
+            initializer(to_proto(plain), name), initializer(to_proto(with_refit), name)
+        )

@@ -31,6 +31,7 @@ from nnopt_graph.passes.sparsity.patterns import (
     least_squares_target,
     mask_weights,
     parse_pattern,
+    refit_masked,
     relative_error,
     sparse_initializer_bytes,
     sparsegpt,
@@ -76,6 +77,9 @@ class SparsifyOptions:
         importance: ``magnitude`` (|W|), ``wanda`` (|W| * ||X_j||) or ``obs`` (SparseGPT's
             w^2 / [H^-1]_jj^2); the last two need calibration data.
         reconstruct: update the kept weights column by column (SparseGPT) to compensate.
+        refit: after the mask is chosen, solve each row's kept weights exactly by least
+            squares on the calibration Hessian (never worse than SparseGPT's sweep on the
+            calibration data; needs calibration).
         damp: Hessian damping as a fraction of its mean diagonal.
         block_size: columns the SparseGPT solver updates together.
         ops: which layers, ``+``- or ``,``-separated among conv, gemm, matmul.
@@ -106,6 +110,7 @@ class SparsifyOptions:
     ratio: float = dataclasses.field(default=0.5, metadata={"range": (0.0, 1.0, True, False)})
     importance: str = dataclasses.field(default="wanda", metadata={"choices": IMPORTANCES})
     reconstruct: bool = True
+    refit: bool = False
     damp: float = dataclasses.field(default=0.01, metadata={"range": (0.0, 1e6, True, False)})
     block_size: int = dataclasses.field(default=128, metadata={"range": (1, None, True, True)})
     ops: str = "conv+gemm+matmul"
@@ -412,6 +417,8 @@ class SparsifyPass(Pass):
                 new = mask_weights(
                     block, pattern, _column_scale(plan.importance, energy, hessian, o.damp)
                 )
+            if o.refit and hessian is not None:
+                new = refit_masked(block, hessian, new != 0, o.damp, start=new)
             out[rows] = new
             err = relative_error(block, new, hessian, energy)
             weight = _output_energy(block, hessian, energy)
