@@ -117,7 +117,7 @@ def _io(values: Sequence[ir.Value]) -> list[dict[str, Any]]:
 def _inferred_macs(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> tuple[int, int]:
     """MACs after shape inference with concrete input shapes; modifies ``model``."""
     for value in model.graph.inputs:
-        if value.name in shapes:
+        if value.name and value.name in shapes:
             value.shape = ir.Shape(shapes[value.name])
     ir_passes.ShapeInferencePass(strict_mode=False)(model)
     return estimate_macs(model)

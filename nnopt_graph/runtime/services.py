@@ -20,7 +20,7 @@ import onnx_ir.passes.common as ir_passes
 
 from nnopt_graph.runtime.bench import BenchResult, benchmark
 from nnopt_graph.runtime.calibrate import run_with_taps
-from nnopt_graph.runtime.data import Dataset
+from nnopt_graph.runtime.data import Dataset, input_specs
 from nnopt_graph.runtime.quant_bench import LatencyComparison, compare_latency
 from nnopt_graph.runtime.scratch import scratch_file
 from nnopt_graph.runtime.session import available_eps, create_session
@@ -59,6 +59,33 @@ class RuntimeServices:
         return run_with_taps(
             model, values, dataset, on_batch, batch_size=batch_size, threads=threads
         )
+
+    def capture_pair(
+        self,
+        reference: ir.Model,
+        model: ir.Model,
+        values: Sequence[str],
+        dataset: Dataset,
+        on_batch: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], None],
+        *,
+        threads: int | None = None,
+    ) -> int:
+        """Per feed, hand the named main-graph values of both models to ``on_batch``.
+
+        ``on_batch(reference_values, model_values)`` sees the two models' values on the
+        same feed (one sample a feed, or the declared batch where it is fixed), one feed
+        in memory at a time. Returns the feeds run.
+        """
+        dataset = dataset.fit(input_specs(model))
+        count = 0
+        with (
+            self.tapped(reference, values, threads=threads) as ref,
+            self.tapped(model, values, threads=threads) as cand,
+        ):
+            for feed in dataset.batches(1):
+                on_batch(ref.run(feed), cand.run(feed))
+                count += 1
+        return count
 
     def ep_for(self, target: str) -> str:
         """The execution provider to measure ``target`` on here: itself when present, else CPU."""

@@ -247,25 +247,34 @@ def im2col(layer: Layer, x: np.ndarray) -> Iterator[list[np.ndarray]]:
 class ActivationStats:
     """Streaming statistics of a layer's input columns: energies (diag of X^T X) or Hessians.
 
+    With ``cross``, also X^T X_ref, where X_ref is the same input computed by a reference
+    model (the dense original): what reconstructing toward the reference's output needs.
+
     Rows are buffered until there are about as many as columns, so that each product
     is a well-shaped matrix multiplication and the float64 sum is updated rarely.
     """
 
-    def __init__(self, layer: Layer, hessian: bool) -> None:
+    def __init__(self, layer: Layer, hessian: bool, cross: bool = False) -> None:
         self.layer = layer
-        self.hessian = hessian
+        self.hessian = hessian or cross
+        self.cross = cross
         k = layer.k
-        shape = (k, k) if hessian else (k,)
+        shape = (k, k) if self.hessian else (k,)
         self._sums = [np.zeros(shape, dtype=np.float64) for _ in range(layer.groups)]
+        self._cross = [
+            np.zeros((k, k), dtype=np.float64) for _ in range(layer.groups if cross else 0)
+        ]
         self._pending: list[list[np.ndarray]] = [[] for _ in range(layer.groups)]
+        self._pending_ref: list[list[np.ndarray]] = [[] for _ in range(layer.groups)]
         self._pending_rows = 0
         self._flush_rows = max(1024, k)
         self.rows = 0
 
     @staticmethod
-    def nbytes(layer: Layer, hessian: bool) -> int:
+    def nbytes(layer: Layer, hessian: bool, cross: bool = False) -> int:
         """Memory the statistics of a layer take."""
-        return layer.groups * (layer.k * layer.k if hessian else layer.k) * 8
+        per_group = layer.k * layer.k * (2 if cross else 1) if hessian or cross else layer.k
+        return layer.groups * per_group * 8
 
     def _flush(self) -> None:
         for group, pending in enumerate(self._pending):
@@ -277,34 +286,65 @@ class ActivationStats:
                 self._sums[group] += cols.T @ cols
             else:
                 self._sums[group] += np.einsum("ij,ij->j", cols, cols, dtype=np.float64)
+            if self.cross:
+                ref = self._pending_ref[group]
+                self._cross[group] += cols.T @ (np.concatenate(ref) if len(ref) > 1 else ref[0])
+                ref.clear()
             pending.clear()
         self._pending_rows = 0
 
-    def _add(self, parts: list[np.ndarray]) -> None:
+    def _add(self, parts: list[np.ndarray], ref_parts: list[np.ndarray] | None = None) -> None:
         for group, cols in enumerate(parts):
             self._pending[group].append(np.asarray(cols, dtype=np.float32))
+            if self.cross:
+                assert ref_parts is not None
+                self._pending_ref[group].append(np.asarray(ref_parts[group], dtype=np.float32))
         self._pending_rows += len(parts[0])
         self.rows += len(parts[0])
         if self._pending_rows >= self._flush_rows:
             self._flush()
 
-    def update(self, x: np.ndarray) -> None:
-        """Fold in one batch of the layer's input."""
+    def _columns(self, x: np.ndarray) -> Iterator[list[np.ndarray]]:
+        """The layer's input as chunks of [rows, K] per group."""
         layer = self.layer
         if layer.op == "Conv":
-            for parts in im2col(layer, np.asarray(x)):
-                self._add(parts)
+            yield from im2col(layer, np.asarray(x))
             return
         x = np.asarray(x, dtype=np.float32)
         if layer.op == "Gemm" and layer.trans_a:
             x = x.T
-        self._add([x.reshape(-1, layer.k)])
+        yield [x.reshape(-1, layer.k)]
+
+    def update(self, x: np.ndarray, reference: np.ndarray | None = None) -> None:
+        """Fold in one batch of the layer's input.
+
+        Args:
+            x: the input as the model being sparsified computes it.
+            reference: the same input computed by the reference model (cross statistics).
+
+        Raises:
+            ValueError: cross statistics without a reference of the same shape.
+        """
+        if not self.cross:
+            for parts in self._columns(x):
+                self._add(parts)
+            return
+        if reference is None or np.shape(reference) != np.shape(x):
+            raise ValueError("cross statistics need the reference input, of the same shape")
+        for parts, ref_parts in zip(self._columns(x), self._columns(reference), strict=True):
+            self._add(parts, ref_parts)
 
     @property
     def sums(self) -> list[np.ndarray]:
         """Per group: sum of x x^T over rows (Hessian) or of x^2 (energies)."""
         self._flush()
         return self._sums
+
+    @property
+    def cross_sums(self) -> list[np.ndarray]:
+        """Per group: sum of x x_ref^T over rows (empty without cross statistics)."""
+        self._flush()
+        return self._cross
 
     def energy(self, group: int = 0) -> np.ndarray:
         """Sum of squares of each input column (||X_j||^2)."""

@@ -8,8 +8,10 @@ __all__ = [
     "Pattern",
     "SolveResult",
     "follows_pattern",
+    "least_squares_target",
     "mask_weights",
     "parse_pattern",
+    "refit_masked",
     "relative_error",
     "sparse_initializer_bytes",
     "sparsegpt",
@@ -229,6 +231,95 @@ def sparsegpt(
         w[:, i1:i2] = q1
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
     return SolveResult(w, int(np.count_nonzero(dead)))
+
+
+def refit_masked(
+    matrix: np.ndarray,
+    hessian: np.ndarray,
+    keep: np.ndarray,
+    damp: float = 0.01,
+    start: np.ndarray | None = None,
+    iterations: int = 100,
+    tolerance: float = 1e-6,
+) -> np.ndarray:
+    """The best weights for a fixed mask: per row, the least-squares fit on its kept columns.
+
+    Per row, min (w - w')^T H (w - w') with w' = 0 outside the mask. SparseGPT's
+    column sweep compensates each pruned weight only with the columns after it; with
+    the mask fixed, the exact least-squares solution (H_SS w'_S = (H w)_S over each
+    row's kept columns S) is never worse on the calibration data. It is found for all
+    rows at once by conjugate gradients restricted to the mask (Jacobi-preconditioned),
+    from ``start`` (SparseGPT's solution) or the masked weights: one [rows, K] x [K, K]
+    product an iteration, until the residual falls below ``tolerance`` of the first.
+
+    Args:
+        matrix: weights W (or a reconstruction target), [rows, K].
+        hessian: H, [K, K] (damped here like ``sparsegpt``).
+        keep: [rows, K] booleans, True where a weight stays.
+        damp: added to the diagonal as a fraction of its mean.
+        start: initial weights (zero outside the mask), e.g. SparseGPT's.
+        iterations: conjugate-gradient steps at most.
+        tolerance: stop when the residual norm is this fraction of the initial one.
+    """
+    w = np.asarray(matrix, np.float64)
+    h = np.array(hessian, dtype=np.float64)
+    k = h.shape[0]
+    diag = np.diag(h).copy()
+    dead = diag <= 0
+    h[dead, dead] = 1.0
+    h[np.diag_indices(k)] += damp * float(np.mean(np.diag(h)))
+    mask = np.asarray(keep, bool) & ~dead[None, :]
+    x = np.where(mask, w if start is None else np.asarray(start, np.float64), 0.0)
+    precond = np.where(mask, 1.0 / np.diag(h)[None, :], 0.0)
+    r = np.where(mask, (w - x) @ h, 0.0)  # minus the gradient, on the mask
+    z = r * precond
+    p = z.copy()
+    rz = np.sum(r * z, axis=1)
+    first = float(np.sqrt(np.sum(r * r))) or 1.0
+    for _ in range(iterations):
+        if float(np.sqrt(np.sum(r * r))) <= tolerance * first:
+            break
+        hp = np.where(mask, p @ h, 0.0)
+        php = np.sum(p * hp, axis=1)
+        alpha = np.divide(rz, php, out=np.zeros_like(rz), where=php > 0)
+        x += alpha[:, None] * p
+        r -= alpha[:, None] * hp
+        z = r * precond
+        rz_new = np.sum(r * z, axis=1)
+        beta = np.divide(rz_new, rz, out=np.zeros_like(rz), where=rz > 0)
+        p = z + beta[:, None] * p
+        rz = rz_new
+    return x
+
+
+def least_squares_target(
+    matrix: np.ndarray, hessian: np.ndarray, cross: np.ndarray, damp: float = 0.01
+) -> np.ndarray:
+    """The dense weights W* that best map the current inputs to the reference outputs.
+
+    With X the layer's inputs in the model being sparsified (the layers before it already
+    sparse) and X_ref the same inputs in the dense reference, H = X^T X and C = X^T X_ref,
+    W* minimizes ||W X_ref - W' X||^2 + lambda ||W' - W||^2 (a ridge toward the original
+    weights, lambda = ``damp`` times H's mean diagonal, so that little calibration data
+    cannot pull W* far from W): W* = W (C^T + lambda I) (H + lambda I)^-1. Since
+    ||W X_ref - W' X||^2 = ||(W* - W') X||^2 + const (without the ridge), pruning W* with
+    SparseGPT on H reconstructs the reference's output, correcting the drift the earlier
+    layers' sparsity caused. Without drift (C = H) W* is W.
+
+    Args:
+        matrix: weights W, [rows, K].
+        hessian: H, [K, K].
+        cross: C, [K, K].
+        damp: ridge as a fraction of the mean diagonal of H.
+    """
+    h = np.array(hessian, dtype=np.float64)
+    c = np.array(cross, dtype=np.float64)
+    k = h.shape[0]
+    ridge = max(damp * (float(np.mean(np.diag(h))) or 1.0), 1e-12)
+    h[np.diag_indices(k)] += ridge
+    c[np.diag_indices(k)] += ridge
+    rhs = c @ np.asarray(matrix, np.float64).T  # (C + lambda I) W^T
+    return np.linalg.solve(h, rhs).T
 
 
 def _scores(

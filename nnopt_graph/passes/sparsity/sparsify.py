@@ -1,5 +1,10 @@
 """Lossy weight sparsity: N:M along the reduction axis or unstructured, Wanda and SparseGPT."""
 
+# One module (~700 lines), for now: the pass's selection, SparseGPT solve, keep-dense
+# ranking and decisions share its per-run plans (_Plan: mask, error, sensitivity) and
+# back-offs reuse them. The masks and solvers live in patterns.py and the layer model in
+# layers.py; the calibration sweep and the MatMul-to-Gemm rewrite are the next to move out.
+
 from __future__ import annotations
 
 __all__ = ["SparsifyOptions", "SparsifyPass"]
@@ -13,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx_ir as ir
 
+from nnopt_graph.check.metrics import sample_metrics
 from nnopt_graph.core.names import NameScope
 from nnopt_graph.core.rewrite import ShapeBuilder, replace_output
 from nnopt_graph.errors import BadInputError
@@ -28,8 +34,10 @@ from nnopt_graph.passes.sparsity.patterns import (
     TENSORRT_RULE,
     Pattern,
     follows_pattern,
+    least_squares_target,
     mask_weights,
     parse_pattern,
+    refit_masked,
     relative_error,
     sparse_initializer_bytes,
     sparsegpt,
@@ -58,6 +66,7 @@ _STATS = (
     "skipped-subgraph-layers-magnitude-only",
     "skipped-no-calibration-data",
     "skipped-matmul-gemm-params-dense",
+    "skipped-matmul-gemm-params-already-sparse",
 )
 # Reasons find_layers gives for a layer it cannot change, and the statistic that counts them.
 _REASON_STAT = {"shared-weight": "skipped-layers-shared-weights"}
@@ -74,6 +83,9 @@ class SparsifyOptions:
         importance: ``magnitude`` (|W|), ``wanda`` (|W| * ||X_j||) or ``obs`` (SparseGPT's
             w^2 / [H^-1]_jj^2); the last two need calibration data.
         reconstruct: update the kept weights column by column (SparseGPT) to compensate.
+        refit: after the mask is chosen, solve each row's kept weights exactly by least
+            squares on the calibration Hessian (never worse than SparseGPT's sweep on the
+            calibration data; needs calibration).
         damp: Hessian damping as a fraction of its mean diagonal.
         block_size: columns the SparseGPT solver updates together.
         ops: which layers, ``+``- or ``,``-separated among conv, gemm, matmul.
@@ -83,6 +95,16 @@ class SparsifyOptions:
             most output error (back-off raises it).
         sequential: calibrate each layer on the model with the layers before it already
             sparsified (one calibration run per layer input) instead of once.
+        match_dense: with ``sequential``, reconstruct each layer toward the dense model's
+            output (W X_dense) from its inputs in the partly sparsified model, so each
+            layer corrects the drift of those before it (one dense and one partly sparse
+            run per layer input).
+        min_coverage: keep-dense (and back-off) never leave so many layers dense that
+            less than this fraction of the MatMul/Gemm weights is sparsified; a more
+            sensitive layer too large to keep dense is passed over for the next one.
+        sensitivity: how layers are ranked for keep-dense: ``error`` (the layer's relative
+            output error after pruning) or ``output`` (the worst calibration sample's
+            cosine of the model outputs when only that layer is sparsified).
         max_samples: calibration samples used at most.
         max_hessian_mb: memory for the statistics of one calibration run; more layers
             take several runs.
@@ -94,6 +116,7 @@ class SparsifyOptions:
     ratio: float = dataclasses.field(default=0.5, metadata={"range": (0.0, 1.0, True, False)})
     importance: str = dataclasses.field(default="wanda", metadata={"choices": IMPORTANCES})
     reconstruct: bool = True
+    refit: bool = False
     damp: float = dataclasses.field(default=0.01, metadata={"range": (0.0, 1e6, True, False)})
     block_size: int = dataclasses.field(default=128, metadata={"range": (1, None, True, True)})
     ops: str = "conv+gemm+matmul"
@@ -101,6 +124,9 @@ class SparsifyOptions:
     min_params: int = dataclasses.field(default=0, metadata={"range": (0, None, True, True)})
     keep_dense: int = dataclasses.field(default=0, metadata={"range": (0, None, True, True)})
     sequential: bool = False
+    match_dense: bool = True
+    min_coverage: float = dataclasses.field(default=0.0, metadata={"range": (0.0, 1.0, True, True)})
+    sensitivity: str = dataclasses.field(default="error", metadata={"choices": ("error", "output")})
     max_samples: int = dataclasses.field(default=128, metadata={"range": (1, None, True, True)})
     max_hessian_mb: int = dataclasses.field(default=1024, metadata={"range": (1, None, True, True)})
     to_gemm: str = dataclasses.field(
@@ -125,6 +151,10 @@ class SparsifyOptions:
             return "keep-dense must be >= 0, max-samples and block-size >= 1"
         if not 0.0 <= self.damp < 1e6 or self.max_hessian_mb < 1:
             return "damp must be >= 0 and max-hessian-mb >= 1"
+        if not 0.0 <= self.min_coverage <= 1.0:
+            return "min-coverage must be in [0, 1]"
+        if self.sensitivity not in ("error", "output"):
+            return "sensitivity must be error or output"
         return None
 
 
@@ -143,6 +173,10 @@ class _Plan:
     importance: str = "magnitude"
     reconstructed: bool = False
     written: bool = False
+    # Worst calibration sample's output cosine with only this layer sparsified.
+    sensitivity: float | None = None
+    # Calibration rows (tokens, pixels) its statistics came from.
+    rows: int = 0
 
 
 def _tap_name(layer: Layer) -> str:
@@ -151,21 +185,52 @@ def _tap_name(layer: Layer) -> str:
     return value.name
 
 
+def _stats_key(layer: Layer) -> tuple[Any, ...]:
+    """Layers with the same key see the same columns: one set of statistics serves them."""
+    if layer.op == "Conv":
+        return (id(layer),)
+    return (_tap_name(layer), layer.k, layer.op == "Gemm" and layer.trans_a)
+
+
 def _calibrate(
-    runtime: RuntimeServices, model: ir.Model, layers: list[Layer], dataset: Any, hessian: bool
+    runtime: RuntimeServices,
+    model: ir.Model,
+    layers: list[Layer],
+    dataset: Any,
+    hessian: bool,
+    reference: ir.Model | None = None,
 ) -> dict[int, ActivationStats]:
-    """Run the model once on the calibration data, folding each layer's input into stats."""
-    stats = {id(layer): ActivationStats(layer, hessian) for layer in layers}
-    by_tap: dict[str, list[ActivationStats]] = collections.defaultdict(list)
+    """Run the model on the calibration data, folding each layer's input into stats.
+
+    With a ``reference`` model (the dense original), both run on every feed and the
+    statistics also hold the cross term with the reference's inputs (``match-dense``).
+    Layers reading the same input (Q, K and V projections) share one set of statistics.
+    """
+    shared: dict[tuple[Any, ...], ActivationStats] = {}
+    stats: dict[int, ActivationStats] = {}
     for layer in layers:
-        by_tap[_tap_name(layer)].append(stats[id(layer)])
+        key = _stats_key(layer)
+        if key not in shared:
+            shared[key] = ActivationStats(layer, hessian, cross=reference is not None)
+        stats[id(layer)] = shared[key]
+    by_tap: dict[str, list[ActivationStats]] = collections.defaultdict(list)
+    for stat in shared.values():
+        by_tap[_tap_name(stat.layer)].append(stat)
 
     def on_batch(batch: dict[str, np.ndarray]) -> None:
         for name, array in batch.items():
             for stat in by_tap[name]:
                 stat.update(array)
 
-    runtime.capture(model, list(by_tap), dataset, on_batch, threads=None)
+    def on_pair(ref: dict[str, np.ndarray], batch: dict[str, np.ndarray]) -> None:
+        for name, array in batch.items():
+            for stat in by_tap[name]:
+                stat.update(array, ref[name])
+
+    if reference is None:
+        runtime.capture(model, list(by_tap), dataset, on_batch, threads=None)
+    else:
+        runtime.capture_pair(reference, model, list(by_tap), dataset, on_pair)
     return stats
 
 
@@ -244,6 +309,7 @@ class SparsifyPass(Pass):
     def __init__(self, options: Any = None, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
         self._candidates: int | None = None
+        self._dense_exhausted = False
 
     def requires(self, model: ir.Model) -> None:
         """Check the options (text options are checked here, when the pass is about to run).
@@ -269,7 +335,7 @@ class SparsifyPass(Pass):
         o = self.options
         if not self.pattern.structured and o.ratio - 0.1 >= 0.1 - 1e-9:
             return SparsifyPass(dataclasses.replace(o, ratio=round(o.ratio - 0.1, 6)))
-        if not self._candidates or o.keep_dense >= self._candidates:
+        if not self._candidates or o.keep_dense >= self._candidates or self._dense_exhausted:
             return None
         keep = min(max(1, 2 * o.keep_dense), self._candidates)
         return SparsifyPass(dataclasses.replace(o, keep_dense=keep))
@@ -314,8 +380,9 @@ class SparsifyPass(Pass):
             if why is not None:
                 stats[key] += 1
                 logger.debug("sparsify: %s '%s' skipped: %s", layer.op, layer.name, why)
-                if _coverage_key(layer) and key != "skipped-layers-already-sparse":
-                    stats["skipped-matmul-gemm-params-dense"] += tensor.size
+                if _coverage_key(layer):
+                    kind = "already-sparse" if key == "skipped-layers-already-sparse" else "dense"
+                    stats[f"skipped-matmul-gemm-params-{kind}"] += tensor.size
                 continue
             chosen.append((layer, tensor))
         stats["skipped-layers-in-functions"] += sum(
@@ -335,10 +402,14 @@ class SparsifyPass(Pass):
         matrix = layer.to_matrix(plan.original.numpy().astype(np.float64))
         out = np.empty_like(matrix)
         num = den = 0.0
+        plan.rows = stat.rows if stat is not None else 0
         for g, rows in enumerate(layer.group_rows()):
             block = matrix[rows]
             hessian = stat.sums[g] if stat is not None and stat.hessian else None
             energy = stat.energy(g) if stat is not None else None
+            if stat is not None and stat.cross and hessian is not None:
+                # Toward the dense model's output: the least-squares dense weights first.
+                block = least_squares_target(block, hessian, stat.cross_sums[g], o.damp)
             if o.reconstruct and hessian is not None:
                 new = sparsegpt(
                     block,
@@ -352,6 +423,8 @@ class SparsifyPass(Pass):
                 new = mask_weights(
                     block, pattern, _column_scale(plan.importance, energy, hessian, o.damp)
                 )
+            if o.refit and hessian is not None:
+                new = refit_masked(block, hessian, new != 0, o.damp, start=new)
             out[rows] = new
             err = relative_error(block, new, hessian, energy)
             weight = _output_energy(block, hessian, energy)
@@ -362,7 +435,11 @@ class SparsifyPass(Pass):
 
     def _calibrated(self, context: PassContext) -> tuple[Any, bool]:
         o = self.options
-        needs = o.reconstruct or o.importance != "magnitude"
+        needs = (
+            o.reconstruct
+            or o.importance != "magnitude"
+            or (o.keep_dense > 0 and o.sensitivity == "output")
+        )
         if not needs or context.calibration is None:
             return None, needs
         dataset = context.calibration
@@ -373,12 +450,19 @@ class SparsifyPass(Pass):
     # ------------------------------------------------------------------ run
 
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
-        """Choose layers, calibrate, prune (and reconstruct), keep the most sensitive dense."""
+        """Choose layers, calibrate, rank, keep the most sensitive dense, prune the rest.
+
+        Without ``sequential`` every layer is solved once on the dense model's inputs.
+        With it, layers are solved in graph order, each calibrated on the model with the
+        layers before it already sparsified (and, with ``match-dense``, toward the dense
+        model's output); which layers stay dense is decided first, from a one-shot solve.
+        """
         o = self.options
         pattern = self.pattern
         stats = dict.fromkeys(_STATS, 0)
         chosen = self._select(model, stats)
         self._candidates = len(chosen)
+        self._dense_exhausted = False
         dataset, needs = self._calibrated(context)
         if needs and dataset is None:
             stats["skipped-no-calibration-data"] = 1
@@ -401,17 +485,37 @@ class SparsifyPass(Pass):
                 self._solve(p, None)
         by_layer = {id(p.layer): p for p in calibrated}
         budget = o.max_hessian_mb << 20
-        for sweep in _sweeps([p.layer for p in calibrated], hessian, budget, o.sequential):
-            layer_stats = _calibrate(context.runtime, model, sweep, dataset, hessian)
-            for layer in sweep:
-                plan = by_layer[id(layer)]
-                self._solve(plan, layer_stats[id(layer)])
-                if o.sequential and plan.new is not None:
+        # A one-shot solve on the dense model's inputs: the result without sequential,
+        # and what the layers are ranked by when some are to stay dense.
+        if not o.sequential or o.keep_dense > 0:
+            for sweep in _sweeps([p.layer for p in calibrated], hessian, budget, False):
+                layer_stats = _calibrate(context.runtime, model, sweep, dataset, hessian)
+                for layer in sweep:
+                    self._solve(by_layer[id(layer)], layer_stats[id(layer)])
+                del layer_stats
+        total = (
+            stats["skipped-matmul-gemm-params-dense"]
+            + stats["skipped-matmul-gemm-params-already-sparse"]
+            + sum(p.original.size for p in plans if _coverage_key(p.layer))
+        )
+        room = int(np.floor(total * (1.0 - o.min_coverage) + 1e-9))
+        reference_outputs = None
+        if o.keep_dense > 0 and o.sensitivity == "output" and dataset is not None:
+            reference_outputs = [outs for [outs] in context.runtime.outputs([model], dataset)]
+            fits = [p for p in plans if not _coverage_key(p.layer) or p.original.size <= room]
+            self._measure_sensitivity(model, context, dataset, fits, reference_outputs)
+        dense = self._choose_dense(plans, room)
+        if o.sequential:
+            reference = model.clone() if o.match_dense else None
+            remaining = [p.layer for p in calibrated if id(p) not in dense]
+            for sweep in _sweeps(remaining, hessian, budget, True):
+                layer_stats = _calibrate(context.runtime, model, sweep, dataset, hessian, reference)
+                for layer in sweep:
+                    plan = by_layer[id(layer)]
+                    self._solve(plan, layer_stats[id(layer)])
+                    assert plan.new is not None
                     write_weight(layer.weight, plan.new)
-            del layer_stats
-        # The layers whose sparsity costs the most output error stay dense.
-        ranked = sorted(plans, key=lambda p: p.error, reverse=True)
-        dense = {id(p) for p in ranked[: o.keep_dense]}
+                del layer_stats
         to_gemm = o.to_gemm == "true" or (o.to_gemm == "auto" and context.target == "tensorrt")
         taken = NameScope.for_model(model) if to_gemm else NameScope()
         decisions: list[dict[str, Any]] = []
@@ -419,7 +523,8 @@ class SparsifyPass(Pass):
             layer = p.layer
             assert p.new is not None
             if id(p) in dense:
-                write_weight(layer.weight, p.original.numpy())
+                if not o.sequential:  # sequential never wrote it
+                    write_weight(layer.weight, p.original.numpy())
                 stats["skipped-layers-kept-dense"] += 1
                 if _coverage_key(layer):
                     stats["skipped-matmul-gemm-params-dense"] += p.original.size
@@ -452,8 +557,95 @@ class SparsifyPass(Pass):
                 else:
                     logger.debug("sparsify: MatMul '%s' left as MatMul: %s", layer.name, why)
             decisions.append(decision)
-        decisions.append(self._summary(stats, pattern))
+        summary = self._summary(stats, pattern)
+        summary.update(
+            {
+                "min-coverage": o.min_coverage,
+                "kept-dense": [p.layer.name for p in plans if id(p) in dense],
+                "ranked-by": o.sensitivity if o.keep_dense > 0 else None,
+                "calibration-samples": dataset.num_samples if dataset is not None else 0,
+                "calibration-rows": max((p.rows for p in plans), default=0),
+                "sequential": o.sequential,
+                "match-dense": o.sequential and o.match_dense,
+            }
+        )
+        if reference_outputs is not None:
+            summary["calibration-cosine-min"] = round(
+                self._worst_cosine(model, context, dataset, reference_outputs), 6
+            )
+        decisions.append(summary)
         return PassResult(stats, decisions)
+
+    def _measure_sensitivity(
+        self,
+        model: ir.Model,
+        context: PassContext,
+        dataset: Any,
+        plans: list[_Plan],
+        reference: list[dict[str, np.ndarray]],
+    ) -> None:
+        """Each plan's sensitivity: the worst sample's cosine with only its layer sparse."""
+        for p in plans:
+            assert p.new is not None
+            write_weight(p.layer.weight, p.new)
+            try:
+                p.sensitivity = self._worst_cosine(model, context, dataset, reference)
+            finally:
+                write_weight(p.layer.weight, p.original.numpy())
+            logger.debug(
+                "sparsify: '%s' alone sparse: worst cosine %.5f", p.layer.name, p.sensitivity
+            )
+
+    @staticmethod
+    def _worst_cosine(
+        model: ir.Model,
+        context: PassContext,
+        dataset: Any,
+        reference: list[dict[str, np.ndarray]],
+    ) -> float:
+        """The worst sample's cosine (worst output) of ``model`` against the reference."""
+        worst = 1.0
+        runs = context.runtime.outputs([model], dataset)
+        for [outs], ref in zip(runs, reference, strict=True):
+            for name, value in ref.items():
+                cos = sample_metrics(value, outs[name]).cosine
+                worst = min(worst, cos if np.isfinite(cos) else -1.0)
+        return worst
+
+    def _choose_dense(self, plans: list[_Plan], room: int) -> set[int]:
+        """The plans kept dense: the ``keep-dense`` most sensitive that fit in ``room``.
+
+        ``room`` is how many MatMul/Gemm weights may stay dense under ``min-coverage``;
+        a layer too large for what is left is passed over for the next most sensitive.
+        Sets ``_dense_exhausted`` when no further layer would fit (back-off stops).
+        """
+        o = self.options
+        if o.keep_dense == 0:
+            self._dense_exhausted = not any(
+                not _coverage_key(p.layer) or p.original.size <= room for p in plans
+            )
+            return set()
+        if o.sensitivity == "output" and any(p.sensitivity is not None for p in plans):
+            ranked = sorted(
+                (p for p in plans if p.sensitivity is not None),
+                key=lambda p: p.sensitivity or 0.0,
+            )
+        else:
+            ranked = sorted(plans, key=lambda p: p.error, reverse=True)
+        dense: set[int] = set()
+        left = room
+        for p in ranked:
+            if len(dense) == o.keep_dense:
+                break
+            cost = p.original.size if _coverage_key(p.layer) else 0
+            if cost <= left:
+                dense.add(id(p))
+                left -= cost
+        self._dense_exhausted = len(dense) < o.keep_dense or not any(
+            id(p) not in dense and (not _coverage_key(p.layer) or p.original.size <= left)
+            for p in ranked
+        )
+        return dense
 
     def _decision(self, plan: _Plan, pattern: Pattern, *, kept_dense: bool) -> dict[str, Any]:
         layer = plan.layer
@@ -472,6 +664,8 @@ class SparsifyPass(Pass):
             "importance": plan.importance,
             "reconstructed": plan.reconstructed and not kept_dense,
             "relative-output-error": round(plan.error, 8),
+            "sensitivity-cosine": None if plan.sensitivity is None else round(plan.sensitivity, 6),
+            "calibration-rows": plan.rows,
             "tensorrt-sparse-kernels": "no (dense)" if kept_dense else verdict,
             "tensorrt-reason": "kept dense" if kept_dense else why,
             "bytes-on-disk": int(array.nbytes),
@@ -480,7 +674,10 @@ class SparsifyPass(Pass):
 
     @staticmethod
     def _summary(stats: dict[str, int], pattern: Pattern) -> dict[str, Any]:
-        covered = stats["matmul-gemm-params-sparsified"]
+        covered = (
+            stats["matmul-gemm-params-sparsified"]
+            + stats["skipped-matmul-gemm-params-already-sparse"]
+        )
         total = covered + stats["skipped-matmul-gemm-params-dense"]
         return {
             "summary": True,
