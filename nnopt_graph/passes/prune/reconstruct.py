@@ -1,5 +1,8 @@
 """Training-free recovery after pruning: least-squares refit of the layers that lost inputs."""
 
+# One module (~510 lines): finding the sinks, sampling the teacher, and the per-op normal
+# equations (Conv through im2col, ConvTranspose, Gemm, MatMul) form one least-squares refit.
+
 from __future__ import annotations
 
 __all__ = ["Sink", "find_sinks", "reconstruct_sinks"]
