@@ -21,6 +21,7 @@ import onnx_ir as ir
 from nnopt_graph.analysis.channels import ROLE_IN, ChannelGroup, set_node_const_input
 from nnopt_graph.core.constants import const_array
 from nnopt_graph.passes.prune.importance import ChannelStats, Tap
+from nnopt_graph.passes.prune.reconstruct import bias_add
 
 
 @dataclasses.dataclass(eq=False)
@@ -76,22 +77,6 @@ def bias_deltas(
     return deltas
 
 
-def _matmul_bias(node: ir.Node) -> tuple[ir.Node, int, np.ndarray] | None:
-    """The Add right after a MatMul holding a constant per-output bias: (add, index, bias)."""
-    out = node.outputs[0]
-    uses = list(out.uses())
-    if len(uses) != 1 or out.is_graph_output():
-        return None
-    add = uses[0].node
-    if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or add.graph is not node.graph:
-        return None
-    index = 1 - uses[0].idx
-    bias = const_array(add.inputs[index])
-    if bias is None or bias.ndim == 0 or any(d != 1 for d in bias.shape[:-1]):
-        return None
-    return add, index, bias
-
-
 def apply_bias_deltas(
     deltas: Sequence[BiasDelta],
     kept: Mapping[tuple[str, int], np.ndarray],
@@ -121,7 +106,7 @@ def apply_bias_deltas(
         if len(out_keep) == 1:
             delta = delta[out_keep[0]]
         if node.op_type == "MatMul":
-            found = _matmul_bias(node)
+            found = bias_add(node)
             if found is None or found[2].shape[-1] != delta.shape[0]:
                 stats["skipped-compensate-no-bias"] += 1
                 continue

@@ -55,8 +55,8 @@ class Sink:
     add: ir.Node | None = None
 
 
-def _follower_add(node: ir.Node) -> tuple[ir.Node, int] | None:
-    """The Add that adds a constant per-output bias to a MatMul's output, and its index."""
+def bias_add(node: ir.Node) -> tuple[ir.Node, int, np.ndarray] | None:
+    """The Add right after a MatMul holding a constant per-output bias: (add, index, bias)."""
     out = node.outputs[0]
     uses = list(out.uses())
     if len(uses) != 1 or out.is_graph_output():
@@ -68,7 +68,7 @@ def _follower_add(node: ir.Node) -> tuple[ir.Node, int] | None:
     bias = const_array(add.inputs[other])
     if bias is None or bias.ndim == 0 or any(d != 1 for d in bias.shape[:-1]):
         return None
-    return add, other
+    return add, other, bias
 
 
 def find_sinks(
@@ -112,7 +112,7 @@ def find_sinks(
         keep = {axis: idx for (name, axis), idx in out_keep.items() if name == out.name}
         add = None
         if kind == "matmul":
-            found = _follower_add(node)
+            found = bias_add(node)
             add = found[0] if found else None
         sinks.append(Sink(node, kind, x, out, keep, add))
     return sinks, skipped
@@ -421,11 +421,9 @@ def _write_back(sink: Sink, system: _System, weight: np.ndarray, bias: np.ndarra
     else:
         set_node_const_input(node, 1, weight.astype(dtype), suffix="refit")
         if bias is not None and sink.add is not None:
-            found = _follower_add(node)
+            found = bias_add(node)
             if found is not None:
-                add, index = found
-                old = const_array(add.inputs[index])
-                assert old is not None
+                add, index, old = found
                 new = old + bias.reshape(old.shape).astype(old.dtype)
                 set_node_const_input(add, index, new, suffix="refit")
 

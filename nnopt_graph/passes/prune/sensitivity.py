@@ -11,7 +11,7 @@ import onnx_ir as ir
 
 from nnopt_graph.analysis.channels import ROLE_IN, ChannelGroup
 from nnopt_graph.check.metrics import sample_metrics
-from nnopt_graph.core.constants import const_array
+from nnopt_graph.core.constants import const_array, set_constant
 from nnopt_graph.runtime.data import Dataset
 
 if TYPE_CHECKING:
@@ -47,12 +47,7 @@ def masked_clone(model: ir.Model, group: ChannelGroup, keep: np.ndarray) -> ir.M
         index: list[Any] = [slice(None)] * array.ndim
         index[space.axis] = idx
         array[tuple(index)] = 0
-        tensor = ir.tensor(array, name=value.name)
-        producer = value.producer()
-        if producer is not None and producer.op_type == "Constant":
-            producer.attributes["value"] = ir.AttrTensor("value", tensor)
-        else:
-            value.const_value = tensor
+        set_constant(value, array)
     return clone
 
 
