@@ -18,6 +18,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 0")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -51,6 +61,14 @@ def add_search_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--ray", metavar="auto|ADDRESS", help="run evaluations as Ray tasks")
     p.add_argument("--seed", type=int, default=0, help="seed of the strategy and the passes")
     p.add_argument(
+        "--confirm",
+        type=_non_negative_int,
+        default=None,
+        metavar="K",
+        help="re-time the K fastest of the front with the preset and the input in one run "
+        "before choosing best.onnx (default 3; 0: off)",
+    )
+    p.add_argument(
         "--workers", type=_positive_int, default=1, help="parallel evaluations (local: <= cores)"
     )
     p.set_defaults(func=cmd_search)
@@ -74,13 +92,22 @@ def cmd_search(args: argparse.Namespace) -> int:
         ray=args.ray,
         seed=args.seed,
         workers=args.workers,
+        confirm=args.confirm,
     )
     for r in results:
         assert r.best is not None
         ratio = r.best["latency_ratio"]["median"]
+        confirmed = ""
+        if r.confirmation is not None and r.confirmation.windows:
+            c = r.confirmation
+            mine = next(e for e in c.entries if e["pipeline"] == r.best["pipeline"])
+            confirmed = (
+                f", confirmed x{mine['ratio']['median']:.3f} of {c.reference} "
+                f"(A-vs-A {c.noise['median']:.3f}, {c.windows} windows)"
+            )
         print(  # noqa: T201
             f"{r.outdir}: {len(r.records)} candidates ({r.evaluated} evaluated now), "
-            f"{len(r.front)} on the front; best.onnx latency x{ratio:.3f} of the input: "
-            f"{r.best['pipeline']}"
+            f"{len(r.front)} on the front; best.onnx latency x{ratio:.3f} of the input"
+            f"{confirmed}: {r.best['pipeline']}"
         )
     return 0

@@ -156,19 +156,51 @@ def _front_table(front: list[dict[str, Any]], best: str | None) -> str:
     )
 
 
+def _confirmation_table(c: dict[str, Any] | None) -> str:
+    """The confirmation run: every re-timed model against the reference, fastest first."""
+    if c is None:
+        return ""
+    if not c.get("windows"):
+        return (
+            f"<h2>Confirmation</h2><p>Only <code>{_esc(c.get('best'))}</code> meets the guard; "
+            "nothing re-timed.</p>"
+        )
+    n = c["noise_a_vs_a"]
+    rows = []
+    for e in c["entries"]:
+        r = e["ratio"]
+        mark = " (best.onnx)" if e["pipeline"] == c["best"] else ""
+        vs_input = "-" if e.get("vs_input") is None else f"{e['vs_input']:.3f}"
+        rows.append(
+            f"<tr><td class='l'><code>{_esc(e['pipeline'])}</code>{mark}</td>"
+            f"<td class='l'>{_esc(e['role'])}</td><td>{r['median']:.3f} [{r['min']:.3f}, "
+            f"{r['max']:.3f}]</td><td>{vs_input}</td><td>{e['first_ratio']:.3f}</td></tr>"
+        )
+    return (
+        f"<h2>Confirmation</h2><p>best.onnx is the fastest of one interleaved run of "
+        f"{c['windows']} windows; ratios to <code>{_esc(c['reference'])}</code>. A-vs-A "
+        f"(the reference against a second session of itself): {n['median']:.3f} "
+        f"[{n['min']:.3f}, {n['max']:.3f}].</p><table><tr><th class='l'>pipeline</th>"
+        "<th class='l'>role</th><th>x reference, median [min, max]</th><th>x input</th>"
+        "<th>search's figure (x input)</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
 def render_front_html(
     meta: dict[str, Any],
     front: list[dict[str, Any]],
     records: list[dict[str, Any]],
     best: dict[str, Any] | None,
+    confirmation: dict[str, Any] | None = None,
 ) -> str:
-    """The search report page: the front plot, the front table, every candidate.
+    """The search report page: the front plot, the front table, the confirmation, every candidate.
 
     Args:
         meta: the search's ``input``, ``target``, ``guard``, ``evaluated``.
         front: the front records, fastest first (row n is ``front/NN.onnx``).
         records: every candidate's record (those off the front are grey in the plot).
         best: the record written as ``best.onnx``, or None.
+        confirmation: the confirmation run best was chosen from (``Confirmation.to_json``).
     """
     on_front = {id(r) for r in front}
     feasible_off = [
@@ -206,6 +238,7 @@ def render_front_html(
         "Click a point for its row.</p>"
         f"{_plot(front, feasible_off)}"
         f"{_front_table(front, None if best is None else best.get('pipeline'))}"
+        f"{_confirmation_table(confirmation)}"
         "<h2>Every candidate</h2><table><tr><th class='l'>status</th><th class='l'>guard</th>"
         "<th>latency / input</th><th>worst cosine</th><th>size</th><th class='l'>pipeline</th>"
         "</tr>" + "".join(rest) + "</table></body></html>"

@@ -35,6 +35,8 @@ class SearchResult:
         best: the fastest record meeting the guard, or None.
         evaluated: candidates evaluated by this run (not taken from the cache).
         trials: Optuna trials asked (duplicates included).
+        confirmation: the confirmation run best was chosen from (None when off or nothing
+            met the guard).
     """
 
     outdir: Path
@@ -43,6 +45,7 @@ class SearchResult:
     best: dict[str, Any] | None
     evaluated: int
     trials: int
+    confirmation: Any = None
 
 
 def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
@@ -86,16 +89,27 @@ def _cosine(record: dict[str, Any]) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def _write_outputs(
-    outdir: Path, records: list[dict[str, Any]], meta: dict[str, Any]
-) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    from nnopt_graph.search.report import REPORT_NAME, render_front_html
+def _front(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Pareto-front records meeting the guard, fastest first (by the search's figure)."""
     from nnopt_graph.search.strategy import objectives
 
     feasible = [r for r in records if r.get("status") == "ok" and r.get("guard_passed")]
     points = [objectives(r) for r in feasible]
     front = [feasible[i] for i in pareto_front([p for p in points if p is not None])]
     front.sort(key=lambda r: (r["latency_ratio"]["median"], r["size"]))
+    return front
+
+
+def _write_outputs(
+    outdir: Path,
+    records: list[dict[str, Any]],
+    meta: dict[str, Any],
+    front: list[dict[str, Any]],
+    confirmation: Any,
+) -> dict[str, Any] | None:
+    from nnopt_graph.search.report import REPORT_NAME, render_front_html
+
+    feasible = [r for r in records if r.get("status") == "ok" and r.get("guard_passed")]
     front_dir = outdir / "front"
     if front_dir.exists():
         shutil.rmtree(front_dir)
@@ -115,11 +129,15 @@ def _write_outputs(
                 "outcomes": record.get("outcomes"),
             }
         )
-    best = min(feasible, key=lambda r: r["latency_ratio"]["median"], default=None)
+    if confirmation is not None:
+        best = confirmation.best
+    else:
+        best = min(feasible, key=lambda r: r["latency_ratio"]["median"], default=None)
     summary = {
         **meta,
         "front": entries,
         "best": None if best is None else {"pipeline": best["pipeline"], "model": "best.onnx"},
+        "confirmation": None if confirmation is None else confirmation.to_json(),
         "report": REPORT_NAME,
         "candidates": [{k: v for k, v in r.items() if k != "key"} for r in records],
     }
@@ -140,17 +158,56 @@ def _write_outputs(
             f"| {n:02d} | {_fmt_ratio(r)} | {'-' if cos is None else f'{cos:.5f}'} "
             f"| {r['size']} | `{r['pipeline']}` |"
         )
+    lines += _confirmation_lines(confirmation)
     lines += [
         "",
         f"Plot of the front (latency vs worst-sample cosine, size as area): "
         f"[{REPORT_NAME}]({REPORT_NAME})",
     ]
     (outdir / "front.md").write_text("\n".join(lines) + "\n")
-    (outdir / REPORT_NAME).write_text(render_front_html(meta, front, records, best))
+    (outdir / REPORT_NAME).write_text(
+        render_front_html(
+            meta, front, records, best, None if confirmation is None else confirmation.to_json()
+        )
+    )
     if best is not None:
         _copy_model(Path(best["model"]), outdir / "best.onnx")
         (outdir / "best.pipeline.txt").write_text(best["pipeline"] + "\n")
-    return front, best
+    else:
+        # A stale best from an earlier run must not outlive a run where nothing qualifies.
+        for name in ("best.onnx", "best.pipeline.txt"):
+            (outdir / name).unlink(missing_ok=True)
+    return best
+
+
+def _confirmation_lines(confirmation: Any) -> list[str]:
+    """front.md's confirmation table: every re-timed model against the reference."""
+    if confirmation is None:
+        return ["", "No confirmation run: best.onnx is the fastest by the search's own figure."]
+    c = confirmation.to_json()
+    if not c["windows"]:
+        return ["", f"Confirmation: only `{c['best']}` meets the guard; nothing re-timed."]
+    n = c["noise_a_vs_a"]
+    lines = [
+        "",
+        f"## Confirmation (best.onnx chosen here): one interleaved run of {c['windows']} "
+        f"windows, ratios to `{c['reference']}`",
+        "",
+        f"A-vs-A (the reference against a second session of itself, the noise band): "
+        f"{n['median']:.3f} [{n['min']:.3f}, {n['max']:.3f}].",
+        "",
+        "| pipeline | role | x reference, median [min, max] | x input | search's figure (x input) |",
+        "|---|---|---|---|---|",
+    ]
+    for e in c["entries"]:
+        r = e["ratio"]
+        mark = " (best.onnx)" if e["pipeline"] == c["best"] else ""
+        vs_input = "-" if e["vs_input"] is None else f"{e['vs_input']:.3f}"
+        lines.append(
+            f"| `{e['pipeline']}`{mark} | {e['role']} | {r['median']:.3f} [{r['min']:.3f}, "
+            f"{r['max']:.3f}] | {vs_input} | {e['first_ratio']:.3f} |"
+        )
+    return lines
 
 
 def _check_inputs(model: Path, calib: Path, eval_data: Path | None) -> None:
@@ -188,6 +245,8 @@ def _search_one(
     space: SearchSpace,
     executor: Any,
     seed: int,
+    confirm: int = 0,
+    timer: Any = None,
 ) -> SearchResult:
     from nnopt_graph.search.strategy import OptunaStrategy
 
@@ -254,6 +313,16 @@ def _search_one(
                 "candidate %s: %s", job["pipeline"], record.get("error") or record["status"]
             )
     records = list(seen.values())
+    front = _front(records)
+    confirmation = None
+    if confirm > 0:
+        from nnopt_graph.search.confirm import confirm_best, default_timer
+
+        presets = space.preset_choices()
+        preset = seen.get(space.pipeline(presets[0])) if presets else None
+        confirmation = confirm_best(
+            front, preset, confirm, str(model), _feed(model, eval_data or calib), timer=timer or default_timer
+        )
     meta = {
         "input": str(model),
         "target": target,
@@ -263,8 +332,16 @@ def _search_one(
         "evaluated": evaluated,
         "space": space.to_json(),
     }
-    front, best = _write_outputs(outdir, records, meta)
-    return SearchResult(outdir, records, front, best, evaluated, asked)
+    best = _write_outputs(outdir, records, meta, front, confirmation)
+    return SearchResult(outdir, records, front, best, evaluated, asked, confirmation)
+
+
+def _feed(model: Path, data: Path) -> dict[str, Any]:
+    """The first sample of the data, the feed the confirmation run times every model on."""
+    from nnopt_graph.core import io
+    from nnopt_graph.runtime.data import input_specs, load_dataset
+
+    return dict(next(load_dataset(data, input_specs(io.load(model))).batches(1)))
 
 
 def run_search(
@@ -281,6 +358,8 @@ def run_search(
     ray: str | None = None,
     seed: int = 0,
     workers: int = 1,
+    confirm: int | None = None,
+    confirm_timer: Any = None,
 ) -> list[SearchResult]:
     """Search the space for each model (a file, or every .onnx in a folder).
 
@@ -288,6 +367,12 @@ def run_search(
     ``front.md``, ``front/NN.onnx`` + ``NN.pipeline.txt``, ``best.onnx`` +
     ``best.pipeline.txt``, ``report.html`` (the front plotted) and ``cache.jsonl``
     (a re-run takes evaluated candidates from it).
+
+    Before best.onnx is chosen, the ``confirm`` fastest candidates of the front, the
+    target preset (the space's first preset) and the input are re-timed together in one
+    interleaved windowed run (search.confirm), and best is the fastest of that run; 0 turns
+    the stage off (best = the fastest by the search's own per-candidate figure).
+    ``confirm_timer`` replaces the timed run (tests inject a deterministic one).
 
     Raises:
         BadInputError: unusable model, data, space, guard or options (exit 2).
@@ -304,6 +389,11 @@ def run_search(
         raise BadInputError(f"--budget-minutes must be positive, not {budget_minutes}")
     if workers < 1:
         raise BadInputError(f"--workers must be at least 1, not {workers}")
+    from nnopt_graph.search.confirm import CONFIRM_DEFAULT
+
+    confirm = CONFIRM_DEFAULT if confirm is None else confirm
+    if confirm < 0:
+        raise BadInputError(f"--confirm must be at least 0, not {confirm}")
     src = Path(model)
     out = Path(outdir)
     if out.exists() and not out.is_dir():
@@ -339,6 +429,8 @@ def run_search(
                 space=the_space,
                 executor=executor,
                 seed=seed,
+                confirm=confirm,
+                timer=confirm_timer,
             )
             for m, o in targets
         ]
@@ -346,6 +438,16 @@ def run_search(
         executor.close()
     failed = [r for r in results if r.best is None]
     if failed:
-        names = ", ".join(str(r.outdir) for r in failed)
-        raise CheckFailedError(f"no candidate met the guard for {names} (see front.json)")
+        parts = []
+        for r in failed:
+            broken = sum(x.get("status") != "ok" for x in r.records)
+            over = len(r.records) - broken
+            parts.append(
+                f"{r.outdir} ({len(r.records)} candidates: {over} over the guard, "
+                f"{broken} failed to build)"
+            )
+        raise CheckFailedError(
+            f"no candidate met the guard, no best.onnx written: {'; '.join(parts)}; "
+            "see front.json"
+        )
     return results

@@ -62,11 +62,16 @@ def test_outdir_holds_front_and_best(searched: Path) -> None:
         assert text == entry["pipeline"]
     # The warm start: the cpu preset and the lossless default are the first candidates.
     assert [c["pipeline"] for c in front["candidates"][:2]] == ["default,quantize-int8", "default"]
-    # best = the fastest candidate meeting the guard.
-    feasible = [c for c in front["candidates"] if c["status"] == "ok" and c["guard_passed"]]
-    fastest = min(feasible, key=lambda c: c["latency_ratio"]["median"])
+    # best = the fastest of the confirmation run, which re-timed the preset with the front.
+    conf = front["confirmation"]
+    feasible = {c["pipeline"] for c in front["candidates"] if c["guard_passed"]}
+    timed = [e["pipeline"] for e in conf["entries"]]
+    assert "default,quantize-int8" in timed or "default,quantize-int8" not in feasible
+    assert set(timed) <= feasible
+    fastest = min(conf["entries"], key=lambda e: e["ratio"]["median"])
     assert (searched / "best.pipeline.txt").read_text().strip() == fastest["pipeline"]
-    assert front["best"]["pipeline"] == fastest["pipeline"]
+    assert front["best"]["pipeline"] == fastest["pipeline"] == conf["best"]
+    assert conf["windows"] >= 20 and conf["noise_a_vs_a"]["median"] > 0
 
 
 def test_best_pipeline_reruns_with_opt_and_meets_the_guard(searched: Path, tmp_path: Path) -> None:

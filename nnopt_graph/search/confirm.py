@@ -1,0 +1,183 @@
+"""The confirmation stage: re-time the shortlist, the preset and the input in one run, then pick.
+
+Each candidate's latency was measured once, alone, at whatever load the machine had at that
+moment; on a shared machine those figures are off by more than the differences between
+candidates. Before best.onnx is chosen, the k fastest candidates of the front that meet the
+guard, the target preset (always, so best is never measurably slower than it), a second
+session of the reference (the A-vs-A noise band) and the input are timed together in one
+interleaved windowed run, and best is the fastest of that run.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CONFIRM_DEFAULT",
+    "Confirmation",
+    "Timer",
+    "confirm_best",
+    "default_timer",
+    "shortlist",
+]
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# Candidates of the front re-timed besides the preset (0 = no confirmation stage).
+CONFIRM_DEFAULT = 3
+# >= 20 windows of >= 50 ms, >= 2 s of the reference in all, 2 threads.
+CONFIRM_PROTOCOL: dict[str, Any] = {
+    "runs": 20,
+    "warmup": 3,
+    "threads": 2,
+    "min_seconds": 2.0,
+    "window_seconds": 0.05,
+}
+
+# paths (the first is the reference), one feed -> runtime.quant_bench.LatencyComparison
+Timer = Callable[[list[str], Mapping[str, Any]], Any]
+
+
+def default_timer(paths: list[str], feed: Mapping[str, Any]) -> Any:
+    """The interleaved windowed run of ``CONFIRM_PROTOCOL`` (runtime.quant_bench)."""
+    from nnopt_graph.runtime.quant_bench import compare_latency
+
+    return compare_latency(paths, feed, **CONFIRM_PROTOCOL)
+
+
+@dataclasses.dataclass
+class Confirmation:
+    """What the confirmation run measured and chose.
+
+    Attributes:
+        best: the record chosen as best.onnx (the fastest of the run, ties to the reference).
+        reference: the pipeline every ratio is relative to (the preset when it met the guard).
+        entries: per timed model, fastest first: ``pipeline``, ``role`` (preset, candidate),
+            ``first_ratio`` (the search's own latency / input), ``ratio`` (min/median/max of
+            per-window model / reference) and ``vs_input`` (median ratio / the input's).
+        noise: A-vs-A, the reference against a second session of itself (min/median/max),
+            or None when the run was skipped.
+        windows: windows timed (0 when only one model could be chosen: nothing re-timed).
+    """
+
+    best: dict[str, Any]
+    reference: str
+    entries: list[dict[str, Any]]
+    noise: dict[str, float] | None
+    windows: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The confirmation as recorded in front.json."""
+        return {
+            "best": self.best["pipeline"],
+            "reference": self.reference,
+            "windows": self.windows,
+            "noise_a_vs_a": self.noise,
+            "protocol": CONFIRM_PROTOCOL,
+            "entries": self.entries,
+        }
+
+
+def _feasible(record: Mapping[str, Any]) -> bool:
+    return record.get("status") == "ok" and bool(record.get("guard_passed"))
+
+
+def _first(record: Mapping[str, Any]) -> float:
+    return float(record["latency_ratio"]["median"])
+
+
+def shortlist(
+    front: Sequence[dict[str, Any]], preset: dict[str, Any] | None, k: int
+) -> list[dict[str, Any]]:
+    """The models to re-time: the preset (when it met the guard), then the k fastest of the front.
+
+    The front's candidates are ranked by the search's own latency figure; the preset is not
+    counted among the k. Candidates that did not meet the guard are never shortlisted.
+    """
+    chosen: list[dict[str, Any]] = []
+    if preset is not None and _feasible(preset):
+        chosen.append(preset)
+    others = sorted(
+        (r for r in front if _feasible(r) and r is not preset and r["pipeline"] != _name(preset)),
+        key=lambda r: (_first(r), r["size"], r["pipeline"]),
+    )
+    return chosen + others[: max(0, k)]
+
+
+def _name(record: Mapping[str, Any] | None) -> str | None:
+    return None if record is None else str(record["pipeline"])
+
+
+def confirm_best(
+    front: Sequence[dict[str, Any]],
+    preset: dict[str, Any] | None,
+    k: int,
+    input_path: str,
+    feed: Mapping[str, Any],
+    timer: Timer = default_timer,
+) -> Confirmation | None:
+    """Re-time the shortlist with the input in one run and choose best.onnx from it.
+
+    Args:
+        front: the Pareto-front records meeting the guard.
+        preset: the target preset's record (or None when it was not evaluated).
+        k: candidates of the front besides the preset.
+        input_path: the input model (timed last, for the ratios to the input).
+        feed: one input feed.
+        timer: ``timer(paths, feed)`` -> an object with ``ratio`` (per path, min/median/max
+            of per-window time / the first path's) and ``runs`` (windows).
+
+    Returns:
+        The confirmation, or None when no model meets the guard (then no best.onnx).
+    """
+    models = shortlist(front, preset, k)
+    if not models:
+        return None
+    reference = models[0]
+    role = {id(preset): "preset"} if preset is not None else {}
+    if len(models) == 1:
+        entry = {
+            "pipeline": reference["pipeline"],
+            "role": role.get(id(reference), "candidate"),
+            "first_ratio": _first(reference),
+            "ratio": None,
+            "vs_input": None,
+        }
+        logger.info("confirmation: one model meets the guard, nothing re-timed")
+        return Confirmation(reference, reference["pipeline"], [entry], None, 0)
+    # reference, the reference again (A-vs-A), the others, the input.
+    paths = [reference["model"], reference["model"]] + [m["model"] for m in models[1:]]
+    paths.append(input_path)
+    timing = timer(paths, feed)
+    ratios = list(timing.ratio)
+    input_median = float(ratios[-1]["median"])
+    per_model = [ratios[0]] + ratios[2:-1]
+    entries = []
+    for m, r in zip(models, per_model, strict=True):
+        entries.append(
+            {
+                "pipeline": m["pipeline"],
+                "role": role.get(id(m), "candidate"),
+                "first_ratio": _first(m),
+                "ratio": {key: float(r[key]) for key in ("min", "median", "max")},
+                "vs_input": float(r["median"]) / input_median if input_median > 0 else None,
+            }
+        )
+    # Fastest median; a tie goes to the earlier model (the reference first).
+    order = sorted(range(len(models)), key=lambda i: (entries[i]["ratio"]["median"], i))
+    best = models[order[0]]
+    noise = {key: float(ratios[1][key]) for key in ("min", "median", "max")}
+    logger.info(
+        "confirmation: %s fastest of %d re-timed (x%.3f of %s; A-vs-A %.3f)",
+        best["pipeline"],
+        len(models),
+        entries[order[0]]["ratio"]["median"],
+        reference["pipeline"],
+        noise["median"],
+    )
+    return Confirmation(
+        best, reference["pipeline"], [entries[i] for i in order], noise, int(timing.runs)
+    )
