@@ -59,6 +59,12 @@ def add_search_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--space", metavar="FILE", help="search space JSON (default: the target's)")
     p.add_argument("--ray", metavar="auto|ADDRESS", help="run evaluations as Ray tasks")
+    p.add_argument(
+        "--strategy",
+        choices=["tpe", "nsga2", "random", "grid"],
+        default="tpe",
+        help="how candidates are asked (default: Optuna's multi-objective TPE, warm-started)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the strategy and the passes")
     p.add_argument(
         "--confirm",
@@ -93,6 +99,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         confirm=args.confirm,
+        strategy=args.strategy,
     )
     for r in results:
         assert r.best is not None

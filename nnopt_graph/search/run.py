@@ -30,7 +30,9 @@ class SearchResult:
 
     Attributes:
         outdir: where front.json, front.md, front/, best.onnx and cache.jsonl are.
-        records: every distinct candidate's record, in the order first asked.
+        records: every distinct candidate's record, in the order first asked; candidates
+            skipped as at least as lossy as one that failed the guard come last
+            (``status`` ``skipped``, with a ``reason``).
         front: the Pareto-front records (meeting the guard), fastest first.
         best: the fastest record meeting the guard, or None.
         evaluated: candidates evaluated by this run (not taken from the cache).
@@ -196,7 +198,8 @@ def _confirmation_lines(confirmation: Any) -> list[str]:
         f"A-vs-A (the reference against a second session of itself, the noise band): "
         f"{n['median']:.3f} [{n['min']:.3f}, {n['max']:.3f}].",
         "",
-        "| pipeline | role | x reference, median [min, max] | x input | search's figure (x input) |",
+        "| pipeline | role | x reference, median [min, max] | x input "
+        "| search's figure (x input) |",
         "|---|---|---|---|---|",
     ]
     for e in c["entries"]:
@@ -247,35 +250,50 @@ def _search_one(
     seed: int,
     confirm: int = 0,
     timer: Any = None,
+    strategy_kind: str = "tpe",
 ) -> SearchResult:
-    from nnopt_graph.search.strategy import OptunaStrategy
+    from nnopt_graph.search.strategy import make_strategy
 
     outdir.mkdir(parents=True, exist_ok=True)
     cache = CandidateCache(outdir)
     input_sha = file_sha256(model)
     assert input_sha is not None
     data_shas = [file_sha256(calib), file_sha256(eval_data)]
-    strategy = OptunaStrategy(space, seed)
+    strategy = make_strategy(space, seed, strategy_kind)
     limit = trials if trials is not None else (space.size if budget_minutes else DEFAULT_TRIALS)
     limit = min(limit, space.size)
     deadline = time.monotonic() + budget_minutes * 60 if budget_minutes else None
     threads = max(1, min(2, (os.cpu_count() or 1) // executor.workers))
     blas = blas_threads()
     seen: dict[str, dict[str, Any]] = {}
+    # Candidates not evaluated: at least as lossy as one that failed the guard.
+    skipped: dict[str, dict[str, Any]] = {}
+    infeasible: list[tuple[dict[str, str], str]] = []
     evaluated = asked = 0
     max_asks = 20 * space.size
-    while len(seen) < limit and asked < max_asks:
+
+    def learn(choice: dict[str, str], record: dict[str, Any]) -> None:
+        if record.get("status") == "ok" and not record.get("guard_passed"):
+            infeasible.append((choice, record["pipeline"]))
+
+    while len(seen) < limit and asked < max_asks and len(seen) + len(skipped) < space.size:
         if deadline is not None and time.monotonic() > deadline:
             logger.info("budget of %s minutes spent", budget_minutes)
             break
         pending: dict[str, list[Any]] = {}
         jobs: dict[str, dict[str, Any]] = {}
-        while len(jobs) < executor.workers and len(seen) + len(jobs) < limit and asked < max_asks:
+        choices: dict[str, dict[str, str]] = {}
+        while (
+            len(jobs) < executor.workers
+            and len(seen) + len(jobs) < limit
+            and asked < max_asks
+            and len(seen) + len(skipped) + len(jobs) < space.size
+        ):
             trial, choice = strategy.ask()
             asked += 1
             text = space.pipeline(choice)
-            if text in seen:
-                strategy.tell(trial, seen[text])
+            if text in seen or text in skipped:
+                strategy.tell(trial, seen.get(text) or skipped[text])
                 continue
             if text in jobs:
                 pending[text].append(trial)
@@ -284,9 +302,21 @@ def _search_one(
             cached = cache.get(key)
             if cached is not None:
                 seen[text] = cached
+                learn(choice, cached)
                 strategy.tell(trial, cached)
                 continue
+            worse = next((t for c, t in infeasible if space.at_least_as_lossy(choice, c)), None)
+            if worse is not None:
+                skipped[text] = {
+                    "pipeline": text,
+                    "status": "skipped",
+                    "reason": f"at least as lossy as '{worse}', which failed the guard",
+                }
+                logger.info("candidate %s skipped: %s", text, skipped[text]["reason"])
+                strategy.tell(trial, skipped[text])
+                continue
             pending[text] = [trial]
+            choices[text] = choice
             jobs[text] = {
                 "input": str(model),
                 "output": str(outdir / "candidates" / key[:16] / "model.onnx"),
@@ -307,6 +337,7 @@ def _search_one(
             cache.put(job["key"], record)
             evaluated += 1
             seen[job["pipeline"]] = record
+            learn(choices[job["pipeline"]], record)
             for trial in pending[job["pipeline"]]:
                 strategy.tell(trial, record)
             logger.info(
@@ -314,6 +345,7 @@ def _search_one(
             )
     records = list(seen.values())
     front = _front(records)
+    records += list(skipped.values())
     confirmation = None
     if confirm > 0:
         from nnopt_graph.search.confirm import confirm_best, default_timer
@@ -321,15 +353,22 @@ def _search_one(
         presets = space.preset_choices()
         preset = seen.get(space.pipeline(presets[0])) if presets else None
         confirmation = confirm_best(
-            front, preset, confirm, str(model), _feed(model, eval_data or calib), timer=timer or default_timer
+            front,
+            preset,
+            confirm,
+            str(model),
+            _feed(model, eval_data or calib),
+            timer=timer or default_timer,
         )
     meta = {
         "input": str(model),
         "target": target,
         "guard": guard or "cosine.min>=0.99 (default)",
         "seed": seed,
+        "strategy": strategy_kind,
         "trials_asked": asked,
         "evaluated": evaluated,
+        "skipped": len(skipped),
         "space": space.to_json(),
     }
     best = _write_outputs(outdir, records, meta, front, confirmation)
@@ -360,6 +399,7 @@ def run_search(
     workers: int = 1,
     confirm: int | None = None,
     confirm_timer: Any = None,
+    strategy: str = "tpe",
 ) -> list[SearchResult]:
     """Search the space for each model (a file, or every .onnx in a folder).
 
@@ -390,6 +430,10 @@ def run_search(
     if workers < 1:
         raise BadInputError(f"--workers must be at least 1, not {workers}")
     from nnopt_graph.search.confirm import CONFIRM_DEFAULT
+    from nnopt_graph.search.strategy import STRATEGIES
+
+    if strategy not in STRATEGIES:
+        raise BadInputError(f"unknown strategy '{strategy}' (choose from {', '.join(STRATEGIES)})")
 
     confirm = CONFIRM_DEFAULT if confirm is None else confirm
     if confirm < 0:
@@ -431,6 +475,7 @@ def run_search(
                 seed=seed,
                 confirm=confirm,
                 timer=confirm_timer,
+                strategy_kind=strategy,
             )
             for m, o in targets
         ]
@@ -447,7 +492,6 @@ def run_search(
                 f"{broken} failed to build)"
             )
         raise CheckFailedError(
-            f"no candidate met the guard, no best.onnx written: {'; '.join(parts)}; "
-            "see front.json"
+            f"no candidate met the guard, no best.onnx written: {'; '.join(parts)}; see front.json"
         )
     return results

@@ -17,7 +17,14 @@ from nnopt_graph.errors import BadInputError
 
 logger = logging.getLogger(__name__)
 
-PRUNE_RATIOS = (0.0, 0.1, 0.25, 0.4)
+PRUNE_RATIOS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+# int8 variants of the cpu/tensorrt space: the pass's defaults, per-tensor weights, entropy
+# calibration of activations.
+INT8_CHOICES = (
+    "quantize-int8",
+    "quantize-int8{per-channel=false}",
+    "quantize-int8{calibrator=entropy}",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,12 +34,16 @@ class SearchSpace:
     Attributes:
         base: pipeline text every candidate starts with (e.g. ``default``).
         stages: (stage name, pipeline-text choices) in pipeline order; ``""`` means "none".
-        presets: candidates to try first, each a stage name -> choice mapping (warm start).
+        presets: candidates to try first, each a stage name -> choice mapping (warm start);
+            the first is the target preset the confirmation stage always re-times.
+        ordered: stages whose choices are listed from least to most lossy (prune ratios,
+            2:4 off/on). In every stage ``""`` (none) is the least lossy choice.
     """
 
     base: str
     stages: tuple[tuple[str, tuple[str, ...]], ...]
     presets: tuple[tuple[tuple[str, str], ...], ...] = ()
+    ordered: tuple[str, ...] = ()
 
     def pipeline(self, choice: Mapping[str, str]) -> str:
         """The pipeline text of one candidate (a stage name -> choice mapping)."""
@@ -67,7 +78,41 @@ class SearchSpace:
             "base": self.base,
             "stages": [{"name": n, "choices": list(c)} for n, c in self.stages],
             "presets": [dict(p) for p in self.presets],
+            "ordered": list(self.ordered),
         }
+
+    def at_least_as_lossy(self, a: Mapping[str, str], b: Mapping[str, str]) -> bool:
+        """Whether candidate ``a`` is at least as lossy as ``b`` in every stage.
+
+        Per stage: the same choice, or ``b`` has none (``""``) there, or the stage is
+        ordered and ``a``'s choice comes at or after ``b``'s. A candidate at least as lossy
+        as one that failed the guard is expected to fail it too.
+        """
+        for name, choices in self.stages:
+            x, y = a[name], b[name]
+            if x == y or y == "":
+                continue
+            if name in self.ordered and choices.index(x) >= choices.index(y):
+                continue
+            return False
+        return True
+
+    def neighbours(self, choice: Mapping[str, str]) -> list[dict[str, str]]:
+        """One step lossier in one stage at a time (stage order): warm-start candidates.
+
+        An ordered stage moves to its next choice; another stage with no choice moves to
+        its first non-empty one.
+        """
+        out = []
+        for name, choices in self.stages:
+            i = choices.index(choice[name])
+            if name in self.ordered:
+                nxt = choices[i + 1] if i + 1 < len(choices) else None
+            else:
+                nxt = next((c for c in choices if c), None) if choice[name] == "" else None
+            if nxt is not None and nxt != choice[name]:
+                out.append({**choice, name: nxt})
+        return out
 
 
 def _prune_choice(ratio: float) -> str:
@@ -75,10 +120,12 @@ def _prune_choice(ratio: float) -> str:
 
 
 def default_space(target: str) -> SearchSpace:
-    """The default space of a target: its preset x prune ratios x quantization x 2:4.
+    """The default space of a target: prune ratios x 2:4 x quantization (48 candidates).
 
-    cpu and tensorrt choose int8 on or off; cuda chooses among none, fp16, int4 and
-    fp16+int4 (its preset). The target preset and the lossless default are presets.
+    Prune ratio 0 to 0.5 in steps of 0.1 and 2:4 off/on (both ordered by lossiness);
+    cpu and tensorrt choose no int8, int8 with the pass's defaults, per-tensor weights or
+    entropy calibration; cuda chooses among none, fp16, int4 and fp16+int4 (its preset).
+    The target preset and the lossless default are the presets.
 
     Raises:
         BadInputError: an unknown target.
@@ -86,7 +133,7 @@ def default_space(target: str) -> SearchSpace:
     prune = ("prune", tuple(_prune_choice(r) for r in PRUNE_RATIOS))
     sparse = ("sparsify", ("", "sparsify{pattern=2:4}"))
     if target in ("cpu", "tensorrt"):
-        quant: tuple[str, tuple[str, ...]] = ("quantize", ("", "quantize-int8"))
+        quant: tuple[str, tuple[str, ...]] = ("quantize", ("", *INT8_CHOICES))
         preset = "quantize-int8"
     elif target == "cuda":
         quant = ("quantize", ("", "quantize-fp16", "quantize-int4", "quantize-fp16,quantize-int4"))
@@ -98,7 +145,7 @@ def default_space(target: str) -> SearchSpace:
         (("prune", ""), ("sparsify", ""), ("quantize", preset)),
         (("prune", ""), ("sparsify", ""), ("quantize", "")),
     )
-    return SearchSpace("default", stages, presets)
+    return SearchSpace("default", stages, presets, ("prune", "sparsify"))
 
 
 def _space_from_json(data: Any, where: str) -> SearchSpace:
@@ -132,7 +179,11 @@ def _space_from_json(data: Any, where: str) -> SearchSpace:
             if p[name] not in choices:
                 raise BadInputError(f"{where}: preset choice '{p[name]}' is not in stage '{name}'")
         presets.append(tuple((n, p[n]) for n, _ in stages))
-    return SearchSpace(base, tuple(stages), tuple(presets))
+    ordered = data.get("ordered", [])
+    names = [n for n, _ in stages]
+    if not isinstance(ordered, list) or not all(o in names for o in ordered):
+        raise BadInputError(f"{where}: 'ordered' must list stage names (of {', '.join(names)})")
+    return SearchSpace(base, tuple(stages), tuple(presets), tuple(o for o in names if o in ordered))
 
 
 def validate_space(space: SearchSpace) -> None:

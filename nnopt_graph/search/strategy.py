@@ -1,8 +1,15 @@
-"""The search strategy: Optuna's multi-objective TPE, seeded, warm-started with the presets."""
+"""Search strategies: Optuna multi-objective TPE or NSGA-II (seeded, warm-started), random, grid."""
 
 from __future__ import annotations
 
-__all__ = ["OptunaStrategy", "objectives"]
+__all__ = [
+    "STRATEGIES",
+    "GridStrategy",
+    "OptunaStrategy",
+    "make_strategy",
+    "objectives",
+    "warm_start",
+]
 
 import logging
 import math
@@ -14,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 # Objectives, all minimized: latency ratio to the input, 1 - worst cosine, size in bytes.
 OBJECTIVE_NAMES = ("latency_ratio", "one_minus_worst_cosine", "size")
+STRATEGIES = ("tpe", "nsga2", "random", "grid")
 
 
 def objectives(record: dict[str, Any]) -> tuple[float, float, float] | None:
@@ -31,10 +39,26 @@ def _constraints(trial: Any) -> list[float]:
     return [float(trial.user_attrs.get("violation", 1.0))]
 
 
-class OptunaStrategy:
-    """Asks Optuna for candidates and tells it their results (ask-and-tell, batch by batch)."""
+def warm_start(space: SearchSpace) -> list[dict[str, str]]:
+    """The presets, then the first preset's one-step-lossier neighbours; no repeats."""
+    out: list[dict[str, str]] = []
+    presets = space.preset_choices()
+    for choice in presets + (space.neighbours(presets[0]) if presets else []):
+        if choice not in out:
+            out.append(choice)
+    return out
 
-    def __init__(self, space: SearchSpace, seed: int) -> None:
+
+class OptunaStrategy:
+    """Asks Optuna for candidates and tells it their results (ask-and-tell, batch by batch).
+
+    ``tpe``: multivariate multi-objective TPE; ``nsga2``: NSGA-II with a small population;
+    ``random``: Optuna's seeded random sampler. All take the guard as a constraint and
+    start with the warm-start candidates. An ordered stage (prune ratio, 2:4) is asked as
+    an integer index, so the sampler sees that 0.3 lies between 0.2 and 0.4.
+    """
+
+    def __init__(self, space: SearchSpace, seed: int, kind: str = "tpe") -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -43,22 +67,42 @@ class OptunaStrategy:
         # Optuna >= 5 takes constraints from Trial.set_constraint; older ones from a function.
         self._set_constraint = hasattr(optuna.trial.Trial, "set_constraint")
         extra: dict[str, Any] = {} if self._set_constraint else {"constraints_func": _constraints}
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=4, **extra)
+        warm = warm_start(space) if kind != "random" else []
+        sampler: Any
+        if kind == "tpe":
+            sampler = optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=max(1, len(warm)), multivariate=True, **extra
+            )
+        elif kind == "nsga2":
+            population = max(4, min(16, space.size // 4))
+            sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=population, **extra)
+        elif kind == "random":
+            sampler = optuna.samplers.RandomSampler(seed=seed)
+        else:
+            raise ValueError(f"unknown strategy {kind!r}")
         self.study = optuna.create_study(directions=["minimize"] * 3, sampler=sampler)
-        for preset in space.preset_choices():
-            self.study.enqueue_trial(preset)
+        for choice in warm:
+            self.study.enqueue_trial(self._params(choice))
+
+    def _params(self, choice: dict[str, str]) -> dict[str, Any]:
+        return {
+            name: choices.index(choice[name]) if name in self.space.ordered else choice[name]
+            for name, choices in self.space.stages
+        }
 
     def ask(self) -> tuple[Any, dict[str, str]]:
         """The next trial and its candidate (stage name -> choice)."""
         trial = self.study.ask()
-        choice = {
-            name: trial.suggest_categorical(name, list(choices))
-            for name, choices in self.space.stages
-        }
+        choice = {}
+        for name, choices in self.space.stages:
+            if name in self.space.ordered:
+                choice[name] = choices[trial.suggest_int(name, 0, len(choices) - 1)]
+            else:
+                choice[name] = trial.suggest_categorical(name, list(choices))
         return trial, choice
 
     def tell(self, trial: Any, record: dict[str, Any]) -> None:
-        """Report a candidate's record: failed candidates fail the trial."""
+        """Report a candidate's record: failed or skipped candidates fail the trial."""
         values = objectives(record)
         if values is None:
             self.study.tell(trial, state=self._optuna.trial.TrialState.FAIL)
@@ -68,3 +112,29 @@ class OptunaStrategy:
         if self._set_constraint:
             trial.set_constraint("guard", violation)
         self.study.tell(trial, list(values))
+
+
+class GridStrategy:
+    """Every candidate of the full grid in its fixed order (a baseline; deterministic)."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self._order = list(space.candidates())
+        self._next = 0
+
+    def ask(self) -> tuple[Any, dict[str, str]]:
+        """The next candidate of the grid (wrapping round when all were asked)."""
+        choice = self._order[self._next % len(self._order)]
+        self._next += 1
+        return None, dict(choice)
+
+    def tell(self, trial: Any, record: dict[str, Any]) -> None:
+        """Nothing to learn."""
+
+
+def make_strategy(
+    space: SearchSpace, seed: int, kind: str = "tpe"
+) -> OptunaStrategy | GridStrategy:
+    """The strategy named ``kind`` (one of STRATEGIES)."""
+    if kind == "grid":
+        return GridStrategy(space)
+    return OptunaStrategy(space, seed, kind)

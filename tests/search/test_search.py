@@ -283,7 +283,7 @@ def test_default_space_cpu_contains_preset_and_all_combinations() -> None:
 
     space = load_space(None, "cpu")
     texts = [space.pipeline(c) for c in space.candidates()]
-    assert space.size == 4 * 2 * 2 == len(set(texts))
+    assert space.size == 6 * 2 * 4 == len(set(texts))
     assert "default,quantize-int8" in texts
     # The cpu preset expands to the same passes as the candidate it is enqueued as.
     from nnopt_graph.pipeline.grammar import Pipeline
@@ -292,12 +292,15 @@ def test_default_space_cpu_contains_preset_and_all_combinations() -> None:
         Pipeline.parse("default,quantize-int8")
     )
     assert "default,prune-channels{ratio=0.4},sparsify{pattern=2:4},quantize-int8" in texts
+    assert "default,prune-channels{ratio=0.5},quantize-int8{per-channel=false}" in texts
+    assert "default,quantize-int8{calibrator=entropy}" in texts
+    assert space.ordered == ("prune", "sparsify")
 
 
 def test_default_space_cuda_has_fp16_int4_choices() -> None:
     space = default_space("cuda")
     texts = {space.pipeline(c) for c in space.candidates()}
-    assert space.size == 4 * 2 * 4
+    assert space.size == 6 * 2 * 4
     assert "default,quantize-fp16,quantize-int4" in texts
     assert not any("quantize-int8" in t for t in texts)
 

@@ -1,0 +1,194 @@
+"""The strategies, the warm start, lossiness order and skipping candidates that cannot pass."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nnopt_graph.search.cache import CACHE_NAME, candidate_key, file_sha256
+from nnopt_graph.search.run import run_search
+from nnopt_graph.search.space import SearchSpace, default_space, load_space
+from nnopt_graph.search.strategy import GridStrategy, OptunaStrategy, make_strategy, warm_start
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS = ROOT / "models" / "digits"
+MODEL = DIGITS / "digits_cnn.onnx"
+CALIB = DIGITS / "digits_calib.npz"
+HELDOUT = DIGITS / "digits_heldout.npz"
+GUARD = "cosine.min>=0.99"
+
+P1, P2 = "prune-channels{ratio=0.1}", "prune-channels{ratio=0.2}"
+SMALL = SearchSpace(
+    "default",
+    (
+        ("prune", ("", P1, P2)),
+        ("quantize", ("", "quantize-int8", "quantize-int8{per-channel=false}")),
+    ),
+    ((("prune", ""), ("quantize", "quantize-int8")), (("prune", ""), ("quantize", ""))),
+    ("prune",),
+)
+
+
+def _c(prune: str, quant: str) -> dict[str, str]:
+    return {"prune": prune, "quantize": quant}
+
+
+# --- lossiness order and neighbours ---
+
+
+def test_at_least_as_lossy_along_ordered_and_empty_choices() -> None:
+    assert SMALL.at_least_as_lossy(_c(P2, ""), _c(P1, ""))
+    assert SMALL.at_least_as_lossy(_c(P1, "quantize-int8"), _c(P1, ""))  # adds int8
+    assert SMALL.at_least_as_lossy(_c(P1, ""), _c(P1, ""))
+    assert SMALL.at_least_as_lossy(_c(P2, "quantize-int8"), _c("", "quantize-int8"))
+
+
+def test_not_at_least_as_lossy() -> None:
+    assert not SMALL.at_least_as_lossy(_c(P1, ""), _c(P2, ""))  # less pruning
+    assert not SMALL.at_least_as_lossy(_c(P2, ""), _c(P1, "quantize-int8"))  # drops int8
+    # Two int8 variants are not ordered: neither is assumed lossier.
+    a, b = _c(P1, "quantize-int8"), _c(P1, "quantize-int8{per-channel=false}")
+    assert not SMALL.at_least_as_lossy(a, b) and not SMALL.at_least_as_lossy(b, a)
+
+
+def test_unordered_stage_choices_are_not_ordered_by_position() -> None:
+    space = SearchSpace("default", (("prune", ("", P1, P2)),))  # no stage declared ordered
+    assert not space.at_least_as_lossy({"prune": P2}, {"prune": P1})
+    assert space.at_least_as_lossy({"prune": P1}, {"prune": ""})
+
+
+def test_neighbours_step_one_stage_at_a_time() -> None:
+    assert SMALL.neighbours(_c("", "quantize-int8")) == [_c(P1, "quantize-int8")]
+    assert SMALL.neighbours(_c("", "")) == [_c(P1, ""), _c("", "quantize-int8")]
+    assert SMALL.neighbours(_c(P2, "quantize-int8")) == []
+
+
+def test_default_warm_start_is_presets_then_neighbours() -> None:
+    space = default_space("cpu")
+    texts = [space.pipeline(c) for c in warm_start(space)]
+    assert texts == [
+        "default,quantize-int8",
+        "default",
+        "default,prune-channels{ratio=0.1},quantize-int8",
+        "default,sparsify{pattern=2:4},quantize-int8",
+    ]
+
+
+def test_space_file_ordered_round_trips_and_bad_ordered_is_refused(tmp_path: Path) -> None:
+    from nnopt_graph.errors import BadInputError
+
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(SMALL.to_json()))
+    assert load_space(path, "cpu") == SMALL
+    data = SMALL.to_json()
+    data["ordered"] = ["no-such-stage"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(BadInputError, match="ordered"):
+        load_space(path, "cpu")
+
+
+# --- the strategies ---
+
+
+def _fake(choice: dict[str, str]) -> dict[str, Any]:
+    # A made-up, deterministic landscape: more pruning is faster, int8 faster still.
+    speed = 1.0 - 0.2 * ("", P1, P2).index(choice["prune"]) - 0.1 * bool(choice["quantize"])
+    return {
+        "pipeline": SMALL.pipeline(choice),
+        "status": "ok",
+        "guard_passed": choice["prune"] != P2,
+        "latency_ratio": {"min": speed, "median": speed, "max": speed},
+        "worst": {"cosine": 0.999},
+        "size": 100,
+    }
+
+
+def _asks(kind: str, seed: int, n: int) -> list[str]:
+    strategy = make_strategy(SMALL, seed, kind)
+    out = []
+    for _ in range(n):
+        trial, choice = strategy.ask()
+        out.append(SMALL.pipeline(choice))
+        strategy.tell(trial, _fake(choice))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["tpe", "nsga2"])
+def test_optuna_strategies_start_with_the_warm_start_and_are_seeded(kind: str) -> None:
+    first = _asks(kind, 0, 8)
+    warm = [SMALL.pipeline(c) for c in warm_start(SMALL)]
+    assert first[: len(warm)] == warm
+    assert _asks(kind, 0, 8) == first  # deterministic for a seed and the same results
+
+
+def test_random_strategy_has_no_warm_start_and_is_seeded() -> None:
+    assert _asks("random", 3, 6) == _asks("random", 3, 6)
+    strategy = OptunaStrategy(SMALL, 0, "random")
+    assert len(strategy.study.trials) == 0  # nothing enqueued
+
+
+def test_grid_strategy_asks_every_candidate_in_order() -> None:
+    strategy = GridStrategy(SMALL)
+    asked = [SMALL.pipeline(strategy.ask()[1]) for _ in range(SMALL.size)]
+    assert asked == [SMALL.pipeline(c) for c in SMALL.candidates()]
+
+
+def test_unknown_strategy_is_refused(tmp_path: Path) -> None:
+    from nnopt_graph.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="unknown strategy"):
+        run_search(MODEL, tmp_path / "o", target="cpu", calib=CALIB, strategy="bayes")
+    assert not (tmp_path / "o").exists()
+
+
+# --- skipping candidates at least as lossy as one that failed the guard ---
+
+
+def test_candidates_lossier_than_an_infeasible_one_are_not_evaluated(tmp_path: Path) -> None:
+    space_path = tmp_path / "space.json"
+    space = SearchSpace(
+        "default",
+        (("prune", ("", P1, P2)), ("quantize", ("", "quantize-int8"))),
+        ((("prune", ""), ("quantize", "quantize-int8")),),
+        ("prune",),
+    )
+    space_path.write_text(json.dumps(space.to_json()))
+    out = tmp_path / "out"
+    out.mkdir()
+    sha, data = file_sha256(MODEL), [file_sha256(CALIB), file_sha256(HELDOUT)]
+    cached = {
+        "default": True,
+        "default,quantize-int8": True,
+        f"default,{P1}": False,  # failed the guard
+        f"default,{P1},quantize-int8": False,
+    }
+    lines = []
+    for text, ok in cached.items():
+        rec = _fake({"prune": "", "quantize": ""}) | {"pipeline": text, "guard_passed": ok}
+        rec |= {"model": str(MODEL), "key": candidate_key(sha, text, data, "cpu", GUARD)}
+        lines.append(json.dumps(rec))
+    (out / CACHE_NAME).write_text("\n".join(lines) + "\n")
+    result = run_search(
+        MODEL,
+        out,
+        target="cpu",
+        calib=CALIB,
+        eval_data=HELDOUT,
+        guard=GUARD,
+        trials=6,
+        space=space_path,
+        strategy="grid",
+        confirm=0,
+    )[0]
+    # prune 0.2 (with or without int8) is at least as lossy as prune 0.1, which failed.
+    assert result.evaluated == 0
+    skipped = {r["pipeline"]: r for r in result.records if r["status"] == "skipped"}
+    assert set(skipped) == {f"default,{P2}", f"default,{P2},quantize-int8"}
+    assert "failed the guard" in skipped[f"default,{P2}"]["reason"]
+    summary = json.loads((out / "front.json").read_text())
+    assert summary["skipped"] == 2 and summary["strategy"] == "grid"
+    # A skipped candidate is never on the front nor best.
+    assert all(e["pipeline"] not in skipped for e in summary["front"])
