@@ -100,18 +100,20 @@ class SearchSpace:
     def neighbours(self, choice: Mapping[str, str]) -> list[dict[str, str]]:
         """One step lossier in one stage at a time (stage order): warm-start candidates.
 
-        An ordered stage moves to its next choice; another stage with no choice moves to
-        its first non-empty one.
+        An ordered stage moves to its next choice; an unordered stage with no choice moves
+        to its first non-empty one, and one with a choice to each other non-empty choice
+        (its variants are all one step away: none is known to be lossier).
         """
         out = []
         for name, choices in self.stages:
             i = choices.index(choice[name])
             if name in self.ordered:
-                nxt = choices[i + 1] if i + 1 < len(choices) else None
+                steps = list(choices[i + 1 : i + 2])
+            elif choice[name] == "":
+                steps = [c for c in choices if c][:1]
             else:
-                nxt = next((c for c in choices if c), None) if choice[name] == "" else None
-            if nxt is not None and nxt != choice[name]:
-                out.append({**choice, name: nxt})
+                steps = [c for c in choices if c and c != choice[name]]
+            out.extend({**choice, name: c} for c in steps)
         return out
 
 

@@ -61,9 +61,11 @@ def test_unordered_stage_choices_are_not_ordered_by_position() -> None:
 
 
 def test_neighbours_step_one_stage_at_a_time() -> None:
-    assert SMALL.neighbours(_c("", "quantize-int8")) == [_c(P1, "quantize-int8")]
+    pt = "quantize-int8{per-channel=false}"
+    assert SMALL.neighbours(_c("", "quantize-int8")) == [_c(P1, "quantize-int8"), _c("", pt)]
     assert SMALL.neighbours(_c("", "")) == [_c(P1, ""), _c("", "quantize-int8")]
-    assert SMALL.neighbours(_c(P2, "quantize-int8")) == []
+    # The last prune ratio has no next one; an unordered stage's variants are one step away.
+    assert SMALL.neighbours(_c(P2, pt)) == [_c(P2, "quantize-int8")]
 
 
 def test_default_warm_start_is_presets_then_neighbours() -> None:
@@ -74,6 +76,8 @@ def test_default_warm_start_is_presets_then_neighbours() -> None:
         "default",
         "default,prune-channels{ratio=0.1},quantize-int8",
         "default,sparsify{pattern=2:4},quantize-int8",
+        "default,quantize-int8{per-channel=false}",
+        "default,quantize-int8{calibrator=entropy}",
     ]
 
 
