@@ -384,10 +384,12 @@ def _fmt(d: dict) -> str:
     return f"{d['min']:.3f} / **{d['median']:.3f}** / {d['max']:.3f}"
 
 
-def _trials(d: dict) -> str:
-    if d["mean"] is None:
-        return f"{d['per_seed']} ({d['missed']} missed)"
-    return f"{d['mean']:.1f} ({'/'.join(str(v) for v in d['per_seed'])})"
+def _trials(d: dict, cap: int) -> str:
+    """Mean over seeds (per seed); a seed that never got there counts cap + 1 (a bound)."""
+    vals = [cap + 1 if v is None else v for v in d["per_seed"]]
+    mean = statistics.mean(vals)
+    per = "/".join(f">{cap}" if v is None else str(v) for v in d["per_seed"])
+    return f"{'>=' if d['missed'] else ''}{mean:.1f} ({per})"
 
 
 def _markdown(out: dict) -> list[str]:
@@ -421,13 +423,14 @@ def _markdown(out: dict) -> list[str]:
     ]
     for r in out["results"]:
         t = r["to_5pct"]
+        cap = r["replay_cap"]
         lines.append(
             f"| {r['model']} | {r['space_size']} | {len(r['within_5pct_own'])} / "
-            f"{len(r['within_5pct_retimed'])} | {_trials(t['tpe']['own'])} | "
-            f"{_trials(t['nsga2']['own'])} | {_trials(t['random']['own'])} | "
+            f"{len(r['within_5pct_retimed'])} | {_trials(t['tpe']['own'], cap)} | "
+            f"{_trials(t['nsga2']['own'], cap)} | {_trials(t['random']['own'], cap)} | "
             f"{r['grid_order_to_5pct_own']} / {r['random_expected_to_5pct_own']} | "
-            f"{_trials(t['tpe']['retimed'])} | {_trials(t['nsga2']['retimed'])} | "
-            f"{_trials(t['random']['retimed'])} | {r['grid_order_to_5pct_retimed']} / "
+            f"{_trials(t['tpe']['retimed'], cap)} | {_trials(t['nsga2']['retimed'], cap)} | "
+            f"{_trials(t['random']['retimed'], cap)} | {r['grid_order_to_5pct_retimed']} / "
             f"{r['random_expected_to_5pct_retimed']} |"
         )
     lines += [
