@@ -5,7 +5,9 @@ moment; on a shared machine those figures are off by more than the differences b
 candidates. Before best.onnx is chosen, the k fastest candidates of the front that meet the
 guard, the target preset (always, so best is never measurably slower than it), a second
 session of the reference (the A-vs-A noise band) and the input are timed together in one
-interleaved windowed run, and best is the fastest of that run.
+interleaved windowed run, and best is the fastest of that run. The run is in the driver
+process, also under ``--ray``: there the driver should be a machine of the target kind (or
+``--confirm 0`` keeps the workers' per-candidate figures).
 """
 
 from __future__ import annotations

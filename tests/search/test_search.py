@@ -156,6 +156,9 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
         [str(MODEL), "OUT", "--target", "cpu", "--calib", "missing.npz"],
         [str(MODEL), "OUT", "--target", "cpu", "--calib", str(CALIB), "--trials", "0"],
         [str(MODEL), "OUT", "--target", "cpu", "--calib", str(CALIB), "--guard", "cosine>>1"],
+        [str(MODEL), "OUT", "--target", "cpu", "--calib", str(CALIB), "--confirm", "-1"],
+        [str(MODEL), "OUT", "--target", "cpu", "--calib", str(CALIB), "--confirm", "two"],
+        [str(MODEL), "OUT", "--target", "cpu", "--calib", str(CALIB), "--strategy", "bayes"],
         [
             str(MODEL),
             "OUT",
