@@ -104,7 +104,7 @@ class SearchSpace:
         to its first non-empty one, and one with a choice to each other non-empty choice
         (its variants are all one step away: none is known to be lossier).
         """
-        out = []
+        out: list[dict[str, str]] = []
         for name, choices in self.stages:
             i = choices.index(choice[name])
             if name in self.ordered:
