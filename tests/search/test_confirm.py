@@ -98,6 +98,28 @@ def test_a_tie_goes_to_the_preset() -> None:
     assert c is not None and c.best is preset
 
 
+def test_a_candidate_must_beat_the_presets_own_noise() -> None:
+    a, preset = _record("a", 0.5), _record(PRESET, 1.0)
+
+    class CopyFaster(FakeTimer):
+        def __call__(self, paths: list[str], feed: Any) -> _Timing:
+            timing = super().__call__(paths, feed)
+            timing.ratio[1] = {"min": 0.9, "median": 0.9, "max": 0.9}  # the preset's copy
+            return timing
+
+    # 0.95 beats the preset's first session (1.0) but not its copy (0.9): within the noise.
+    c = confirm_best(
+        [a], preset, 3, "/in.onnx", {}, CopyFaster({a["model"]: 0.95, preset["model"]: 1.0})
+    )
+    assert c is not None and c.best is preset
+    assert c.noise is not None and c.noise["median"] == 0.9
+    # 0.85 beats both: the candidate.
+    c = confirm_best(
+        [a], preset, 3, "/in.onnx", {}, CopyFaster({a["model"]: 0.85, preset["model"]: 1.0})
+    )
+    assert c is not None and c.best is a
+
+
 def test_nothing_meets_the_guard_gives_no_best() -> None:
     a, preset = _record("a", 0.5, feasible=False), _record(PRESET, 1.0, feasible=False)
     assert confirm_best([a], preset, 3, "/in.onnx", {}, _never) is None
