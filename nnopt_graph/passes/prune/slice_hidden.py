@@ -79,7 +79,7 @@ def _covariances(
     chain: Chain, model: ir.Model, dataset: Dataset, context: PassContext
 ) -> list[np.ndarray]:
     """Per stream, the second moment of its normalized LayerNorm input over all tokens."""
-    names = [s.ln.inputs[0].name for s in chain.streams]  # type: ignore[union-attr]
+    names = [str(s.ln.inputs[0].name) for s in chain.streams]  # type: ignore[union-attr]
     d = chain.streams[0].d
     sums = [np.zeros((d, d)) for _ in names]
 

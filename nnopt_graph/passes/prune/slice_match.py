@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = ["Chain", "Reader", "Residual", "Stream", "match_chain"]
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -26,6 +27,7 @@ class Reader:
 
     node: ir.Node
     bias: tuple[ir.Node, int, np.ndarray] | None
+    out_features: int
 
 
 @dataclasses.dataclass(eq=False)
@@ -36,6 +38,7 @@ class Residual:
     stream_index: int  # which input of ``add`` is the previous LayerNorm's output
     matmul: ir.Node  # the block's output projection (its columns get rotated)
     bias: tuple[ir.Node, int, np.ndarray] | None
+    in_features: int
 
 
 @dataclasses.dataclass(eq=False)
@@ -59,7 +62,7 @@ class Stream:
     residual: Residual | None = None
     readers: list[Reader] = dataclasses.field(default_factory=list)
     next_add: ir.Node | None = None
-    others: list[ir.Usage] = dataclasses.field(default_factory=list)
+    others: list[Any] = dataclasses.field(default_factory=list)
     is_output: bool = False
 
     @property
@@ -106,22 +109,23 @@ def _layer_norm(node: ir.Node) -> tuple[Stream | None, str]:
     return Stream(node, gamma.astype(np.float32), beta.astype(np.float32), float(eps)), ""
 
 
-def _single_use(value: ir.Value) -> ir.Usage | None:
+def _single_use(value: ir.Value) -> Any:
     uses = list(value.uses())
     if len(uses) != 1 or value.is_graph_output():
         return None
     return uses[0]
 
 
-def _block_output(value: ir.Value, d: int) -> tuple[ir.Node, tuple | None] | None:
-    """(MatMul, bias) when ``value`` is MatMul(h, W[n, d]) (+ constant bias [d])."""
+def _block_output(value: ir.Value, d: int) -> tuple[ir.Node, tuple | None, int] | None:
+    """(MatMul, bias, n) when ``value`` is MatMul(h, W[n, d]) (+ constant bias [d])."""
     node = value.producer()
     bias = None
     if _standard(node, "Add"):
         assert node is not None
         for i in (0, 1):
             other = node.inputs[1 - i]
-            inner = node.inputs[i].producer() if node.inputs[i] is not None else None
+            operand = node.inputs[i]
+            inner = operand.producer() if operand is not None else None
             if _standard(inner, "MatMul") and other is not None:
                 assert inner is not None
                 found = bias_add(inner)
@@ -138,12 +142,13 @@ def _block_output(value: ir.Value, d: int) -> tuple[ir.Node, tuple | None] | Non
         return None
     if bias is None and _single_use(node.outputs[0]) is None:
         return None
-    return node, bias
+    return node, bias, int(w.shape[0])
 
 
 def _residual(stream: Stream, by_output: dict[int, Stream]) -> tuple[Residual | None, str]:
     ln = stream.ln
-    add = ln.inputs[0].producer() if ln.inputs[0] is not None else None
+    x = ln.inputs[0]
+    add = x.producer() if x is not None else None
     name = ln.name or "?"
     if not _standard(add, "Add") or add is None or add.graph is not ln.graph:
         return None, f"LayerNorm '{name}' does not read a residual Add (pre-LN or other pattern)"
@@ -157,7 +162,7 @@ def _residual(stream: Stream, by_output: dict[int, Stream]) -> tuple[Residual | 
         block = _block_output(other, stream.d) if other is not None else None
         if block is None or other is None or _single_use(other) is None:
             return None, f"residual Add '{add.name}': the block output is not a constant MatMul"
-        return Residual(add, i, block[0], block[1]), ""
+        return Residual(add, i, *block), ""
     return None, (
         f"LayerNorm '{name}': its residual Add does not read the previous LayerNorm's "
         "output (pre-LN or other pattern)"
@@ -188,7 +193,7 @@ def _classify(stream: Stream, next_adds: dict[int, Stream]) -> None:
                 and w.dtype == np.float32
                 and not user.outputs[0].is_graph_output()
             ):
-                stream.readers.append(Reader(user, bias_add(user)))
+                stream.readers.append(Reader(user, bias_add(user), int(w.shape[1])))
                 continue
         stream.others.append(use)
 
@@ -216,8 +221,11 @@ def match_chain(model: ir.Model) -> tuple[Chain | None, str]:
         stream.residual = residual
     # The first LayerNorm is the entry; every later one must continue the chain.
     next_adds = {id(s.residual.add): s for s in streams if s.residual is not None}
-    previous = {id(s): by_output[id(s.residual.add.inputs[s.residual.stream_index])]
-                for s in streams if s.residual is not None}
+    previous = {
+        id(s): by_output[id(s.residual.add.inputs[s.residual.stream_index])]
+        for s in streams
+        if s.residual is not None
+    }
     for k, stream in enumerate(streams[1:], start=1):
         if previous[id(stream)] is not streams[k - 1]:
             return None, f"LayerNorm '{stream.ln.name}' does not continue the previous one"

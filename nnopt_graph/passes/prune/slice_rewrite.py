@@ -51,10 +51,6 @@ class Basis:
         return int(self.u.shape[1])
 
 
-def _readers_params(stream: Stream) -> int:
-    return sum(int(np.prod(r.node.inputs[1].shape)) for r in stream.readers)
-
-
 def planned_params(chain: Chain, ks: list[int]) -> list[tuple[int, int]]:
     """Per stream, (MatMul weight params before, after) for kept counts ``ks``."""
     result = []
@@ -62,13 +58,13 @@ def planned_params(chain: Chain, ks: list[int]) -> list[tuple[int, int]]:
         d = stream.d
         before = after = 0
         for reader in stream.readers:
-            n = int(reader.node.inputs[1].shape[1])
+            n = reader.out_features
             before += d * n
             after += k * n
         if stream.residual is None:
             after += d * k  # the entry projection
         else:
-            n = int(stream.residual.matmul.inputs[1].shape[0])
+            n = stream.residual.in_features
             before += n * d
             after += n * k + ks[i - 1] * k  # W_out U and G
         if stream.others or stream.is_output:
@@ -103,7 +99,7 @@ class _Builder:
         return node
 
     def rms_norm(self, s: ir.Value, base: str, eps: float, scale: float, k: int) -> list[ir.Node]:
-        """s / sqrt(mean(s^2) + eps) * scale, in the form ONNX Runtime fuses."""
+        """Nodes computing s / sqrt(mean(s^2) + eps) * scale, in the form ONNX Runtime fuses."""
         two = self.const(f"{base}/pow_exponent", np.array(2.0, np.float32))
         pow_ = self.node("Pow", [s, two], f"{base}/Pow")
         if self.opset >= 18:
