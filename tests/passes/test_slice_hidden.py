@@ -268,8 +268,9 @@ def test_params_budget_is_met_counting_the_rotations():
 
 
 def test_second_run_is_a_no_op():
-    proto = _post_ln(1)
-    out, _ = _run(proto, ratio=0.25, budget="hidden")
+    proto = _post_ln(2)
+    out, first = _run(proto, ratio=0.25, budget="hidden")
+    assert first.modified
     again, result = _run(out, ratio=0.25, budget="hidden")
     assert not result.modified and result.stats["skipped-unmatched"] == 1
     assert (
@@ -371,3 +372,11 @@ def test_zoo_bert_encoder_exact_at_zero_and_smaller_when_sliced():
         assert cut[0].shape == ref[0].shape
         cos = float(np.sum(ref[0] * cut[0]) / np.linalg.norm(ref[0]) / np.linalg.norm(cut[0]))
         assert cos > 0.6  # random weights: little low-rank structure to keep
+
+
+def test_a_slice_that_adds_weights_is_skipped():
+    proto = _post_ln(1)
+    out, result = _run(proto, ratio=0.0625, budget="hidden")  # 16 -> 15: rotations cost more
+    assert not result.modified and result.stats["skipped-no-gain"] == 1
+    assert "would add" in result.decisions[0]["status"]
+    assert sum(n.op_type == "LayerNormalization" for n in out.graph.node) == 3

@@ -35,6 +35,7 @@ _STATS = (
     "params-removed",
     "params-added",
     "skipped-no-calibration",
+    "skipped-no-gain",
     "skipped-unmatched",
 )
 
@@ -180,8 +181,16 @@ class SliceHiddenPass(Pass):
         total = _weight_params(model)
         k, why = _kept(d, options, chain, total)
         ks = [k] * len(chain.streams)
-        bases = _bases(_covariances(chain, model, dataset, context), ks, options.renorm)
         plan = planned_params(chain, ks)
+        net = sum(b - a for b, a in plan)
+        if options.ratio > 0 and net <= 0:
+            # The rotations on the residual path cost k*k per LayerNorm: a small slice of
+            # a small model adds more weights than it removes.
+            stats["skipped-no-gain"] = 1
+            reason = f"hidden {d} -> {k} would add {-net} weight params (rotations)"
+            logger.debug("slice-hidden: skipped: %s", reason)
+            return PassResult(stats, [{"status": f"skipped: {reason}"}])
+        bases = _bases(_covariances(chain, model, dataset, context), ks, options.renorm)
         apply_slice(model, chain, bases)
         ir_passes.ShapeInferencePass(strict_mode=False)(model)
         decisions: list[dict[str, Any]] = []
@@ -199,7 +208,6 @@ class SliceHiddenPass(Pass):
                     "reason": why,
                 }
             )
-        net = sum(b - a for b, a in plan)
         decisions.append(
             {
                 "budget": options.budget,
