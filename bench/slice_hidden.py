@@ -54,7 +54,8 @@ PIPELINES = [
     _SEARCH % 0.25,
     "slice-hidden{ratio=0.25 budget=hidden}",
     "slice-hidden{ratio=0.25}",
-    f"{_SEARCH % 0.15},slice-hidden{{ratio=0.15}}",
+    f"{_SEARCH % 0.15},slice-hidden{{ratio=0.25 budget=hidden}}",
+    f"{_SEARCH % 0.2},slice-hidden{{ratio=0.2 budget=hidden}}",
 ]
 
 
@@ -83,6 +84,8 @@ def _row(name: str, pipeline: str, guard: str, base: Path, cal: Path, held: Path
     records = [r.to_json() for r in result.records]
     layers = []
     for record in records:
+        if record.get("guard_action") not in ("applied", "backed off"):
+            continue
         for d in record.get("decisions", []):
             if "layer" in d and "k" in d:
                 keys = ("layer", "d", "k", "energy_kept", "weights_removed")
