@@ -365,6 +365,13 @@ def test_zoo_bert_encoder_exact_at_zero_and_smaller_when_sliced():
     sliced, result = _run(proto, calib, ratio=0.25, budget="hidden")
     assert result.stats["layernorms-rewritten"] == 5
     assert _weights(sliced) < _weights(proto)
+    # The entry LayerNorm's input is a sum of embedding Gathers: their tables are rotated
+    # (no projection MatMul), so they shrink with the hidden size.
+    k = next(d["k"] for d in result.decisions if "layer" in d)
+    tables = {t.name: list(t.dims) for t in sliced.graph.initializer}
+    gathers = [n for n in sliced.graph.node if n.op_type == "Gather" and n.input[0] in tables]
+    assert sorted(tables[n.input[0]] for n in gathers) == [[128, k], [1000, k]]
+    assert not any(n.name.endswith("/Rotate") for n in sliced.graph.node)
     for i in range(4):
         feed = {k: v[i : i + 1] for k, v in held.items()}
         ref, same, cut = ort_run(proto, feed), ort_run(exact, feed), ort_run(sliced, feed)

@@ -64,6 +64,9 @@ class Stream:
     next_add: ir.Node | None = None
     others: list[Any] = dataclasses.field(default_factory=list)
     is_output: bool = False
+    # Entry only: the embedding Gathers (node) and constants (value) summed into its
+    # input, whose tables can be rotated instead of the sum; empty when not foldable.
+    embeddings: list[ir.Node | ir.Value] = dataclasses.field(default_factory=list)
 
     @property
     def d(self) -> int:
@@ -198,6 +201,32 @@ def _classify(stream: Stream, next_adds: dict[int, Stream]) -> None:
         stream.others.append(use)
 
 
+def _embedding_leaves(value: ir.Value, d: int) -> list[ir.Node | ir.Value] | None:
+    """Gathers of constant [V, d] tables and constant [..., d] terms summing to ``value``."""
+    node = value.producer()
+    if value.const_value is not None or (node is not None and node.op_type == "Constant"):
+        array = const_array(value)
+        ok = array is not None and array.ndim >= 1 and array.shape[-1] == d
+        return [value] if ok and _single_use(value) is not None else None
+    if node is None or _single_use(value) is None:
+        return None
+    if _standard(node, "Gather") and node.attributes.get_int("axis", 0) == 0:
+        table = node.inputs[0]
+        array = const_array(table)
+        if array is None or array.ndim != 2 or array.shape[1] != d or array.dtype != np.float32:
+            return None
+        return [node] if table is not None and len(list(table.uses())) == 1 else None
+    if _standard(node, "Add"):
+        leaves: list[ir.Node | ir.Value] = []
+        for operand in node.inputs:
+            found = _embedding_leaves(operand, d) if operand is not None else None
+            if found is None:
+                return None
+            leaves.extend(found)
+        return leaves
+    return None
+
+
 def match_chain(model: ir.Model) -> tuple[Chain | None, str]:
     """The post-LN chain of the main graph, or None and the reason it does not match."""
     graph = model.graph
@@ -231,6 +260,12 @@ def match_chain(model: ir.Model) -> tuple[Chain | None, str]:
             return None, f"LayerNorm '{stream.ln.name}' does not continue the previous one"
     for stream in streams:
         _classify(stream, next_adds)
+    entry_input = streams[0].ln.inputs[0]
+    if entry_input is not None and not entry_input.is_graph_input():
+        leaves = _embedding_leaves(entry_input, d)
+        # A lone constant would be a constant stream: keep the general projection.
+        if leaves and any(isinstance(leaf, ir.Node) for leaf in leaves):
+            streams[0].embeddings = leaves
     for k, stream in enumerate(streams[:-1]):
         if stream.next_add is not streams[k + 1].residual.add:  # type: ignore[union-attr]
             return None, f"LayerNorm '{stream.ln.name}' feeds more than one residual"

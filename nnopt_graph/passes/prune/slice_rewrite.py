@@ -62,7 +62,8 @@ def planned_params(chain: Chain, ks: list[int]) -> list[tuple[int, int]]:
             before += d * n
             after += k * n
         if stream.residual is None:
-            after += d * k  # the entry projection
+            if not stream.embeddings:
+                after += d * k  # the entry projection (none when the tables are rotated)
         else:
             n = stream.residual.in_features
             before += n * d
@@ -176,6 +177,38 @@ def _new_weights(
     return {key: tuple(value) for key, value in weights.items()}  # type: ignore[misc]
 
 
+def _rotate_embeddings(b: _Builder, stream: Stream, basis: Basis) -> None:
+    """Rotate the embedding tables (and constant terms) summed into the entry LayerNorm."""
+    u = basis.u.astype(np.float64)
+    for leaf in stream.embeddings:
+        if isinstance(leaf, ir.Node):
+            table = const_array(leaf.inputs[0])
+            assert table is not None
+            b.set_weight(
+                leaf, 0, table.astype(np.float64) @ u, f"{leaf.name or 'gather'}/sliced_table"
+            )
+            leaf.outputs[0].shape = None
+            continue
+        array = const_array(leaf)
+        assert array is not None
+        for use in list(leaf.uses()):
+            rotated = array.astype(np.float64) @ u
+            use.node.replace_input_with(
+                use.idx, b.const(f"{leaf.name}/sliced", rotated.astype(np.float32))
+            )
+    node = stream.ln.inputs[0].producer() if stream.ln.inputs[0] is not None else None
+    todo = [node] if node is not None else []
+    while todo:  # the Adds of the sum change width
+        add = todo.pop()
+        if add.op_type != "Add":
+            continue
+        add.outputs[0].shape = None
+        for v in add.inputs:
+            producer = v.producer() if v is not None else None
+            if producer is not None:
+                todo.append(producer)
+
+
 def apply_slice(model: ir.Model, chain: Chain, bases: list[Basis]) -> None:
     """Rewrite ``chain`` in ``model`` with one basis per stream (see the module docstring)."""
     b = _Builder(model)
@@ -188,9 +221,15 @@ def apply_slice(model: ir.Model, chain: Chain, bases: list[Basis]) -> None:
         ln, d, k = stream.ln, stream.d, basis.k
         base = ln.name or f"layer_norm_{i}"
         new_nodes: list[ir.Node] = []
-        if stream.residual is None:
+        x = ln.inputs[0]
+        assert x is not None
+        if stream.residual is None and stream.embeddings:
+            _rotate_embeddings(b, stream, basis)
+            x.shape = None
+            s = x
+        elif stream.residual is None:
             proj = b.const(f"{base}/rotation", basis.u.astype(np.float32))
-            entry = b.node("MatMul", [ln.inputs[0], proj], f"{base}/Rotate")  # type: ignore[list-item]
+            entry = b.node("MatMul", [x, proj], f"{base}/Rotate")
             new_nodes.append(entry)
             s = entry.outputs[0]
         else:
