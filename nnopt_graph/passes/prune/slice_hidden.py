@@ -7,6 +7,12 @@ written for pre-LN models (RMSNorm); here the same idea for the post-LN BERT lay
 exported by PyTorch: the basis of each LayerNorm is taken orthogonal to the all-ones
 vector, so the LayerNorm's mean subtraction is exact in the rotated coordinates and only
 its variance is estimated from the kept ones (slice_rewrite.py).
+
+Ratio 0 rewrites without slicing (only the all-ones direction, which the LayerNorm removes
+anyway, is dropped): the outputs stay equal under the strict check, the test of the
+rewrite. A second run finds no LayerNormalization left (they became RMS norms) and is
+skipped: slicing is not repeated. A slice whose residual rotations (k x k per LayerNorm)
+would add more weights than it removes is skipped too.
 """
 
 from __future__ import annotations
