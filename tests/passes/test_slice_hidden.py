@@ -387,3 +387,35 @@ def test_a_slice_that_adds_weights_is_skipped():
     assert not result.modified and result.stats["skipped-no-gain"] == 1
     assert "would add" in result.decisions[0]["status"]
     assert sum(n.op_type == "LayerNormalization" for n in out.graph.node) == 3
+
+
+def test_layernorms_inside_subgraphs_are_left_alone():
+    b = _Encoder(4)
+    h = b.layer_norm(b.op("Add", [b.ffn(b.layer_norm("x")), b.layer_norm("x")]))
+    body = helper.make_graph(
+        b.nodes, "then", [], [helper.make_tensor_value_info(h, TensorProto.FLOAT, None)], b.inits
+    )
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["same"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("same", TensorProto.FLOAT, None)],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["y"], then_branch=body, else_branch=other)],
+        "outer",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S", D]),
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = ir.serde.deserialize_model(proto)
+    calibration = Dataset({"x": _data(4)["x"], "flag": np.ones([4], bool)}, "test")
+    result = SliceHiddenPass(ratio=0.25).run(model, PassContext(calibration=calibration))
+    assert not result.modified and "main graph" in result.decisions[0]["status"]
+    assert (
+        ir.serde.serialize_model(model).SerializeToString()
+        == ir.serde.serialize_model(ir.serde.deserialize_model(proto)).SerializeToString()
+    )
