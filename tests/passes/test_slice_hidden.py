@@ -419,3 +419,9 @@ def test_layernorms_inside_subgraphs_are_left_alone():
         ir.serde.serialize_model(model).SerializeToString()
         == ir.serde.serialize_model(ir.serde.deserialize_model(proto)).SerializeToString()
     )
+
+
+def test_round_to_keeps_a_multiple_below_the_hidden_size():
+    proto = _post_ln(2)
+    _, result = _run(proto, ratio=0.25, budget="hidden", round_to=8)
+    assert {d["k"] for d in result.decisions if "layer" in d} == {8}  # 12 -> 16 > 15 -> 8

@@ -135,7 +135,10 @@ def _kept(d: int, options: SliceHiddenOptions, chain: Chain, total: int) -> tupl
     floor = max(1, int(math.ceil(d * (1 - options.max_hidden_ratio))))
 
     def rounded(k: int) -> int:
-        return max(min(d - 1, int(round(k / step)) * step), 1)
+        multiple = int(round(k / step)) * step
+        if multiple > d - 1:  # at most d - 1 coordinates exist: round down instead
+            multiple = (d - 1) // step * step
+        return max(multiple, 1)
 
     if options.budget == "hidden":
         k = max(rounded(int(round((1 - options.ratio) * d))), floor)
