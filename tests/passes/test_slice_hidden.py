@@ -425,3 +425,13 @@ def test_round_to_keeps_a_multiple_below_the_hidden_size():
     proto = _post_ln(2)
     _, result = _run(proto, ratio=0.25, budget="hidden", round_to=8)
     assert {d["k"] for d in result.decisions if "layer" in d} == {8}  # 12 -> 16 > 15 -> 8
+
+
+def test_replaced_weights_leave_the_model():
+    proto = _post_ln(2)
+    out, _ = _run(proto, ratio=0.25, budget="hidden")
+    used = {i for n in out.graph.node for i in n.input}
+    assert all(t.name in used for t in out.graph.initializer)
+    assert sum(np.prod(t.dims) for t in out.graph.initializer) < sum(
+        np.prod(t.dims) for t in proto.graph.initializer
+    )
