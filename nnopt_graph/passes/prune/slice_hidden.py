@@ -201,7 +201,6 @@ class SliceHiddenPass(Pass):
             return PassResult(stats, [{"status": f"skipped: {reason}"}])
         bases = _bases(_covariances(chain, model, dataset, context), ks, options.renorm)
         apply_slice(model, chain, bases)
-        ir_passes.RemoveUnusedNodesPass()(model)  # the replaced weights and tables
         ir_passes.ShapeInferencePass(strict_mode=False)(model)
         decisions: list[dict[str, Any]] = []
         for stream, basis, (before, after) in zip(chain.streams, bases, plan, strict=True):

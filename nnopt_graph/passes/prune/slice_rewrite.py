@@ -79,6 +79,18 @@ class _Builder:
         self.graph = model.graph
         self.names = NameScope.for_model(model)
         self.opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 17))
+        self.replaced: list[ir.Value] = []  # constants the rewrite stopped reading
+
+    def drop_replaced(self) -> None:
+        """Remove the replaced constants nothing reads any more."""
+        for value in self.replaced:
+            if value.uses() or value.is_graph_output() or value.is_graph_input():
+                continue
+            producer = value.producer()
+            if producer is not None and producer.op_type == "Constant":
+                self.graph.remove(producer, safe=True)
+            elif value.name is not None and value.name in self.graph.initializers:
+                self.graph.initializers.pop(value.name)
 
     def const(self, base: str, array: np.ndarray) -> ir.Value:
         name = self.names(base)
@@ -119,6 +131,9 @@ class _Builder:
         return [pow_, mean, add, sqrt, div, mul]
 
     def set_weight(self, node: ir.Node, index: int, array: np.ndarray, base: str) -> None:
+        old = node.inputs[index]
+        if old is not None:
+            self.replaced.append(old)
         node.replace_input_with(index, self.const(base, array.astype(np.float32)))
 
     def add_bias(
@@ -191,6 +206,7 @@ def _rotate_embeddings(b: _Builder, stream: Stream, basis: Basis) -> None:
             continue
         array = const_array(leaf)
         assert array is not None
+        b.replaced.append(leaf)
         for use in list(leaf.uses()):
             rotated = array.astype(np.float64) @ u
             use.node.replace_input_with(
@@ -269,4 +285,6 @@ def apply_slice(model: ir.Model, chain: Chain, bases: list[Basis]) -> None:
                 restored.name = name
         logger.info("slice-hidden: '%s' %d -> %d (energy %.4f)", ln.name, d, k, basis.energy)
     for stream in chain.streams:
+        b.replaced.extend(v for v in stream.ln.inputs[1:] if v is not None)
         b.graph.remove(stream.ln, safe=True)
+    b.drop_replaced()
