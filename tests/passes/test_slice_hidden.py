@@ -415,6 +415,7 @@ def test_layernorms_inside_subgraphs_are_left_alone():
     calibration = Dataset({"x": _data(4)["x"], "flag": np.ones([4], bool)}, "test")
     result = SliceHiddenPass(ratio=0.25).run(model, PassContext(calibration=calibration))
     assert not result.modified and "main graph" in result.decisions[0]["status"]
+    assert result.stats["skipped-subgraph-layernorms"] == 3
     assert (
         ir.serde.serialize_model(model).SerializeToString()
         == ir.serde.serialize_model(ir.serde.deserialize_model(proto)).SerializeToString()

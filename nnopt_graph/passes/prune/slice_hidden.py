@@ -43,6 +43,7 @@ _STATS = (
     "skipped-no-calibration",
     "skipped-no-gain",
     "skipped-unmatched",
+    "skipped-subgraph-layernorms",
 )
 
 
@@ -173,6 +174,11 @@ class SliceHiddenPass(Pass):
         """Match the chain, measure its PCA bases on calibration data, rewrite it."""
         options = self.options
         stats = dict.fromkeys(_STATS, 0)
+        # Main graph only: LayerNorms in If/Loop/Scan bodies and functions are left alone.
+        inner = [*model.graph.subgraphs(), *model.functions.values()]
+        stats["skipped-subgraph-layernorms"] = sum(
+            n.op_type == "LayerNormalization" for g in inner for n in g
+        )
         chain, reason = match_chain(model)
         if chain is None:
             stats["skipped-unmatched"] = 1
