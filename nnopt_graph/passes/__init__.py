@@ -1,7 +1,7 @@
 """Built-in passes by family; importing this package registers them all, in pipeline order."""
 
 from nnopt_graph.passes.cleanup import simplify, zero_structure
-from nnopt_graph.passes.prune import channels
+from nnopt_graph.passes.prune import channels, slice_hidden
 from nnopt_graph.passes.quantize import fp16, int4
 from nnopt_graph.passes.quantize.int8 import orchestrate
 from nnopt_graph.passes.sharing import cluster_weights, cse, dedup
@@ -16,6 +16,7 @@ __all__ = [
     "int4",
     "orchestrate",
     "simplify",
+    "slice_hidden",
     "sparsify",
     "storage",
     "zero_structure",
