@@ -196,14 +196,22 @@ class Guard:
         return fidelity.metric(condition.metric, condition.reduction)
 
     def _worst_sample(self, condition: Condition, fidelity: Comparison) -> str:
+        """Where the failing value came from: the output whose reduced value is the worst
+        over outputs (the one that decided the guard), and its worst sample."""
         if condition.metric == "metric":
             return ""
+        higher_better = METRICS[condition.metric]
+        scored = []
         for out in fidelity.outputs:
             if out.values(condition.metric):
-                index = out.worst_index(condition.metric)
-                if index is not None:
-                    return f" on output '{out.name}', worst sample #{index}"
-        return ""
+                value = out.reduce(condition.metric, condition.reduction)
+                badness = math.inf if math.isnan(value) else (-value if higher_better else value)
+                scored.append((badness, out))
+        if not scored:
+            return ""
+        worst = max(scored, key=lambda item: item[0])[1]
+        index = worst.worst_index(condition.metric)
+        return "" if index is None else f" on output '{worst.name}', worst sample #{index}"
 
     def measure_path(self, candidate: Path) -> GuardOutcome:
         """Measure a model file against the reference."""

@@ -189,3 +189,42 @@ def test_an_ort_crash_while_guarding_is_one_error_not_a_dead_process(tmp_path):
         CheckFailedError, match=r"ONNX Runtime crashed running a candidate for the guard \(signal"
     ):
         Guard("cosine>=0.99", path, data).measure_path(path)
+
+
+def _two_output_model(scale: float) -> onnx.ModelProto:
+    """keep = x (untouched); y = x @ w, with sample 2's y negated when scale is -1."""
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array(rng.standard_normal((16, 8)).astype(np.float32), "w")
+    sign = np.ones((4, 1, 1), np.float32)
+    sign[2] = scale
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["x"], ["keep"]),
+            helper.make_node("MatMul", ["x", "w"], ["mm"]),
+            helper.make_node("Mul", ["mm", "sign"], ["y"]),
+        ],
+        "two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 1, 16])],
+        [
+            helper.make_tensor_value_info("keep", TensorProto.FLOAT, [4, 1, 16]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 1, 8]),
+        ],
+        initializer=[w, numpy_helper.from_array(sign, "sign")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+
+def test_a_failed_guard_names_the_output_that_failed_not_the_first(tmp_path):
+    """The first output is unchanged (cosine 1); the message blames 'y' and its sample."""
+    from nnopt_graph.check.guard import Guard
+    from nnopt_graph.runtime.data import Dataset
+
+    ref, cand = tmp_path / "ref.onnx", tmp_path / "cand.onnx"
+    onnx.save(_two_output_model(1.0), ref)
+    onnx.save(_two_output_model(-1.0), cand)
+    x = np.random.default_rng(2).standard_normal((3, 4, 1, 16)).astype(np.float32)
+    guard = Guard("cosine>=0.99", ref, Dataset({"x": x}, "given", frozenset({"x"})))
+    outcome = guard.measure_path(cand)
+    assert not outcome.passed
+    (failed,) = outcome.failed
+    assert "on output 'y'" in failed and "'keep'" not in failed, failed
