@@ -196,8 +196,7 @@ class Guard:
         return fidelity.metric(condition.metric, condition.reduction)
 
     def _worst_sample(self, condition: Condition, fidelity: Comparison) -> str:
-        """Where the failing value came from: the output whose reduced value is the worst
-        over outputs (the one that decided the guard), and its worst sample."""
+        """Where a failing value came from: the deciding (worst) output and its worst sample."""
         if condition.metric == "metric":
             return ""
         higher_better = METRICS[condition.metric]
