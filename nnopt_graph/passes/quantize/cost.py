@@ -20,18 +20,14 @@ from __future__ import annotations
 __all__ = ["KEEP_BELOW", "CostModel", "node_macs"]
 
 import dataclasses
-import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
 from nnopt_graph.analysis.stats import _node_macs
-
-logger = logging.getLogger(__name__)
 
 # Keep int8 only when its modelled cost is below this fraction of float's.
 KEEP_BELOW = 0.9
@@ -60,39 +56,12 @@ def node_macs(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> dict[str,
         for value in node.outputs:
             value.shape = None  # re-inferred from the concrete inputs, not the symbolic ones
     ir_passes.ShapeInferencePass(strict_mode=False)(clone)
-    if any(_node_macs(node) is None for node in clone.graph):
-        _propagate_shape_values(clone)
     out: dict[str, int] = {}
     for node in clone.graph:
         macs = _node_macs(node)
         if macs and macs > 0:  # shapes with unknown (-1) dims give no count
             out[node.name or ""] = macs
     return out
-
-
-def _propagate_shape_values(model: ir.Model) -> None:
-    """Fill in shapes that need computed shape values (Shape -> Gather -> Concat -> Reshape).
-
-    Plain shape inference leaves a symbolic dim wherever a Reshape or Expand takes a
-    shape the graph computes (exported transformers); ONNX's inference with data
-    propagation resolves those at the concrete input shapes. Main graph only.
-    """
-    try:
-        proto = ir.serde.serialize_model(model)
-        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
-    except Exception as exc:  # custom ops, bad schemas: keep what is known
-        logger.debug("shape inference with data propagation failed: %s", exc)
-        return
-    shapes = {}
-    for info in inferred.graph.value_info:
-        dims = info.type.tensor_type.shape.dim
-        if info.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
-            shapes[info.name] = [d.dim_value for d in dims]
-    for node in model.graph:
-        for value in node.outputs:
-            known = shapes.get(value.name or "")
-            if known is not None and (value.shape is None or not value.shape.is_static()):
-                value.shape = ir.Shape(known)
 
 
 def _elements(value: ir.Value | None) -> int | None:
