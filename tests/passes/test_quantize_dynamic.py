@@ -168,3 +168,28 @@ def test_matmul_in_subgraph_is_skipped_with_a_stat() -> None:
     assert not result.modified and result.stats["skipped-nodes-in-subgraphs"] == 1
     types = op_types(to_proto(model))
     assert "MatMul" in types and "MatMulInteger" not in types
+
+
+def test_shapes_inference_cannot_know_are_read_from_a_calibration_feed() -> None:
+    # The Reshape's target shape is a graph input: no static shape reaches the MatMul,
+    # so the cost model reads it from one captured feed (as on exported transformers).
+    nodes = [
+        helper.make_node("Reshape", ["x", "shape"], ["r"], name="reshape"),
+        helper.make_node("MatMul", ["r", "w"], ["y"], name="proj"),
+    ]
+    proto = _model(
+        nodes,
+        [_vi("x", ["N", 4096]), _vi("shape", [3], TensorProto.INT64)],
+        [_vi("y", ["A", "B", 256])],
+        [_w("w", 256, 256)],
+    )
+    arrays = {
+        "x": RNG.standard_normal((2, 1, 4096)).astype(np.float32),
+        "shape": np.array([[1, 16, 256]] * 2, np.int64),
+    }
+    model = ir.serde.deserialize_model(proto)
+    context = PassContext(target="cpu", calibration=Dataset(arrays, "test", frozenset(arrays)))
+    result = PassSpec.create("quantize-dynamic-int8").instantiate().run(model, context)
+    assert result.stats["nodes-quantized"] == 1
+    modelled = result.decisions[0]["modelled"]
+    assert modelled["matmuls"] == 1 and modelled["ratio"] < 0.9
