@@ -114,8 +114,8 @@ def differences(before: OrtGraph, after: OrtGraph) -> list[str]:
         attrs_before = collections.Counter(zip(before.ops, before.attributes, strict=True))
         attrs_after = collections.Counter(zip(after.ops, after.attributes, strict=True))
         if attrs_before != attrs_after:
-            changed = (attrs_before - attrs_after) + (attrs_after - attrs_before)
-            ops = sorted({op for op, _ in changed})
+            differ = (attrs_before - attrs_after) + (attrs_after - attrs_before)
+            ops = sorted({op for op, _ in differ})
             out.append("attributes differ on " + ", ".join(ops))
     if before.weights != after.weights:
         gone = collections.Counter(before.weights) - collections.Counter(after.weights)
