@@ -90,6 +90,7 @@ def main() -> None:
             out = tmp / f"{name}.cpu.onnx"
             result = optimize(src, out, target="cpu", calib=calib, eval_data=held)
             rec = next(r for r in result.records if r.name == "quantize-int8")
+            dyn = next((r for r in result.records if r.name == "quantize-dynamic-int8"), None)
             data = load_dataset(held, input_specs(load(src)))
             fid = compare_models(src, out, data)
             feed = next(data.batches(1))
@@ -109,6 +110,9 @@ def main() -> None:
                 "outcome": rec.outcome,
                 "detail": rec.outcome_detail[:300],
                 "modelled_ratio": _modelled(rec),
+                "dynamic_outcome": dyn.outcome if dyn is not None else None,
+                "dynamic_detail": dyn.outcome_detail[:300] if dyn is not None else None,
+                "dynamic_modelled_ratio": _modelled(dyn) if dyn is not None else None,
                 "worst_cosine": fid.metric("cosine"),
                 "worst_index": next((o.worst_index("cosine") for o in fid.outputs), None),
                 "samples": fid.samples,
@@ -149,17 +153,23 @@ def main() -> None:
         "windows of about 50 ms of A, rotating order, a model's window time its fastest run "
         "there), 2 threads, spinning off, >= 30 windows and about 4 s of A; min / median / max "
         "of per-window ratios and the median's 95% CI. A'/A is the input against itself: the "
-        "noise band. Load: 1-minute load average before → after the timing.",
+        "noise band. Load: 1-minute load average before → after the timing. 'dynamic int8' is "
+        "quantize-dynamic-int8's outcome (the target-cpu preset runs it after quantize-int8, "
+        "on the MatMuls left in float, where its cost model says it pays).",
         "",
-        "| model | int8 outcome | modelled cost | worst-sample cosine | latency B/A | "
-        "B/A median 95% CI | A'/A | windows × runs | load | size |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | int8 outcome | modelled cost | dynamic int8 | worst-sample cosine | "
+        "latency B/A | B/A median 95% CI | A'/A | windows × runs | load | size |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lt, aa = r["latency"], r["a_vs_a"]
         mod = "-" if r["modelled_ratio"] is None else f"{r['modelled_ratio']:.3f}"
+        dyn = r.get("dynamic_outcome") or "-"
+        if r.get("dynamic_modelled_ratio") is not None:
+            dyn += f" (modelled {r['dynamic_modelled_ratio']:.3f})"
         lines.append(
-            f"| {r['model']} | {r['outcome']} | {mod} | {r['worst_cosine']:.5f} (#{r['worst_index']}, "
+            f"| {r['model']} | {r['outcome']} | {mod} | {dyn} | "
+            f"{r['worst_cosine']:.5f} (#{r['worst_index']}, "
             f"{r['samples']} samples) | {lt['min']:.2f} / **{lt['median']:.3f}** / {lt['max']:.2f} | "
             f"[{lt['ci95_low']:.3f}, {lt['ci95_high']:.3f}] | "
             f"{aa['min']:.2f} / {aa['median']:.3f} / {aa['max']:.2f} | "
