@@ -86,8 +86,10 @@ def default_space(target: str) -> SearchSpace:
     prune = ("prune", tuple(_prune_choice(r) for r in PRUNE_RATIOS))
     sparse = ("sparsify", ("", "sparsify{pattern=2:4}"))
     if target in ("cpu", "tensorrt"):
-        quant: tuple[str, tuple[str, ...]] = ("quantize", ("", "quantize-int8"))
-        preset = "quantize-int8"
+        # On CPU, as in the target-cpu preset: dynamic int8 for the MatMuls static int8
+        # left in float, where the cost model says it pays.
+        preset = "quantize-int8,quantize-dynamic-int8" if target == "cpu" else "quantize-int8"
+        quant: tuple[str, tuple[str, ...]] = ("quantize", ("", preset))
     elif target == "cuda":
         quant = ("quantize", ("", "quantize-fp16", "quantize-int4", "quantize-fp16,quantize-int4"))
         preset = "quantize-fp16,quantize-int4"

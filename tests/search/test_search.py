@@ -61,7 +61,10 @@ def test_outdir_holds_front_and_best(searched: Path) -> None:
         text = (searched / "front" / f"{n:02d}.pipeline.txt").read_text().strip()
         assert text == entry["pipeline"]
     # The warm start: the cpu preset and the lossless default are the first candidates.
-    assert [c["pipeline"] for c in front["candidates"][:2]] == ["default,quantize-int8", "default"]
+    assert [c["pipeline"] for c in front["candidates"][:2]] == [
+        "default,quantize-int8,quantize-dynamic-int8",
+        "default",
+    ]
     # best = the fastest candidate meeting the guard.
     feasible = [c for c in front["candidates"] if c["status"] == "ok" and c["guard_passed"]]
     fastest = min(feasible, key=lambda c: c["latency_ratio"]["median"])
@@ -279,14 +282,17 @@ def test_default_space_cpu_contains_preset_and_all_combinations() -> None:
     space = load_space(None, "cpu")
     texts = [space.pipeline(c) for c in space.candidates()]
     assert space.size == 4 * 2 * 2 == len(set(texts))
-    assert "default,quantize-int8" in texts
+    assert "default,quantize-int8,quantize-dynamic-int8" in texts
     # The cpu preset expands to the same passes as the candidate it is enqueued as.
     from nnopt_graph.pipeline.grammar import Pipeline
 
     assert str(Pipeline.parse(PRESETS["target-cpu"])) == str(
-        Pipeline.parse("default,quantize-int8")
+        Pipeline.parse("default,quantize-int8,quantize-dynamic-int8")
     )
-    assert "default,prune-channels{ratio=0.4},sparsify{pattern=2:4},quantize-int8" in texts
+    assert (
+        "default,prune-channels{ratio=0.4},sparsify{pattern=2:4},quantize-int8,quantize-dynamic-int8"
+        in texts
+    )
 
 
 def test_default_space_cuda_has_fp16_int4_choices() -> None:
