@@ -449,6 +449,10 @@ def main() -> None:
         # Re-measured models replace their rows in the saved results; each row keeps
         # the commit and the window settings it was measured with.
         saved = json.loads((RESULTS / "lossless_latency.json").read_text())
+        for r in saved["results"]:
+            r.setdefault("commit", saved["commit"])
+            r.setdefault("min_windows", saved["min_windows"])
+            r.setdefault("window_seconds", saved["window_seconds"])
         new = {r["model"]: r for r in rows}
         rows = [new.pop(r["model"], r) for r in saved["results"]] + list(new.values())
     if not args.no_write:
