@@ -103,9 +103,7 @@ def compare_latency(
     return _comparison(times, runs)
 
 
-def _comparison(
-    times: list[list[float]], runs: int, runs_per_window: int = 1
-) -> LatencyComparison:
+def _comparison(times: list[list[float]], runs: int, runs_per_window: int = 1) -> LatencyComparison:
     ratios = []
     for t in times:
         per_round = sorted(a / b for a, b in zip(t, times[0], strict=False))
