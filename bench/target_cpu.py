@@ -3,10 +3,12 @@
 Per model: calibration on CALIB samples, the guard on EVAL other samples (digits: its
 training split for calibration, its 360 labelled held-out images for the guard); the
 int8 decision by the default cost model. Then, against the input model, on the held-out
-data: the worst sample's cosine (all outputs), and CPU latency measured interleaved in one
-process (2 threads, pool spinning off, >= 20 rounds and >= 2 s per model, after warm-up):
-min/median/max of per-round ratios, plus the A-vs-A ratio (the input against itself) as the
-noise band. The modelled cost ratio of the int8 candidate is printed beside the measured
+data: the worst sample's cosine (all outputs), and CPU latency under compare_latency's
+windowed interleaved protocol in one process (input A, a second session of the input A',
+output B; windows of about 50 ms of A in rotating order, a model's window time its fastest
+run there; 2 threads, pool spinning off, >= 30 windows and about 4 s of A, after warm-up):
+min/median/max of per-window ratios and the median's 95% CI, plus A'/A as the noise band,
+and the load average. The modelled cost ratio of the int8 candidate is printed beside the measured
 one, so the cost model can be checked. Writes bench/results/target_cpu.{json,md}.
 
 Usage: python bench/target_cpu.py [--calib 48] [--eval 16] [--models a,b]
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -56,6 +59,15 @@ def _sources(
     return out
 
 
+def _median_ci(times: list[float], base: list[float]) -> dict[str, float]:
+    """The 95% CI (order statistics) of the median per-window ratio of ``times`` to ``base``."""
+    ratios = sorted(t / b for t, b in zip(times, base, strict=True))
+    n = len(ratios)
+    half = 1.96 * math.sqrt(n) / 2
+    lo, hi = max(0, math.floor(n / 2 - half)), min(n - 1, math.ceil(n / 2 + half) - 1)
+    return {"ci95_low": ratios[lo], "ci95_high": ratios[hi]}
+
+
 def _modelled(record) -> float | None:
     for d in record.decisions:
         if "modelled" in d:
@@ -78,23 +90,37 @@ def main() -> None:
             out = tmp / f"{name}.cpu.onnx"
             result = optimize(src, out, target="cpu", calib=calib, eval_data=held)
             rec = next(r for r in result.records if r.name == "quantize-int8")
+            dyn = next((r for r in result.records if r.name == "quantize-dynamic-int8"), None)
             data = load_dataset(held, input_specs(load(src)))
             fid = compare_models(src, out, data)
             feed = next(data.batches(1))
+            load_before = os.getloadavg()[0]
             lat = compare_latency(
-                [src, src, out], feed, runs=20, warmup=5, threads=2, min_seconds=2.0, max_runs=3000
+                [src, src, out],
+                feed,
+                runs=30,
+                warmup=5,
+                threads=2,
+                min_seconds=4.0,
+                max_runs=400,
+                window_seconds=0.05,
             )
             row = {
                 "model": name,
                 "outcome": rec.outcome,
                 "detail": rec.outcome_detail[:300],
                 "modelled_ratio": _modelled(rec),
+                "dynamic_outcome": dyn.outcome if dyn is not None else None,
+                "dynamic_detail": dyn.outcome_detail[:300] if dyn is not None else None,
+                "dynamic_modelled_ratio": _modelled(dyn) if dyn is not None else None,
                 "worst_cosine": fid.metric("cosine"),
                 "worst_index": next((o.worst_index("cosine") for o in fid.outputs), None),
                 "samples": fid.samples,
-                "latency": lat.ratio[2],
-                "a_vs_a": lat.ratio[1],
-                "rounds": lat.runs,
+                "latency": {**lat.ratio[2], **_median_ci(lat.times[2], lat.times[0])},
+                "a_vs_a": {**lat.ratio[1], **_median_ci(lat.times[1], lat.times[0])},
+                "windows": lat.runs,
+                "runs_per_window": lat.runs_per_window,
+                "load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                 "size_ratio": out.stat().st_size / Path(src).stat().st_size,
             }
             rows.append(row)
@@ -122,20 +148,33 @@ def main() -> None:
         "",
         f"Commit {commit}, x86_64 (AVX-512 VNNI), 2 cores shared with other jobs; ONNX Runtime CPU EP. "
         f"Calibration {args.calib} samples, guard and figures on {args.eval} other samples "
-        "(digits: training split / 360 labelled held-out images). Latency: one interleaved run "
-        "per model (input, input again, output), 2 threads, spinning off, >= 20 rounds and >= 2 s; "
-        "min / median / max of per-round ratios. A-vs-A is the input against itself: the noise band.",
+        "(digits: training split / 360 labelled held-out images). Latency: compare_latency's "
+        "windowed interleaved protocol, one run per model (input A, input again A', output B; "
+        "windows of about 50 ms of A, rotating order, a model's window time its fastest run "
+        "there), 2 threads, spinning off, >= 30 windows and about 4 s of A; min / median / max "
+        "of per-window ratios and the median's 95% CI. A'/A is the input against itself: the "
+        "noise band. Load: 1-minute load average before → after the timing. 'dynamic int8' is "
+        "quantize-dynamic-int8's outcome (the target-cpu preset runs it after quantize-int8, "
+        "on the MatMuls left in float, where its cost model says it pays).",
         "",
-        "| model | int8 outcome | modelled cost | worst-sample cosine | latency out/in | A-vs-A | size |",
-        "|---|---|---|---|---|---|---|",
+        "| model | int8 outcome | modelled cost | dynamic int8 | worst-sample cosine | "
+        "latency B/A | B/A median 95% CI | A'/A | windows × runs | load | size |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lt, aa = r["latency"], r["a_vs_a"]
         mod = "-" if r["modelled_ratio"] is None else f"{r['modelled_ratio']:.3f}"
+        dyn = r.get("dynamic_outcome") or "-"
+        if r.get("dynamic_modelled_ratio") is not None:
+            dyn += f" (modelled {r['dynamic_modelled_ratio']:.3f})"
         lines.append(
-            f"| {r['model']} | {r['outcome']} | {mod} | {r['worst_cosine']:.5f} (#{r['worst_index']}, "
+            f"| {r['model']} | {r['outcome']} | {mod} | {dyn} | "
+            f"{r['worst_cosine']:.5f} (#{r['worst_index']}, "
             f"{r['samples']} samples) | {lt['min']:.2f} / **{lt['median']:.3f}** / {lt['max']:.2f} | "
-            f"{aa['min']:.2f} / {aa['median']:.3f} / {aa['max']:.2f} | {r['size_ratio']:.3f} |"
+            f"[{lt['ci95_low']:.3f}, {lt['ci95_high']:.3f}] | "
+            f"{aa['min']:.2f} / {aa['median']:.3f} / {aa['max']:.2f} | "
+            f"{r['windows']} × {r['runs_per_window']} | "
+            f"{r['load_1min'][0]:.2f} → {r['load_1min'][1]:.2f} | {r['size_ratio']:.3f} |"
         )
     lines += [
         "",

@@ -459,20 +459,26 @@ def _no_initializer_value_info(model: ir.Model) -> Iterator[None]:
 
     onnx-ir writes a value_info entry for every typed initializer; the tensor already
     says its type and shape, and on a model of many small weights the entries grew the
-    file by a quarter. Initializers that are also graph inputs keep theirs.
+    file by a quarter. Initializers that are also graph inputs keep theirs. Metadata on
+    an initializer's value (onnxscript's folder records what a constant was folded from)
+    would make onnx-ir write a value_info entry with no type at all: it is left out too.
     """
     saved = []
     for graph in model.graphs():
         inputs = {id(v) for v in graph.inputs}
         for value in graph.initializers.values():
-            if id(value) not in inputs and (value.type is not None or value.shape is not None):
-                saved.append((value, value.type, value.shape))
+            if id(value) in inputs:
+                continue
+            if value.type is not None or value.shape is not None or value.metadata_props:
+                saved.append((value, value.type, value.shape, dict(value.metadata_props)))
                 value.type, value.shape = None, None
+                value.metadata_props.clear()
     try:
         yield
     finally:
-        for value, old_type, old_shape in saved:
+        for value, old_type, old_shape, old_meta in saved:
             value.type, value.shape = old_type, old_shape
+            value.metadata_props.update(old_meta)
 
 
 @contextlib.contextmanager

@@ -26,12 +26,16 @@ class LatencyComparison:
         p50_ms: median latency of each model, in milliseconds.
         ratio: per model, min/median/max over rounds of its time divided by the first
             model's time in the same round.
-        runs: timed rounds.
+        runs: timed rounds (windows, under the window protocol).
+        runs_per_window: runs of each model in one window (1 without windows).
+        times: per model, its time in each round in seconds (a window's fastest run).
     """
 
     p50_ms: list[float]
     ratio: list[dict[str, float]]
     runs: int
+    runs_per_window: int = 1
+    times: list[list[float]] = dataclasses.field(default_factory=list)
 
 
 def _session(path: str | os.PathLike[str], threads: int, spinning: bool) -> ort.InferenceSession:
@@ -99,14 +103,15 @@ def compare_latency(
     return _comparison(times, runs)
 
 
-def _comparison(times: list[list[float]], runs: int) -> LatencyComparison:
+def _comparison(times: list[list[float]], runs: int, runs_per_window: int = 1) -> LatencyComparison:
     ratios = []
     for t in times:
         per_round = sorted(a / b for a, b in zip(t, times[0], strict=False))
         ratios.append(
             {"min": per_round[0], "median": statistics.median(per_round), "max": per_round[-1]}
         )
-    return LatencyComparison([statistics.median(t) * 1e3 for t in times], ratios, runs)
+    p50 = [statistics.median(t) * 1e3 for t in times]
+    return LatencyComparison(p50, ratios, runs, runs_per_window, times)
 
 
 def _compare_windows(
@@ -137,4 +142,4 @@ def _compare_windows(
                 best[i] = min(best[i], time.perf_counter() - start)
         for i in range(n):
             times[i].append(best[i])
-    return _comparison(times, runs)
+    return _comparison(times, runs, per_window)

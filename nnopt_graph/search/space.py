@@ -126,7 +126,7 @@ def default_space(target: str) -> SearchSpace:
 
     Prune ratio 0 to 0.5 in steps of 0.1 and 2:4 off/on (both ordered by lossiness);
     cpu and tensorrt choose no int8, int8 with the pass's defaults, per-tensor weights or
-    entropy calibration; cuda chooses among none, fp16, int4 and fp16+int4 (its preset).
+    entropy calibration (cpu: each followed by quantize-dynamic-int8, as its preset); cuda chooses among none, fp16, int4 and fp16+int4 (its preset).
     The target preset and the lossless default are the presets.
 
     Raises:
@@ -135,8 +135,12 @@ def default_space(target: str) -> SearchSpace:
     prune = ("prune", tuple(_prune_choice(r) for r in PRUNE_RATIOS))
     sparse = ("sparsify", ("", "sparsify{pattern=2:4}"))
     if target in ("cpu", "tensorrt"):
-        quant: tuple[str, tuple[str, ...]] = ("quantize", ("", *INT8_CHOICES))
-        preset = "quantize-int8"
+        # On CPU, as in the target-cpu preset: dynamic int8 after each static int8 variant,
+        # for the MatMuls static int8 left in float where the cost model says it pays.
+        tail = ",quantize-dynamic-int8" if target == "cpu" else ""
+        choices = tuple(f"{c}{tail}" for c in INT8_CHOICES)
+        quant: tuple[str, tuple[str, ...]] = ("quantize", ("", *choices))
+        preset = choices[0]
     elif target == "cuda":
         quant = ("quantize", ("", "quantize-fp16", "quantize-int4", "quantize-fp16,quantize-int4"))
         preset = "quantize-fp16,quantize-int4"

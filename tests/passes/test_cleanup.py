@@ -547,6 +547,28 @@ def test_saved_file_has_no_value_info_for_initializers(tmp_path):
     assert model.graph.initializers["w"].type is not None  # the IR keeps it
 
 
+def test_saved_file_has_no_typeless_value_info_for_folded_constants(tmp_path):
+    """onnxscript's folder tags what it folds; the tag alone made a value_info with no type."""
+    from nnopt_graph.core.io import save
+    from nnopt_graph.pipeline.grammar import Pipeline
+    from nnopt_graph.pipeline.manager import PassManager
+
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+    g (float[2,3] x) => (float[2,3] y) {
+        two = Constant <value = float[1] {2.0}> ()
+        sq = Sqrt (two)
+        y = Mul (x, sq)
+    }"""
+    model = ir.from_onnx_text(text)
+    PassManager(Pipeline.parse("default")).run(model)
+    (folded,) = model.graph.initializers.values()
+    meta = dict(folded.metadata_props)
+    assert meta, "the folder tagged the constant: the case this test is about"
+    save(model, tmp_path / "out.onnx")
+    assert [v.name for v in onnx.load(tmp_path / "out.onnx").graph.value_info] == []
+    assert dict(folded.metadata_props) == meta  # the IR keeps the tag
+
+
 def test_saved_file_keeps_value_info_of_intermediates(tmp_path):
     from nnopt_graph.core.io import save
 

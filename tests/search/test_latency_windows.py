@@ -78,3 +78,18 @@ def test_min_seconds_counts_windows_up_to_max_runs(monkeypatch: pytest.MonkeyPat
         [[1e-3], [1e-3]], monkeypatch, runs=20, min_seconds=0.1, max_runs=50, window_seconds=0.01
     )
     assert result.runs == 20
+
+
+def test_result_keeps_runs_per_window_and_per_round_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 10 ms windows of 1 ms runs: 11 runs each per window; every round's time is kept.
+    result, _ = _windows(
+        [[1e-3], [3e-3, 2e-3]],
+        monkeypatch,
+        runs=5,
+        min_seconds=0.0,
+        max_runs=50,
+        window_seconds=0.01,
+    )
+    assert result.runs_per_window == 11
+    assert [len(t) for t in result.times] == [5, 5]
+    assert result.times[1] == pytest.approx([2e-3] * 5)  # a window's fastest run
