@@ -126,7 +126,8 @@ def default_space(target: str) -> SearchSpace:
 
     Prune ratio 0 to 0.5 in steps of 0.1 and 2:4 off/on (both ordered by lossiness);
     cpu and tensorrt choose no int8, int8 with the pass's defaults, per-tensor weights or
-    entropy calibration (cpu: each followed by quantize-dynamic-int8, as its preset); cuda chooses among none, fp16, int4 and fp16+int4 (its preset).
+    entropy calibration (on cpu each followed by quantize-dynamic-int8, as in its preset);
+    cuda chooses among none, fp16, int4 and fp16+int4 (its preset).
     The target preset and the lossless default are the presets.
 
     Raises:
