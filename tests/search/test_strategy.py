@@ -68,17 +68,91 @@ def test_neighbours_step_one_stage_at_a_time() -> None:
     assert SMALL.neighbours(_c(P2, pt)) == [_c(P2, "quantize-int8")]
 
 
-def test_default_warm_start_is_presets_then_neighbours() -> None:
+def test_default_warm_start_is_presets_then_the_aggressive_corner() -> None:
     space = default_space("cpu")
     texts = [space.pipeline(c) for c in warm_start(space)]
+    corner = "default,prune-channels{ratio=0.5},sparsify{pattern=2:4}"
     assert texts == [
         "default,quantize-int8",
         "default",
-        "default,prune-channels{ratio=0.1},quantize-int8",
-        "default,sparsify{pattern=2:4},quantize-int8",
-        "default,quantize-int8{per-channel=false}",
-        "default,quantize-int8{calibrator=entropy}",
+        # The corner: lossiest prune ratio and 2:4, each int8 variant (the preset's first).
+        f"{corner},quantize-int8",
+        f"{corner},quantize-int8{{per-channel=false}}",
+        f"{corner},quantize-int8{{calibrator=entropy}}",
+        # One step back from the first corner candidate, one stage at a time.
+        "default,prune-channels{ratio=0.4},sparsify{pattern=2:4},quantize-int8",
+        "default,prune-channels{ratio=0.5},quantize-int8",
+        corner,
     ]
+
+
+def test_most_lossy_is_the_corner_with_the_lead_choice_first() -> None:
+    pt = "quantize-int8{per-channel=false}"
+    assert SMALL.most_lossy(_c("", pt)) == [_c(P2, pt), _c(P2, "quantize-int8")]
+    assert SMALL.most_lossy() == [_c(P2, "quantize-int8"), _c(P2, pt)]  # stage order
+    # A lead with no choice in an unordered stage leaves that stage in stage order.
+    assert SMALL.most_lossy(_c("", "")) == SMALL.most_lossy()
+    # Nothing in the space is lossier than a corner candidate.
+    for corner in SMALL.most_lossy():
+        others = [c for c in SMALL.candidates() if c != corner]
+        assert not any(SMALL.at_least_as_lossy(c, corner) for c in others)
+
+
+def test_most_lossy_does_not_assume_an_order_the_space_does_not_declare() -> None:
+    # prune not declared ordered: every non-empty ratio is a corner candidate, not only 0.2.
+    space = SearchSpace("default", (("prune", ("", P1, P2)), ("q", ("",))))
+    assert space.most_lossy() == [{"prune": P1, "q": ""}, {"prune": P2, "q": ""}]
+
+
+def test_back_neighbours_step_one_stage_back_at_a_time() -> None:
+    assert SMALL.back_neighbours(_c(P2, "quantize-int8")) == [_c(P1, "quantize-int8"), _c(P2, "")]
+    assert SMALL.back_neighbours(_c("", "")) == []  # nothing less lossy
+    # An unordered stage without "" among its choices has nothing to drop to.
+    space = SearchSpace("default", (("q", ("quantize-int8", "quantize-int8{per-channel=false}")),))
+    assert space.back_neighbours({"q": "quantize-int8"}) == []
+
+
+def test_warm_start_without_presets_starts_at_the_corner_with_no_repeats() -> None:
+    space = SearchSpace("default", (("prune", ("", P1)),), (), ("prune",))
+    assert warm_start(space) == [{"prune": P1}, {"prune": ""}]
+    warm = warm_start(SMALL)
+    assert len(warm) == len({SMALL.pipeline(c) for c in warm})
+    assert warm[:2] == SMALL.preset_choices()
+
+
+def _corner_fake(choice: dict[str, str]) -> dict[str, Any]:
+    # The default cpu space: every candidate feasible, more compression is faster.
+    space = default_space("cpu")
+    prune = [c for _, cs in space.stages if _ == "prune" for c in cs].index(choice["prune"])
+    speed = 1.0 - 0.05 * prune - 0.1 * bool(choice["sparsify"]) - 0.2 * bool(choice["quantize"])
+    return {
+        "pipeline": space.pipeline(choice),
+        "status": "ok",
+        "guard_passed": True,
+        "latency_ratio": {"min": speed, "median": speed, "max": speed},
+        "worst": {"cosine": 0.999 - 0.001 * prune},
+        "size": 100 - prune,
+    }
+
+
+def test_tpe_on_the_default_space_is_deterministic_for_a_seed() -> None:
+    space = default_space("cpu")
+
+    def asks(seed: int) -> list[str]:
+        strategy = make_strategy(space, seed, "tpe")
+        out = []
+        for _ in range(14):
+            trial, choice = strategy.ask()
+            out.append(space.pipeline(choice))
+            strategy.tell(trial, _corner_fake(choice))
+        return out
+
+    first = asks(1)
+    assert first == asks(1)
+    warm = [space.pipeline(c) for c in warm_start(space)]
+    assert first[: len(warm)] == warm
+    # The aggressive corner comes right after the two presets.
+    assert first[2].startswith("default,prune-channels{ratio=0.5},sparsify{pattern=2:4},")
 
 
 def test_space_file_ordered_round_trips_and_bad_ordered_is_refused(tmp_path: Path) -> None:
