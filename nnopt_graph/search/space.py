@@ -137,22 +137,6 @@ class SearchSpace:
         names = [name for name, _ in self.stages]
         return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*per_stage)]
 
-    def back_neighbours(self, choice: Mapping[str, str]) -> list[dict[str, str]]:
-        """One step less lossy in one stage at a time (stage order).
-
-        An ordered stage moves to its previous choice; an unordered stage with a choice
-        drops it (``""``, where the stage offers none). The opposite of ``neighbours``.
-        """
-        out: list[dict[str, str]] = []
-        for name, choices in self.stages:
-            i = choices.index(choice[name])
-            if name in self.ordered:
-                steps = list(choices[i - 1 : i]) if i > 0 else []
-            else:
-                steps = [""] if choice[name] and "" in choices else []
-            out.extend({**choice, name: c} for c in steps)
-        return out
-
 
 def _prune_choice(ratio: float) -> str:
     return f"prune-channels{{ratio={ratio}}}" if ratio > 0 else ""

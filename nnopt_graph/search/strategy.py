@@ -40,22 +40,20 @@ def _constraints(trial: Any) -> list[float]:
 
 
 def warm_start(space: SearchSpace) -> list[dict[str, str]]:
-    """The presets, then the aggressive corner and one step back from it; no repeats.
+    """The presets, then the aggressive corner of the space; no repeats.
 
     Why the corner: every lossy pass backs off or rolls back when it would break the guard,
     so even the most aggressive candidates usually meet it, and they give the fastest
     feasible models more often than not. So after the presets (the target preset first,
-    then the lossless default) the strategy asks ``space.most_lossy`` (every ordered stage
-    at its lossiest choice; each variant of an unordered stage, the target preset's
-    first), then the first corner candidate's ``back_neighbours`` (one stage one step less
-    lossy at a time), and the sampler takes over. A corner candidate that fails the guard
-    costs one trial; everything at least as lossy is then skipped unevaluated (run.py).
-    The order depends on the space only (no model, no seed).
+    then the lossless default) come the candidates of ``space.most_lossy`` (every ordered
+    stage at its lossiest choice; each variant of an unordered stage, the target preset's
+    first), and the sampler takes over from there. A corner candidate that fails the guard
+    costs one trial; nothing is lossier, and the sampler learns from the failure. The
+    order depends on the space only (no model, no seed).
     """
     out: list[dict[str, str]] = []
     presets = space.preset_choices()
-    corner = space.most_lossy(presets[0] if presets else None)
-    for choice in presets + corner + (space.back_neighbours(corner[0]) if corner else []):
+    for choice in presets + space.most_lossy(presets[0] if presets else None):
         if choice not in out:
             out.append(choice)
     return out

@@ -79,10 +79,6 @@ def test_default_warm_start_is_presets_then_the_aggressive_corner() -> None:
         f"{corner},quantize-int8",
         f"{corner},quantize-int8{{per-channel=false}}",
         f"{corner},quantize-int8{{calibrator=entropy}}",
-        # One step back from the first corner candidate, one stage at a time.
-        "default,prune-channels{ratio=0.4},sparsify{pattern=2:4},quantize-int8",
-        "default,prune-channels{ratio=0.5},quantize-int8",
-        corner,
     ]
 
 
@@ -104,17 +100,12 @@ def test_most_lossy_does_not_assume_an_order_the_space_does_not_declare() -> Non
     assert space.most_lossy() == [{"prune": P1, "q": ""}, {"prune": P2, "q": ""}]
 
 
-def test_back_neighbours_step_one_stage_back_at_a_time() -> None:
-    assert SMALL.back_neighbours(_c(P2, "quantize-int8")) == [_c(P1, "quantize-int8"), _c(P2, "")]
-    assert SMALL.back_neighbours(_c("", "")) == []  # nothing less lossy
-    # An unordered stage without "" among its choices has nothing to drop to.
-    space = SearchSpace("default", (("q", ("quantize-int8", "quantize-int8{per-channel=false}")),))
-    assert space.back_neighbours({"q": "quantize-int8"}) == []
-
-
 def test_warm_start_without_presets_starts_at_the_corner_with_no_repeats() -> None:
-    space = SearchSpace("default", (("prune", ("", P1)),), (), ("prune",))
-    assert warm_start(space) == [{"prune": P1}, {"prune": ""}]
+    space = SearchSpace("default", (("prune", ("", P1, P2)),), (), ("prune",))
+    assert warm_start(space) == [{"prune": P2}]
+    # A preset already at the corner is not asked twice.
+    at_corner = SearchSpace("default", (("prune", ("", P1)),), ((("prune", P1),),), ("prune",))
+    assert warm_start(at_corner) == [{"prune": P1}]
     warm = warm_start(SMALL)
     assert len(warm) == len({SMALL.pipeline(c) for c in warm})
     assert warm[:2] == SMALL.preset_choices()
@@ -270,3 +261,18 @@ def test_candidates_lossier_than_an_infeasible_one_are_not_evaluated(tmp_path: P
     assert summary["skipped"] == 2 and summary["strategy"] == "grid"
     # A skipped candidate is never on the front nor best.
     assert all(e["pipeline"] not in skipped for e in summary["front"])
+
+
+def test_a_corner_that_fails_the_guard_is_told_as_infeasible_not_failed() -> None:
+    # SMALL's fake landscape: prune 0.2 (the corner's ratio) fails the guard.
+    strategy = make_strategy(SMALL, 0, "tpe")
+    warm = warm_start(SMALL)
+    for _ in warm:
+        trial, choice = strategy.ask()
+        strategy.tell(trial, _fake(choice))
+    corner = [t for t in strategy.study.trials if SMALL.stages[0][1][t.params["prune"]] == P2]
+    assert len(corner) == 2
+    # Told with its values and a violated constraint: the sampler learns where the guard breaks.
+    assert all(t.state.name == "COMPLETE" and t.user_attrs["violation"] == 1.0 for t in corner)
+    others = [t for t in strategy.study.trials if t not in corner]
+    assert all(t.user_attrs["violation"] == 0.0 for t in others)
