@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 # Objectives, all minimized: latency ratio to the input, 1 - worst cosine, size in bytes.
 OBJECTIVE_NAMES = ("latency_ratio", "one_minus_worst_cosine", "size")
 STRATEGIES = ("tpe", "nsga2", "random", "grid")
+# At most this many corner candidates in the warm start (a space with several unordered
+# stages has a product of their variants there); the sampler explores the rest.
+CORNER_LIMIT = 8
 
 
 def objectives(record: dict[str, Any]) -> tuple[float, float, float] | None:
@@ -48,12 +51,14 @@ def warm_start(space: SearchSpace) -> list[dict[str, str]]:
     then the lossless default) come the candidates of ``space.most_lossy`` (every ordered
     stage at its lossiest choice; each variant of an unordered stage, the target preset's
     first), and the sampler takes over from there. A corner candidate that fails the guard
-    costs one trial; nothing is lossier, and the sampler learns from the failure. The
-    order depends on the space only (no model, no seed).
+    costs one trial; nothing is lossier, and the sampler learns from the failure. At most
+    ``CORNER_LIMIT`` corner candidates are asked. The order depends on the space only (no
+    model, no seed).
     """
     out: list[dict[str, str]] = []
     presets = space.preset_choices()
-    for choice in presets + space.most_lossy(presets[0] if presets else None):
+    corner = space.most_lossy(presets[0] if presets else None)[:CORNER_LIMIT]
+    for choice in presets + corner:
         if choice not in out:
             out.append(choice)
     return out

@@ -111,6 +111,17 @@ def test_warm_start_without_presets_starts_at_the_corner_with_no_repeats() -> No
     assert warm[:2] == SMALL.preset_choices()
 
 
+def test_warm_start_asks_at_most_corner_limit_corner_candidates() -> None:
+    from nnopt_graph.search.strategy import CORNER_LIMIT
+
+    stages = tuple(
+        (f"s{i}", ("", "quantize-int8", "quantize-int8{per-channel=false}")) for i in range(4)
+    )
+    space = SearchSpace("default", stages)
+    assert len(space.most_lossy()) == 16 > CORNER_LIMIT
+    assert warm_start(space) == space.most_lossy()[:CORNER_LIMIT]
+
+
 def _corner_fake(choice: dict[str, str]) -> dict[str, Any]:
     # The default cpu space: every candidate feasible, more compression is faster.
     space = default_space("cpu")
