@@ -161,25 +161,8 @@ def _bench(name: str, work: Path) -> dict:
         best = min(table.values())
         good[label] = {t for t, v in table.items() if v <= best * 1.05}
     grid_order = [space.pipeline(c) for c in space.candidates()]
-    replays: dict[str, list[dict]] = {}
     cap = min(space.size, REPLAY_CAP)
-    for kind in STRATEGIES:
-        replays[kind] = []
-        for seed in SEEDS:
-            d = _fresh(work / name, f"replay-{kind}-{seed}", grid_dir)
-            r = run_search(model, d, trials=cap, strategy=kind, seed=seed, confirm=0, **kw)[0]
-            assert r.evaluated == 0, "a replay must only read the grid's cache"
-            order = [x["pipeline"] for x in r.records if x.get("status") != "skipped"]
-            replays[kind].append(
-                {
-                    "seed": seed,
-                    "order": order,
-                    "skipped": sum(x.get("status") == "skipped" for x in r.records),
-                    "to_5pct_own": _first_within(order, good["own"]),
-                    "to_5pct_retimed": _first_within(order, good["retimed"]),
-                }
-            )
-        _log(f"{name}: replays of {kind} done")
+    replays = _replays(name, model, kw, work, grid_dir, good, cap)
     budget = BUDGET.get(name, REAL_BUDGET)
     d = _fresh(work / name, "search", grid_dir)
     load_confirm = os.getloadavg()[0]
@@ -197,16 +180,6 @@ def _bench(name: str, work: Path) -> dict:
     first_pick = min(
         (r for r in search.records if _feasible(r)), key=lambda r: r["latency_ratio"]["median"]
     )
-
-    def summary(kind: str, key: str) -> dict:
-        vals = [x[key] for x in replays[kind]]
-        known = [v for v in vals if v is not None]
-        return {
-            "per_seed": vals,
-            "mean": round(statistics.mean(known), 2) if len(known) == len(vals) else None,
-            "median": statistics.median(known) if len(known) == len(vals) else None,
-            "missed": len(vals) - len(known),
-        }
 
     return {
         "model": name,
@@ -237,10 +210,7 @@ def _bench(name: str, work: Path) -> dict:
         ),
         "replay_cap": cap,
         "replays": replays,
-        "to_5pct": {
-            kind: {"own": summary(kind, "to_5pct_own"), "retimed": summary(kind, "to_5pct_retimed")}
-            for kind in STRATEGIES
-        },
+        "to_5pct": _to_5pct(replays),
         "budget": budget,
         "search_order": [r["pipeline"] for r in search.records],
         "first_figure_pick": first_pick["pipeline"],
@@ -365,6 +335,71 @@ def _ray_bench(trials: int, work: Path) -> dict:
     }
 
 
+def _replays(
+    name: str, model: Path, kw: dict, work: Path, grid_dir: Path, good: dict, cap: int
+) -> dict[str, list[dict]]:
+    """Each strategy and seed replayed against the grid's cache (0 evaluations)."""
+    replays: dict[str, list[dict]] = {}
+    for kind in STRATEGIES:
+        replays[kind] = []
+        for seed in SEEDS:
+            d = _fresh(work / name, f"replay-{kind}-{seed}", grid_dir)
+            r = run_search(model, d, trials=cap, strategy=kind, seed=seed, confirm=0, **kw)[0]
+            assert r.evaluated == 0, "a replay must only read the grid's cache"
+            order = [x["pipeline"] for x in r.records if x.get("status") != "skipped"]
+            replays[kind].append(
+                {
+                    "seed": seed,
+                    "order": order,
+                    "skipped": sum(x.get("status") == "skipped" for x in r.records),
+                    "to_5pct_own": _first_within(order, good["own"]),
+                    "to_5pct_retimed": _first_within(order, good["retimed"]),
+                }
+            )
+        _log(f"{name}: replays of {kind} done")
+    return replays
+
+
+def _to_5pct(replays: dict[str, list[dict]]) -> dict:
+    def summary(kind: str, key: str) -> dict:
+        vals = [x[key] for x in replays[kind]]
+        known = [v for v in vals if v is not None]
+        return {
+            "per_seed": vals,
+            "mean": round(statistics.mean(known), 2) if len(known) == len(vals) else None,
+            "median": statistics.median(known) if len(known) == len(vals) else None,
+            "missed": len(vals) - len(known),
+        }
+
+    return {
+        kind: {"own": summary(kind, "to_5pct_own"), "retimed": summary(kind, "to_5pct_retimed")}
+        for kind in STRATEGIES
+    }
+
+
+def _replay_part(part_in: Path, work: Path, commit: str) -> dict:
+    """A part file's replays re-done against its grids' caches in ``work`` (no evaluation).
+
+    The grids, their re-timed tables and within-5% sets, the confirmation and independent
+    runs stay those of the part; only the strategies' orders (and trials to 5%) are new.
+    """
+    part = json.loads(part_in.read_text())
+    for r in part["results"]:
+        name = r["model"]
+        model, cal, held = _inputs(name, work)
+        _, space_file = _space_for(name, work)
+        kw = {"target": "cpu", "calib": cal, "eval_data": held, "guard": GUARD}
+        kw["space"] = space_file
+        good = {"own": set(r["within_5pct_own"]), "retimed": set(r["within_5pct_retimed"])}
+        previous = r["to_5pct"]
+        r["replays"] = _replays(name, model, kw, work, work / name / "grid", good, r["replay_cap"])
+        r["to_5pct"] = _to_5pct(r["replays"])
+        r["to_5pct_previous"] = previous
+        r["replay_commit"] = commit
+    part["replay_commit"] = commit
+    return part
+
+
 def _fidelity_size_front(records: dict, names: set[str]) -> list[str]:
     """The front of the named feasible records on (1 - worst cosine, size) alone."""
     from nnopt_graph.search.run import pareto_front
@@ -415,15 +450,31 @@ def _markdown(out: dict) -> list[str]:
         f"{REPLAY_CAP} candidates); 'own' = the grid's per-candidate figures decide what is "
         "within 5%, 're-timed' = the re-timed table decides. Grid order and random order "
         "(expected, (n+1)/(good+1)) for comparison.",
+    ]
+    previous = all("to_5pct_previous" in r for r in out["results"])
+    if out.get("replay_commit"):
+        lines += [
+            "",
+            f"The replays were redone at commit {out['replay_commit']} (the strategies of that "
+            "commit) against the same grids' caches (0 evaluations); the grids, their "
+            "re-timed tables, the within-5% sets and the best-vs-preset runs below are the "
+            f"parts' ({out['commit']}). 'tpe before' = the parts' own tpe replays.",
+        ]
+    lines += [
         "",
         "| model | space | within 5%: own / re-timed | tpe (own) | nsga2 (own) | random (own) | "
         "grid order / random exp. (own) | tpe (re-timed) | nsga2 (re-timed) | random "
-        "(re-timed) | grid order / random exp. (re-timed) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "(re-timed) | grid order / random exp. (re-timed) |"
+        + (" tpe before (own / re-timed) |" if previous else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if previous else ""),
     ]
     for r in out["results"]:
         t = r["to_5pct"]
         cap = r["replay_cap"]
+        before = ""
+        if previous:
+            p = r["to_5pct_previous"]["tpe"]
+            before = f" {_trials(p['own'], cap)} / {_trials(p['retimed'], cap)} |"
         lines.append(
             f"| {r['model']} | {r['space_size']} | {len(r['within_5pct_own'])} / "
             f"{len(r['within_5pct_retimed'])} | {_trials(t['tpe']['own'], cap)} | "
@@ -431,7 +482,7 @@ def _markdown(out: dict) -> list[str]:
             f"{r['grid_order_to_5pct_own']} / {r['random_expected_to_5pct_own']} | "
             f"{_trials(t['tpe']['retimed'], cap)} | {_trials(t['nsga2']['retimed'], cap)} | "
             f"{_trials(t['random']['retimed'], cap)} | {r['grid_order_to_5pct_retimed']} / "
-            f"{r['random_expected_to_5pct_retimed']} |"
+            f"{r['random_expected_to_5pct_retimed']} |" + before
         )
     lines += [
         "",
@@ -536,6 +587,9 @@ def _merge(parts: list[Path], res: Path) -> None:
         ],
         "results": [r for x in loaded for r in x["results"]],
     }
+    replayed = sorted({x["replay_commit"] for x in loaded if x.get("replay_commit")})
+    if replayed:
+        out["replay_commit"] = ", ".join(replayed)
     for x in loaded:
         if "ray" in x:
             out["ray"] = x["ray"]
@@ -552,6 +606,9 @@ def main() -> None:
     parser.add_argument("--work", help="keep evaluations here (a re-run resumes from them)")
     parser.add_argument("--part", help="write this JSON part instead of the results")
     parser.add_argument("--merge", help="comma-separated part files to combine into results")
+    parser.add_argument(
+        "--replay", help="a part file: redo only its replays against --work's grids (to --part)"
+    )
     args = parser.parse_args()
     res = ROOT / "bench" / "results"
     if args.merge:
@@ -560,6 +617,12 @@ def main() -> None:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()
+    if args.replay:
+        if not (args.work and args.part):
+            parser.error("--replay needs --work (the grids' folder) and --part (the output)")
+        out = _replay_part(Path(args.replay), Path(args.work), commit)
+        Path(args.part).write_text(json.dumps(out, indent=2) + "\n")
+        return
     out = {
         "commit": commit,
         "machine": f"{platform.machine()}, 2 cores, shared",

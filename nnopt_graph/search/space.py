@@ -116,6 +116,27 @@ class SearchSpace:
             out.extend({**choice, name: c} for c in steps)
         return out
 
+    def most_lossy(self, lead: Mapping[str, str] | None = None) -> list[dict[str, str]]:
+        """The aggressive corner: every candidate no other candidate is lossier than.
+
+        Every ordered stage at its last (most lossy) choice; every unordered stage at each
+        of its non-empty choices (none is known to be lossier than another), ``lead``'s
+        choice first, then stage order. A stage with only ``""`` keeps it.
+        """
+        per_stage: list[list[str]] = []
+        for name, choices in self.stages:
+            if name in self.ordered:
+                per_stage.append([choices[-1]])
+                continue
+            options = [c for c in choices if c] or [""]
+            first = lead.get(name) if lead is not None else None
+            if first in options:
+                options.remove(first)
+                options.insert(0, first)
+            per_stage.append(options)
+        names = [name for name, _ in self.stages]
+        return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*per_stage)]
+
 
 def _prune_choice(ratio: float) -> str:
     return f"prune-channels{{ratio={ratio}}}" if ratio > 0 else ""

@@ -68,18 +68,94 @@ def test_neighbours_step_one_stage_at_a_time() -> None:
     assert SMALL.neighbours(_c(P2, pt)) == [_c(P2, "quantize-int8")]
 
 
-def test_default_warm_start_is_presets_then_neighbours() -> None:
+def test_default_warm_start_is_presets_then_the_aggressive_corner() -> None:
     space = default_space("cpu")
     texts = [space.pipeline(c) for c in warm_start(space)]
     dyn = ",quantize-dynamic-int8"
+    corner = "default,prune-channels{ratio=0.5},sparsify{pattern=2:4}"
     assert texts == [
         f"default,quantize-int8{dyn}",
         "default",
-        f"default,prune-channels{{ratio=0.1}},quantize-int8{dyn}",
-        f"default,sparsify{{pattern=2:4}},quantize-int8{dyn}",
-        f"default,quantize-int8{{per-channel=false}}{dyn}",
-        f"default,quantize-int8{{calibrator=entropy}}{dyn}",
+        # The corner: lossiest prune ratio and 2:4, each int8 variant (the preset's first).
+        f"{corner},quantize-int8{dyn}",
+        f"{corner},quantize-int8{{per-channel=false}}{dyn}",
+        f"{corner},quantize-int8{{calibrator=entropy}}{dyn}",
     ]
+
+
+def test_most_lossy_is_the_corner_with_the_lead_choice_first() -> None:
+    pt = "quantize-int8{per-channel=false}"
+    assert SMALL.most_lossy(_c("", pt)) == [_c(P2, pt), _c(P2, "quantize-int8")]
+    assert SMALL.most_lossy() == [_c(P2, "quantize-int8"), _c(P2, pt)]  # stage order
+    # A lead with no choice in an unordered stage leaves that stage in stage order.
+    assert SMALL.most_lossy(_c("", "")) == SMALL.most_lossy()
+    # Nothing in the space is lossier than a corner candidate.
+    for corner in SMALL.most_lossy():
+        others = [c for c in SMALL.candidates() if c != corner]
+        assert not any(SMALL.at_least_as_lossy(c, corner) for c in others)
+
+
+def test_most_lossy_does_not_assume_an_order_the_space_does_not_declare() -> None:
+    # prune not declared ordered: every non-empty ratio is a corner candidate, not only 0.2.
+    space = SearchSpace("default", (("prune", ("", P1, P2)), ("q", ("",))))
+    assert space.most_lossy() == [{"prune": P1, "q": ""}, {"prune": P2, "q": ""}]
+
+
+def test_warm_start_without_presets_starts_at_the_corner_with_no_repeats() -> None:
+    space = SearchSpace("default", (("prune", ("", P1, P2)),), (), ("prune",))
+    assert warm_start(space) == [{"prune": P2}]
+    # A preset already at the corner is not asked twice.
+    at_corner = SearchSpace("default", (("prune", ("", P1)),), ((("prune", P1),),), ("prune",))
+    assert warm_start(at_corner) == [{"prune": P1}]
+    warm = warm_start(SMALL)
+    assert len(warm) == len({SMALL.pipeline(c) for c in warm})
+    assert warm[:2] == SMALL.preset_choices()
+
+
+def test_warm_start_asks_at_most_corner_limit_corner_candidates() -> None:
+    from nnopt_graph.search.strategy import CORNER_LIMIT
+
+    stages = tuple(
+        (f"s{i}", ("", "quantize-int8", "quantize-int8{per-channel=false}")) for i in range(4)
+    )
+    space = SearchSpace("default", stages)
+    assert len(space.most_lossy()) == 16 > CORNER_LIMIT
+    assert warm_start(space) == space.most_lossy()[:CORNER_LIMIT]
+
+
+def _corner_fake(choice: dict[str, str]) -> dict[str, Any]:
+    # The default cpu space: every candidate feasible, more compression is faster.
+    space = default_space("cpu")
+    prune = [c for _, cs in space.stages if _ == "prune" for c in cs].index(choice["prune"])
+    speed = 1.0 - 0.05 * prune - 0.1 * bool(choice["sparsify"]) - 0.2 * bool(choice["quantize"])
+    return {
+        "pipeline": space.pipeline(choice),
+        "status": "ok",
+        "guard_passed": True,
+        "latency_ratio": {"min": speed, "median": speed, "max": speed},
+        "worst": {"cosine": 0.999 - 0.001 * prune},
+        "size": 100 - prune,
+    }
+
+
+def test_tpe_on_the_default_space_is_deterministic_for_a_seed() -> None:
+    space = default_space("cpu")
+
+    def asks(seed: int) -> list[str]:
+        strategy = make_strategy(space, seed, "tpe")
+        out = []
+        for _ in range(14):
+            trial, choice = strategy.ask()
+            out.append(space.pipeline(choice))
+            strategy.tell(trial, _corner_fake(choice))
+        return out
+
+    first = asks(1)
+    assert first == asks(1)
+    warm = [space.pipeline(c) for c in warm_start(space)]
+    assert first[: len(warm)] == warm
+    # The aggressive corner comes right after the two presets.
+    assert first[2].startswith("default,prune-channels{ratio=0.5},sparsify{pattern=2:4},")
 
 
 def test_space_file_ordered_round_trips_and_bad_ordered_is_refused(tmp_path: Path) -> None:
@@ -197,3 +273,18 @@ def test_candidates_lossier_than_an_infeasible_one_are_not_evaluated(tmp_path: P
     assert summary["skipped"] == 2 and summary["strategy"] == "grid"
     # A skipped candidate is never on the front nor best.
     assert all(e["pipeline"] not in skipped for e in summary["front"])
+
+
+def test_a_corner_that_fails_the_guard_is_told_as_infeasible_not_failed() -> None:
+    # SMALL's fake landscape: prune 0.2 (the corner's ratio) fails the guard.
+    strategy = make_strategy(SMALL, 0, "tpe")
+    warm = warm_start(SMALL)
+    for _ in warm:
+        trial, choice = strategy.ask()
+        strategy.tell(trial, _fake(choice))
+    corner = [t for t in strategy.study.trials if SMALL.stages[0][1][t.params["prune"]] == P2]
+    assert len(corner) == 2
+    # Told with its values and a violated constraint: the sampler learns where the guard breaks.
+    assert all(t.state.name == "COMPLETE" and t.user_attrs["violation"] == 1.0 for t in corner)
+    others = [t for t in strategy.study.trials if t not in corner]
+    assert all(t.user_attrs["violation"] == 0.0 for t in others)
