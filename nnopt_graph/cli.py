@@ -223,8 +223,22 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 done, 1 job failed, 2 bad input)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run the CLI; returns the exit code (0 done, 1 job failed, 2 bad input).
+
+    Without ``argv`` it runs as the program (``sys.argv``), which exits right after: the
+    collector then skips the objects left alive (a loaded model is millions of them).
+    """
+    as_program = argv is None
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    finally:
+        if as_program:
+            from nnopt_graph.core.collector import skip_collection_at_exit
+
+            skip_collection_at_exit()
+
+
+def _main(argv: list[str]) -> int:
     debug = "--debug" in argv
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,

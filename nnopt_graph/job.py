@@ -25,6 +25,7 @@ from nnopt_graph.check.guard import DEFAULT_GUARD, Guard, MetricFn
 from nnopt_graph.check.structure import structural_problems
 from nnopt_graph.check.verify import verify_written
 from nnopt_graph.core import io
+from nnopt_graph.core.collector import frozen_heap, paused_collector
 from nnopt_graph.errors import BadInputError, CheckFailedError
 from nnopt_graph.pipeline.base import PassContext
 from nnopt_graph.pipeline.grammar import Pipeline
@@ -279,18 +280,22 @@ def optimize(
         input_path, output, report=report, in_place=in_place, extra_inputs=data_paths
     )
     resolved = resolve_pipeline(pipeline, target)
-    if isinstance(model, (str, os.PathLike)):
-        ir_model = io.load(model)
-        _check_input(ir_model, Path(model))
-    elif isinstance(model, onnx.ModelProto):
-        ir_model = ir.serde.deserialize_model(model)
-    else:
-        ir_model = model
+    with paused_collector():  # building the IR makes no garbage to collect
+        if isinstance(model, (str, os.PathLike)):
+            ir_model = io.load(model)
+        elif isinstance(model, onnx.ModelProto):
+            ir_model = ir.serde.deserialize_model(model)
+        else:
+            ir_model = model
+    if input_path is not None:
+        _check_input(ir_model, input_path)
     lossy = any(spec.instantiate().lossy for spec in resolved.passes)
     guard_expr = guard if guard is not None else (DEFAULT_GUARD if lossy else None)
     if guard is not None and not lossy:
         logger.warning("--guard has no effect: the pipeline has no lossy pass")
     with contextlib.ExitStack() as stack:
+        # The loaded model lives all job long: collections need not scan it each time.
+        stack.enter_context(frozen_heap())
         original = stack.enter_context(_model_on_disk(input_path or model))
         calibration, held_out = _datasets(
             ir_model, calib, eval_data, input_shapes, verify_samples, lossy, seed
