@@ -18,17 +18,21 @@ from nnopt_graph.errors import NnoptError
 
 
 def _cmd_opt(args: argparse.Namespace) -> int:
-    from nnopt_graph.core.io import check_job_paths
-    from nnopt_graph.job import optimize
-    from nnopt_graph.pipeline.instruments import (
-        DumpDirInstrument,
-        PrintIRAfterInstrument,
-        StatsInstrument,
-        TimePassesInstrument,
-    )
-    from nnopt_graph.pipeline.manager import Instrument
-    from nnopt_graph.report import print_summary
-    from nnopt_graph.tracking import log_run, parse_log_spec
+    from nnopt_graph.core.collector import paused_collector
+
+    # Importing the ONNX stack makes objects that live on and hardly any garbage.
+    with paused_collector():
+        from nnopt_graph.core.io import check_job_paths
+        from nnopt_graph.job import optimize
+        from nnopt_graph.pipeline.instruments import (
+            DumpDirInstrument,
+            PrintIRAfterInstrument,
+            StatsInstrument,
+            TimePassesInstrument,
+        )
+        from nnopt_graph.pipeline.manager import Instrument
+        from nnopt_graph.report import print_summary
+        from nnopt_graph.tracking import log_run, parse_log_spec
 
     existing_file(args.input)
     data = [d for d in (args.calib, args.eval) if d]

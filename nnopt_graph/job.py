@@ -279,8 +279,8 @@ def optimize(
     io.check_job_paths(
         input_path, output, report=report, in_place=in_place, extra_inputs=data_paths
     )
-    resolved = resolve_pipeline(pipeline, target)
-    with paused_collector():  # building the IR makes no garbage to collect
+    with paused_collector():  # importing passes and building the IR make no garbage
+        resolved = resolve_pipeline(pipeline, target)
         if isinstance(model, (str, os.PathLike)):
             ir_model = io.load(model)
         elif isinstance(model, onnx.ModelProto):
