@@ -21,13 +21,13 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import math
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 import onnx_ir as ir
 
 from nnopt_graph.core.constants import constant_of_node
+from nnopt_graph.core.tensor_size import tensor_nbytes
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
 logger = logging.getLogger(__name__)
@@ -51,8 +51,6 @@ _STATS = (
     "skipped-graph-output-weights",
     "skipped-transforms-too-small",
 )
-# onnx-ir's size-from-shape nbytes, shared by loaded, in-memory and external tensors.
-_GENERIC_NBYTES = ir.Tensor.nbytes
 _MIX_1 = np.uint64(0x9E3779B97F4A7C15)
 _MIX_2 = np.uint64(0xBF58476D1CE4E5B9)
 
@@ -288,9 +286,7 @@ class _Weight:
 
     @functools.cached_property
     def nbytes(self) -> int:
-        if type(self.tensor).nbytes is _GENERIC_NBYTES:  # its formula, on the cached shape
-            return math.ceil(self.tensor.dtype.itemsize * math.prod(self.shape))
-        return int(self.tensor.nbytes)
+        return tensor_nbytes(self.tensor, self.shape)
 
 
 def _collect(scopes: _Scopes) -> list[_Weight]:
