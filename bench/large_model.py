@@ -134,7 +134,9 @@ def main() -> None:
     if args.with_check:
         commands["nnopt-graph opt (verified)"] = nnopt
     results: dict[str, list[dict[str, float]]] = {k: [] for k in commands}
+    loads: list[float] = []
     for _ in range(args.runs):
+        loads.append(os.getloadavg()[0])
         for label, cmd in commands.items():
             _clean(out)
             results[label].append(timed(cmd))
@@ -157,6 +159,13 @@ def main() -> None:
     report = {
         "model": f"{LAYERS} x MatMul {SIZE}x{SIZE} float32{' (every 2nd weight duplicated)' if args.dup else ''}",
         "model_bytes": model_bytes,
+        "commit": subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip(),
+        "load_avg_1m": loads,
         "host": platform.node(),
         "cpus": os.cpu_count(),
         "pipeline": args.pipeline or "default",
@@ -168,7 +177,9 @@ def main() -> None:
     lines = [
         f"# {args.name}: {report['model']}, {model_bytes / 1e9:.2f} GB, pipeline {report['pipeline']}",
         "",
-        f"{args.runs} interleaved runs per command, each a separate process under /usr/bin/time -v.",
+        f"{args.runs} interleaved runs per command, each a separate process under /usr/bin/time -v; "
+        f"commit {report['commit']}, {report['cpus']} cores (shared), 1-minute load average "
+        f"{min(loads):.1f}-{max(loads):.1f} at the start of the rounds.",
         "",
         "| command | wall s (min/median/max) | wall vs onnx | peak RSS MB (median) | RSS / model size |",
         "|---|---|---|---|---|",

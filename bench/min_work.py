@@ -9,7 +9,8 @@ and, once per round, nnopt-graph list-passes and --version (fixed start). Median
 the ratio opt/min per size; the output's size ratio. Writes bench/results/min_work.{json,md}.
 
 Usage: python bench/min_work.py [--sizes 4096 16384 65536 262144:2] [--runs 3]
-(SIZE:RUNS gives one size its own number of rounds.)
+(SIZE:RUNS gives one size its own number of rounds; --aa adds a second minimum per round,
+whose ratio to the first is the A-vs-A noise band; the 1-minute load average is recorded.)
 """
 
 from __future__ import annotations
@@ -100,6 +101,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--name", default="min_work", help="results file name")
     parser.add_argument(
+        "--aa",
+        action="store_true",
+        help="also time the minimum twice per round: the min-vs-min ratios are the noise band",
+    )
+    parser.add_argument(
         "--merge",
         nargs="+",
         default=[],
@@ -135,11 +141,17 @@ def main() -> None:
             src = work / f"chain{size}.onnx"
             onnx.save(chain(size), src)
             times: dict[str, list[float]] = {"min": [], "opt": []}
+            if args.aa:
+                times["min2"] = []
+            loads: list[float] = []
             out_bytes = 0
             for round_ in range(runs):
                 order = ["min", "opt"] if round_ % 2 == 0 else ["opt", "min"]
+                if args.aa:
+                    order.insert(1, "min2")
+                loads.append(os.getloadavg()[0])
                 for kind in order:
-                    if kind == "min":
+                    if kind in ("min", "min2"):
                         cmd = [sys.executable, "-c", MIN_WORK, str(src), str(work / "min.onnx")]
                     else:
                         cmd = [*CLI, "opt", str(src), str(work / "opt.onnx")]
@@ -150,8 +162,21 @@ def main() -> None:
                     start_times[name].append(_timed([*CLI, name]))
             med = {k: statistics.median(v) for k, v in times.items()}
             ratios = sorted(o / m for o, m in zip(times["opt"], times["min"], strict=True))
+            extra: dict = {}
+            if args.aa:
+                band = sorted(b / a for a, b in zip(times["min"], times["min2"], strict=True))
+                extra = {
+                    "min2_s": times["min2"],
+                    "aa_ratio_per_round": {
+                        "min": band[0],
+                        "median": statistics.median(band),
+                        "max": band[-1],
+                    },
+                }
             rows.append(
                 {
+                    **extra,
+                    "load_avg_1m": loads,
                     "nodes": size,
                     "runs": runs,
                     "min_s": times["min"],
@@ -194,15 +219,20 @@ def _write(name: str, meta: dict, rows: list[dict]) -> None:
         "...); medians of wall seconds.",
         "",
         "| nodes | runs | min s | opt s | opt / min (of medians) | "
-        "per-run ratio min / med / max | output size ratio |",
-        "|---|---|---|---|---|---|---|",
+        "per-run ratio min / med / max | A-vs-A (min2 / min) min / med / max | "
+        "load avg (1 min) | output size ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         pr = r["ratio_per_round"]
+        aa = r.get("aa_ratio_per_round")
+        band = f"{aa['min']:.2f} / {aa['median']:.2f} / {aa['max']:.2f}" if aa else "-"
+        load = r.get("load_avg_1m") or []
+        load_text = f"{min(load):.1f}-{max(load):.1f}" if load else "-"
         lines.append(
             f"| {r['nodes']:,} | {r['runs']} | {r['min_median_s']:.2f} | {r['opt_median_s']:.2f} | "
             f"{r['ratio_of_medians']:.2f} | {pr['min']:.2f} / {pr['median']:.2f} / "
-            f"{pr['max']:.2f} | {r['size_ratio']:.4f} |"
+            f"{pr['max']:.2f} | {band} | {load_text} | {r['size_ratio']:.4f} |"
         )
     lines += [
         "",

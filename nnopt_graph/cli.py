@@ -18,17 +18,21 @@ from nnopt_graph.errors import NnoptError
 
 
 def _cmd_opt(args: argparse.Namespace) -> int:
-    from nnopt_graph.core.io import check_job_paths
-    from nnopt_graph.job import optimize
-    from nnopt_graph.pipeline.instruments import (
-        DumpDirInstrument,
-        PrintIRAfterInstrument,
-        StatsInstrument,
-        TimePassesInstrument,
-    )
-    from nnopt_graph.pipeline.manager import Instrument
-    from nnopt_graph.report import print_summary
-    from nnopt_graph.tracking import log_run, parse_log_spec
+    from nnopt_graph.core.collector import paused_collector
+
+    # Importing the ONNX stack makes objects that live on and hardly any garbage.
+    with paused_collector():
+        from nnopt_graph.core.io import check_job_paths
+        from nnopt_graph.job import optimize
+        from nnopt_graph.pipeline.instruments import (
+            DumpDirInstrument,
+            PrintIRAfterInstrument,
+            StatsInstrument,
+            TimePassesInstrument,
+        )
+        from nnopt_graph.pipeline.manager import Instrument
+        from nnopt_graph.report import print_summary
+        from nnopt_graph.tracking import log_run, parse_log_spec
 
     existing_file(args.input)
     data = [d for d in (args.calib, args.eval) if d]
@@ -223,8 +227,22 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 done, 1 job failed, 2 bad input)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run the CLI; returns the exit code (0 done, 1 job failed, 2 bad input).
+
+    Without ``argv`` it runs as the program (``sys.argv``), which exits right after: the
+    collector then skips the objects left alive (a loaded model is millions of them).
+    """
+    as_program = argv is None
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    finally:
+        if as_program:
+            from nnopt_graph.core.collector import skip_collection_at_exit
+
+            skip_collection_at_exit()
+
+
+def _main(argv: list[str]) -> int:
     debug = "--debug" in argv
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,

@@ -18,6 +18,7 @@ import onnx_ir.passes.common as ir_passes
 
 from nnopt_graph.analysis.walk import all_nodes, model_graphs
 from nnopt_graph.core.io import external_data_files, load
+from nnopt_graph.core.tensor_size import size_and_bytes
 from nnopt_graph.runtime.data import input_specs, resolve_shapes
 
 logger = logging.getLogger(__name__)
@@ -170,16 +171,17 @@ def summarize(
         for value in graph.initializers.values():
             initializers += 1
             if value.const_value is not None:
-                params += value.const_value.size
-                weight_bytes += value.const_value.nbytes
+                size, nbytes = size_and_bytes(value.const_value)
+                params += size
+                weight_bytes += nbytes
     for node in nodes:
         # Weights held in Constant nodes (PaddlePaddle, spox exports) count as weights.
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             attr = node.attributes.get("value")
             if attr is not None and attr.type == ir.AttributeType.TENSOR:
-                tensor = attr.as_tensor()
-                params += tensor.size
-                weight_bytes += tensor.nbytes
+                size, nbytes = size_and_bytes(attr.as_tensor())
+                params += size
+                weight_bytes += nbytes
     summary = ModelSummary(
         path=str(path) if path else None,
         size_bytes=size_bytes,

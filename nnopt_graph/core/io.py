@@ -44,6 +44,7 @@ from nnopt_graph.core.opaque_types import (
     strip_opaque_types,
 )
 from nnopt_graph.core.protos import proto_graphs
+from nnopt_graph.core.tensor_size import tensor_nbytes
 from nnopt_graph.errors import BadInputError
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def _iter_initializer_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
 
 def tensor_bytes(model: ir.Model) -> int:
     """Total bytes of all initializers, without reading external data."""
-    return sum(t.nbytes for t in _iter_initializer_tensors(model))
+    return sum(tensor_nbytes(t) for t in _iter_initializer_tensors(model))
 
 
 def external_data_files(model: ir.Model) -> set[Path]:

@@ -1,24 +1,23 @@
-"""Built-in passes by family; importing this package registers them all, in pipeline order."""
+"""Built-in passes by family, each module imported when a pipeline first names its passes.
 
-from nnopt_graph.passes.cleanup import simplify, zero_structure
-from nnopt_graph.passes.prune import channels, slice_hidden
-from nnopt_graph.passes.quantize import dynamic, fp16, int4
-from nnopt_graph.passes.quantize.int8 import orchestrate
-from nnopt_graph.passes.sharing import cluster_weights, cse, dedup
-from nnopt_graph.passes.sparsity import sparsify, storage
+``MODULES`` lists the modules that define them, in the order ``list-passes`` shows them
+(the order a full import registers them in); ``pipeline.registry`` imports them.
+"""
 
-__all__ = [
-    "channels",
-    "cluster_weights",
-    "cse",
-    "dedup",
-    "dynamic",
-    "fp16",
-    "int4",
-    "orchestrate",
-    "simplify",
-    "slice_hidden",
-    "sparsify",
-    "storage",
-    "zero_structure",
-]
+__all__ = ["MODULES"]
+
+MODULES = (
+    "nnopt_graph.passes.cleanup.simplify",
+    "nnopt_graph.passes.cleanup.zero_structure",
+    "nnopt_graph.passes.prune.channels",
+    "nnopt_graph.passes.prune.slice_hidden",
+    "nnopt_graph.passes.quantize.dynamic",
+    "nnopt_graph.passes.quantize.fp16",
+    "nnopt_graph.passes.quantize.int4",
+    "nnopt_graph.passes.quantize.int8.orchestrate",
+    "nnopt_graph.passes.sharing.cluster_weights",
+    "nnopt_graph.passes.sharing.dedup",
+    "nnopt_graph.passes.sharing.cse",
+    "nnopt_graph.passes.sparsity.sparsify",
+    "nnopt_graph.passes.sparsity.storage",
+)

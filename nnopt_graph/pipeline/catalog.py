@@ -58,6 +58,7 @@ def build_catalog() -> dict[str, Any]:
         passes.append(
             {
                 "name": name,
+                "module": cls.__module__,
                 "lossy": bool(cls.lossy),
                 "summary": cls.summary(),
                 "options": options,

@@ -15,7 +15,7 @@ from typing import Any
 
 from nnopt_graph.errors import BadInputError
 from nnopt_graph.pipeline.base import Pass, option_range
-from nnopt_graph.pipeline.registry import PRESETS, get_pass, registered_passes
+from nnopt_graph.pipeline.registry import PRESETS, get_pass
 
 _NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 _BARE_VALUE = re.compile(r"[A-Za-z0-9_.+\-:/]+")
@@ -185,7 +185,6 @@ class _Parser:
     """Recursive-descent parser: pipeline := element (',' element)*."""
 
     def __init__(self, text: str) -> None:
-        registered_passes()  # presets are registered with the passes
         self.text = text
         self.pos = 0
 

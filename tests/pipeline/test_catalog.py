@@ -100,3 +100,55 @@ def test_public_api_still_loads_on_use():
     assert nnopt_graph.Pipeline.parse("default").passes
     with pytest.raises(AttributeError):
         _ = nnopt_graph.no_such_name
+
+
+def _run_code(code: str) -> str:
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+def test_default_pipeline_imports_only_its_pass_modules():
+    out = _run_code(
+        "import sys\n"
+        "from nnopt_graph.pipeline.grammar import Pipeline\n"
+        "Pipeline.parse('default')\n"
+        "print(sorted(m for m in sys.modules if m.startswith('nnopt_graph.passes.')))\n"
+    )
+    assert "nnopt_graph.passes.sharing.dedup" in out
+    assert "nnopt_graph.passes.cleanup.simplify" in out
+    for family in ("prune", "quantize", "sparsity"):
+        assert f"nnopt_graph.passes.{family}." not in out, out
+
+
+def test_catalog_names_each_pass_module():
+    from nnopt_graph.pipeline.registry import registered_passes
+
+    modules = {p["name"]: p["module"] for p in load_catalog()["passes"]}
+    for name, cls in registered_passes().items():
+        if cls.__module__.startswith("nnopt_graph.passes."):
+            assert modules[name] == cls.__module__
+
+
+def test_listing_order_does_not_depend_on_what_loaded_first():
+    out = _run_code(
+        "from nnopt_graph.pipeline.registry import get_pass, pass_names\n"
+        "get_pass('cse'); get_pass('quantize-int8')\n"
+        "print(pass_names())\n"
+    )
+    builtin = [p["name"] for p in load_catalog()["passes"]]
+    assert out.strip() == str(builtin)
+
+
+def test_unknown_pass_still_gets_a_suggestion():
+    from nnopt_graph.errors import BadInputError
+    from nnopt_graph.pipeline.registry import get_pass
+
+    with pytest.raises(BadInputError, match="did you mean 'dedup'"):
+        get_pass("dedupe")
+
+
+def test_registry_reads_the_file_the_catalog_writes():
+    from nnopt_graph.pipeline import registry
+
+    assert registry._CATALOG == CATALOG_PATH

@@ -33,7 +33,6 @@ from nnopt_graph.analysis.walk import (
     all_graphs,
     all_nodes,
     count_nodes,
-    custom_domain_nodes,
     model_graphs,
 )
 from nnopt_graph.core.constants import constant_bool
@@ -123,13 +122,33 @@ def _initializer_count(model: ir.Model) -> int:
     return sum(len(g.initializers) for g in model_graphs(model))
 
 
-def _initializer_bytes(model: ir.Model) -> int:
-    return sum(
-        v.const_value.nbytes
+def _initializer_tensors(model: ir.Model) -> dict[int, tuple[ir.Value, ir.TensorProtocol]]:
+    """Each initializer holding a tensor, by value id (a cheap snapshot: no sizes)."""
+    return {
+        id(v): (v, v.const_value)
         for g in model_graphs(model)
         for v in g.initializers.values()
         if v.const_value is not None
-    )
+    }
+
+
+def _bytes_dropped(
+    before: dict[int, tuple[ir.Value, ir.TensorProtocol]],
+    after: dict[int, tuple[ir.Value, ir.TensorProtocol]],
+) -> int:
+    """Bytes of the initializer tensors in ``before`` minus those in ``after``.
+
+    Only tensors that differ are sized: an initializer still holding the same tensor
+    counts on both sides.
+    """
+
+    def unchanged(key: int, entry: tuple[ir.Value, ir.TensorProtocol], other: dict) -> bool:
+        match = other.get(key)
+        return match is not None and match[0] is entry[0] and match[1] is entry[1]
+
+    gone = sum(e[1].nbytes for k, e in before.items() if not unchanged(k, e, after))
+    new = sum(e[1].nbytes for k, e in after.items() if not unchanged(k, e, before))
+    return gone - new
 
 
 def _count_op(model: ir.Model, op_type: str) -> int:
@@ -294,18 +313,29 @@ class FoldConstantsPass(Pass):
         the constant inputs it makes dead (onnxscript's size compensation), so folding
         never grows the weights by more than a few shape-sized constants.
         """
-        custom = {id(n) for n in custom_domain_nodes(model)}
+        # One walk of the model for every count taken before folding.
+        nodes = list(all_nodes(model))
+        local = {(f.domain, f.name) for f in model.functions.values()}
+        custom = {
+            id(n)
+            for n in nodes
+            if n.domain not in STANDARD_DOMAINS and (n.domain, n.op_type) not in local
+        }
         names = _node_names(model)
-        constants_before = _count_op(model, "Constant")
-        before_nodes = count_nodes(model) - constants_before
-        before_bytes = _initializer_bytes(model)
+        constants_before = sum(
+            1 for n in nodes if n.op_type == "Constant" and n.domain in STANDARD_DOMAINS
+        )
+        before_nodes = len(nodes) - constants_before
+        initializers_before = _initializer_tensors(model)
         # Shapes that full inference derives let more Shape/Gather chains fold; repeat
         # until nothing folds so that a second run of the pass finds nothing to do.
         # Whole-model inference only pays where an op reads shapes (Shape, Size): the
         # folder infers node by node itself. It costs a full serialize/infer/merge.
         full_inference = any(
-            n.op_type in _SHAPE_READERS and n.domain in STANDARD_DOMAINS for n in all_nodes(model)
+            n.op_type in _SHAPE_READERS and n.domain in STANDARD_DOMAINS for n in nodes
         )
+        del nodes
+        modified = False
         with annotations_kept(model):
             for _ in range(self.options.max_rounds):
                 if full_inference:
@@ -318,24 +348,34 @@ class FoldConstantsPass(Pass):
                 )
                 if not folded.modified:
                     break
+                modified = True
                 ir_passes.RemoveUnusedNodesPass()(model)
+        stats = {
+            "nodes-folded": 0,
+            "constants-lifted": 0,
+            "bytes-saved": 0,
+            "skipped-custom-domain-nodes": len(custom),
+        }
+        if not modified:  # nothing folded: the counts taken before still hold
+            return PassResult(stats)
         # The folder prefixes the names of nodes it inlines from a constant-condition If.
         _restore_node_names(names)
-        after_nodes = count_nodes(model) - _count_op(model, "Constant")
+        constants_after = _count_op(model, "Constant")
+        after_nodes = count_nodes(model) - constants_after
         # The folder writes what it computes (a folded Shape, say) as Constant nodes: make
         # them initializers like lift-constants did before, so a second run finds nothing.
         lifted = 0
-        if _count_op(model, "Constant") > constants_before:
+        if constants_after > constants_before:
             lifted = LiftConstantsPass().run(model, context).stats["constants-lifted"]
-        after_bytes = _initializer_bytes(model)
-        return PassResult(
+        saved = _bytes_dropped(initializers_before, _initializer_tensors(model))
+        stats.update(
             {
                 "nodes-folded": max(before_nodes - after_nodes, 0),
                 "constants-lifted": max(lifted, 0),
-                "bytes-saved": max(before_bytes - after_bytes, 0),
-                "skipped-custom-domain-nodes": len(custom),
+                "bytes-saved": max(saved, 0),
             }
         )
+        return PassResult(stats)
 
 
 _BN_HOSTS = frozenset({"Conv", "ConvTranspose", "Gemm"})
@@ -408,6 +448,17 @@ def _drop_stale_uses(model: ir.Model) -> None:
                     use.node.replace_input_with(use.idx, None)
 
 
+def _opsets_may_go(model: ir.Model) -> bool:
+    """Whether onnx-ir's unused-opset pass could remove an import of this model.
+
+    It always keeps the default domain, and in the main graph the domains of functions.
+    """
+    keep = {"", *(f.domain for f in model.functions.values())}
+    if not set(model.graph.opset_imports) <= keep:
+        return True
+    return any(not set(f.opset_imports) <= {""} for f in model.functions.values())
+
+
 @register_pass
 class EliminateDeadCodePass(Pass):
     """Remove nodes, initializers, functions and opsets that no output depends on."""
@@ -418,13 +469,17 @@ class EliminateDeadCodePass(Pass):
         """Run onnx-ir's unused-node, -function and -opset removal."""
         nodes, inits, funcs = count_nodes(model), _initializer_count(model), len(model.functions)
         _drop_stale_uses(model)
-        ir_passes.RemoveUnusedNodesPass()(model)
-        ir_passes.RemoveUnusedFunctionsPass()(model)
-        ir_passes.RemoveUnusedOpsetsPass()(model)
+        removed = ir_passes.RemoveUnusedNodesPass()(model).modified
+        # The other two walk every node; skip them where they cannot remove anything.
+        if model.functions:
+            ir_passes.RemoveUnusedFunctionsPass()(model)
+        if _opsets_may_go(model):
+            ir_passes.RemoveUnusedOpsetsPass()(model)
         return PassResult(
             {
-                "nodes-removed": nodes - count_nodes(model),
-                "initializers-removed": inits - _initializer_count(model),
+                # Unmodified, onnx-ir's pass removed no node and no initializer.
+                "nodes-removed": nodes - count_nodes(model) if removed else 0,
+                "initializers-removed": inits - _initializer_count(model) if removed else 0,
                 "functions-removed": funcs - len(model.functions),
             }
         )

@@ -18,6 +18,7 @@ __all__ = [
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import logging
 from collections.abc import Iterable, Iterator
@@ -26,6 +27,7 @@ import numpy as np
 import onnx_ir as ir
 
 from nnopt_graph.core.constants import constant_of_node
+from nnopt_graph.core.tensor_size import tensor_nbytes
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
 logger = logging.getLogger(__name__)
@@ -57,7 +59,8 @@ _MIX_2 = np.uint64(0xBF58476D1CE4E5B9)
 
 
 def _is_external(tensor: ir.TensorProtocol) -> bool:
-    return isinstance(tensor, ir.ExternalTensor)
+    # The class's own ancestry: isinstance goes through the protocol machinery, slowly.
+    return ir.ExternalTensor in type(tensor).__mro__
 
 
 def _external_slices(
@@ -93,8 +96,14 @@ def _array_slices(
         yield flat[start : start + step]
 
 
-def _byte_chunks(tensor: ir.TensorProtocol) -> Iterator[bytes | memoryview]:
-    """The tensor's serialized bytes (ONNX raw_data layout), in slices of about CHUNK_BYTES."""
+def _byte_chunks(
+    tensor: ir.TensorProtocol, nbytes: int | None = None
+) -> Iterator[bytes | memoryview]:
+    """The tensor's serialized bytes (ONNX raw_data layout), in slices of about CHUNK_BYTES.
+
+    ``nbytes``: the tensor's size when the caller knows it (a loaded tensor rebuilds its
+    shape on every ``nbytes``).
+    """
     dtype = tensor.dtype
     if dtype.is_string():
         for item in np.asarray(tensor.numpy()).reshape(-1):
@@ -107,17 +116,17 @@ def _byte_chunks(tensor: ir.TensorProtocol) -> Iterator[bytes | memoryview]:
         for part in _external_slices(tensor, np.dtype(np.uint8), CHUNK_BYTES):
             yield part.data
         return
-    if tensor.nbytes <= CHUNK_BYTES or dtype.bitwidth < 8:
+    if (tensor.nbytes if nbytes is None else nbytes) <= CHUNK_BYTES or dtype.bitwidth < 8:
         yield tensor.tobytes()
         return
     for part in _array_slices(tensor):
         yield part.view(np.uint8).data
 
 
-def tensor_digest(tensor: ir.TensorProtocol) -> bytes:
-    """BLAKE2b digest of a tensor's bytes, streamed in chunks."""
+def tensor_digest(tensor: ir.TensorProtocol, nbytes: int | None = None) -> bytes:
+    """BLAKE2b digest of a tensor's bytes, streamed in chunks (``nbytes``: its size, if known)."""
     hasher = hashlib.blake2b(digest_size=32)
-    for chunk in _byte_chunks(tensor):
+    for chunk in _byte_chunks(tensor, nbytes):
         hasher.update(chunk)
     return hasher.digest()
 
@@ -171,23 +180,42 @@ class _Scopes:
         self.parent: dict[int, ir.Graph | None] = {}
         self.depth: dict[int, int] = {}
         self.graphs: list[ir.Graph] = []
-        self.names: collections.Counter[str] = collections.Counter()
+        self._names: collections.Counter[str] | None = None
         # Values listed as an output of any graph, which must keep their identity.
         self.output_ids: set[int] = set()
         self._walk(model.graph, None)
+
+    @property
+    def names(self) -> collections.Counter[str]:
+        """How many values of all graphs hold each name (see ``count_names``)."""
+        self.count_names()
+        assert self._names is not None
+        return self._names
+
+    def count_names(self) -> None:
+        """Count the names in use, once: before the first change to the model.
+
+        Names of values removed later stay counted, so fresh names never reuse them.
+        """
+        if self._names is None:
+            self._names = collections.Counter()
+            for graph in self.graphs:
+                for value in [*graph.inputs, *graph.initializers.values()]:
+                    if value.name:
+                        self._names[value.name] += 1
+                for node in graph:
+                    for value in node.outputs:
+                        if value.name:
+                            self._names[value.name] += 1
 
     def _walk(self, graph: ir.Graph, parent: ir.Graph | None) -> None:
         self.parent[id(graph)] = parent
         self.depth[id(graph)] = 0 if parent is None else self.depth[id(parent)] + 1
         self.graphs.append(graph)
         self.output_ids.update(id(v) for v in graph.outputs)
-        for value in [*graph.inputs, *graph.initializers.values()]:
-            if value.name:
-                self.names[value.name] += 1
         for node in graph:
-            for value in node.outputs:
-                if value.name:
-                    self.names[value.name] += 1
+            if not node.attributes:
+                continue
             for attr in node.attributes.values():
                 if not isinstance(attr, ir.Attr):
                     continue
@@ -251,9 +279,14 @@ class _Weight:
     def name(self) -> str:
         return self.value.name or "<unnamed>"
 
-    @property
+    # Computed once: a loaded tensor builds a new Shape on every access to its shape.
+    @functools.cached_property
     def shape(self) -> tuple[int, ...]:
         return _dims(self.tensor)
+
+    @functools.cached_property
+    def nbytes(self) -> int:
+        return tensor_nbytes(self.tensor, self.shape)
 
 
 def _collect(scopes: _Scopes) -> list[_Weight]:
@@ -433,11 +466,24 @@ class _Run:
         # id -> (tensor, digest); holding the tensor keeps its id from being reused.
         self._digests: dict[int, tuple[ir.TensorProtocol, bytes]] = {}
         self._skips_counted: set[int] = set()
+        # The weights as last collected, while no merge has moved or removed one since.
+        self._weights: list[_Weight] | None = None
 
-    def digest(self, tensor: ir.TensorProtocol) -> bytes:
+    def rescan(self) -> None:
+        """Walk the model again after changes made outside ``_merge``."""
+        self.scopes = _Scopes(self.model)
+        self._weights = None
+
+    def weights(self) -> list[_Weight]:
+        """Every weight, in ``_collect``'s order (collected again only after a change)."""
+        if self._weights is None:
+            self._weights = _collect(self.scopes)
+        return self._weights
+
+    def digest(self, tensor: ir.TensorProtocol, nbytes: int | None = None) -> bytes:
         key = id(tensor)
         if key not in self._digests:
-            self._digests[key] = (tensor, tensor_digest(tensor))
+            self._digests[key] = (tensor, tensor_digest(tensor, nbytes))
         return self._digests[key][1]
 
     # -------------------------------------------------------- byte-identical weights
@@ -451,14 +497,14 @@ class _Run:
         by_meta: dict[tuple[ir.DataType, tuple[int, ...]], list[_Weight]] = collections.defaultdict(
             list
         )
-        for weight in _collect(self.scopes):
+        for weight in self.weights():
             by_meta[(weight.tensor.dtype, weight.shape)].append(weight)
         for group in by_meta.values():
             if len(group) < 2:
                 continue
             by_digest: dict[bytes, list[_Weight]] = collections.defaultdict(list)
             for weight in group:
-                by_digest[self.digest(weight.tensor)].append(weight)
+                by_digest[self.digest(weight.tensor, weight.nbytes)].append(weight)
             for same in by_digest.values():
                 if len(same) < 2:
                     continue
@@ -503,6 +549,8 @@ class _Run:
                 )
         if len(free) < 2:
             return
+        self.scopes.count_names()  # before anything changes
+        self._weights = None  # weights move and go: collect them again next time
         scope = self.scopes.common(w.graph for w in free)
         keep = next((w for w in free if w.node is None and w.graph is scope), None)
         if keep is None:
@@ -514,12 +562,12 @@ class _Run:
             weight.value.replace_all_uses_with(keep.value)
             _remove(weight)
             self.stats["tensors-merged"] += 1
-            self.stats["bytes-saved"] += weight.tensor.nbytes
+            self.stats["bytes-saved"] += weight.nbytes
             logger.info(
                 "merged weight '%s' into '%s' (%d bytes)",
                 weight.name,
                 keep.name,
-                weight.tensor.nbytes,
+                weight.nbytes,
             )
 
     # -------------------------------------------------------- exact transforms
@@ -535,11 +583,11 @@ class _Run:
         """
         candidates = [
             w
-            for w in _collect(self.scopes)
+            for w in self.weights()
             if not w.pinned
             and w.tensor.dtype in _TRANSFORM_DTYPES
             and len(w.shape) == 2
-            and w.tensor.nbytes
+            and w.nbytes
         ]
         by_shape: dict[tuple[object, ...], list[_Weight]] = collections.defaultdict(list)
         for weight in candidates:
@@ -577,6 +625,7 @@ class _Run:
         """Within a signature group, derive each weight from an earlier one where exact."""
         if len(group) < 2:
             return
+        self.scopes.count_names()  # before anything changes
         bases: list[_Weight] = []
         for weight in group:
             matched = False
@@ -727,7 +776,7 @@ class DeduplicateWeightsPass(Pass):
             if any(state.stats[k] for k in _TRANSFORM_STATS):
                 # New scalar constants may equal weights elsewhere: merge them too, so a
                 # second run finds nothing left to do.
-                state.scopes = _Scopes(model)
+                state.rescan()
                 state.merge_identical()
         stats.update(state.stats)
         return PassResult(stats)
