@@ -34,7 +34,8 @@ class ShapeBuilder:
             shape=ir.Shape(array.shape),
             type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
         )
-        value.const_value = ir.tensor(np.ascontiguousarray(array), name=name)
+        # asarray keeps a 0-d array 0-d (ascontiguousarray would make it 1-d).
+        value.const_value = ir.tensor(np.asarray(array, order="C"), name=name)
         self.graph.register_initializer(value)
         return value
 

@@ -8,24 +8,22 @@ import argparse
 from typing import Any
 
 
-def _positive_int(text: str) -> int:
+def _int_at_least(text: str, lowest: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"{value} must be at least {lowest}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
 
 
 def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 0")
-    return value
+    return _int_at_least(text, 0)
 
 
 def _positive_float(text: str) -> float:

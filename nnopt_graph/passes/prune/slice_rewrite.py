@@ -25,6 +25,7 @@ import onnx_ir as ir
 
 from nnopt_graph.core.constants import const_array
 from nnopt_graph.core.names import NameScope
+from nnopt_graph.core.rewrite import ShapeBuilder
 from nnopt_graph.passes.prune.slice_match import Chain, Stream
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class _Builder:
         self.names = NameScope.for_model(model)
         self.opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 17))
         self.replaced: list[ir.Value] = []  # constants the rewrite stopped reading
+        self._shapes = ShapeBuilder(self.graph, self.opset, self.names)
 
     def drop_replaced(self) -> None:
         """Remove the replaced constants nothing reads any more."""
@@ -93,15 +95,8 @@ class _Builder:
                 self.graph.initializers.pop(value.name)
 
     def const(self, base: str, array: np.ndarray) -> ir.Value:
-        name = self.names(base)
-        value = ir.Value(
-            name=name,
-            shape=ir.Shape(array.shape),
-            type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-        )
-        value.const_value = ir.tensor(array.copy(order="C"), name=name)
-        self.graph.register_initializer(value)
-        return value
+        # A copy: the arrays come from numpy arithmetic on weights that may still be read.
+        return self._shapes.const(base, array.copy(order="C"))
 
     def node(
         self, op: str, inputs: list[ir.Value], base: str, attrs: list[ir.Attr] | None = None
