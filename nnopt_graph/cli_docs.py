@@ -51,7 +51,8 @@ equality.
 ## Speed decisions
 
 `--speed-check model` (default): int8 is kept or dropped by a deterministic cost model (what
-ONNX Runtime fuses, MACs, standalone Quantize/Dequantize traffic), so the same command gives
+ONNX Runtime fuses, MACs, standalone Quantize/Dequantize traffic, a fixed cost per extra
+kernel call such as the Transposes ORT adds around int8 kernels), so the same command gives
 the same file on a busy machine. `--speed-check measure`: timed, interleaved runs with a 3%
 margin, recorded in the report.
 """

@@ -8,6 +8,12 @@ actually run (its optimized graph, from the fusion check):
     cost(float) = sum of MACs of the Conv/ConvTranspose/Gemm/MatMul nodes
     cost(int8)  = sum over those nodes of MACs / speedup (when fused in int8, else MACs)
                   + QDQ_COST * elements through every Quantize/Dequantize left standalone
+                  + KERNEL_COST * (standalone Quantize/Dequantize + layout Transposes)
+
+Every standalone Quantize/Dequantize and every Transpose ONNX Runtime inserts to run an
+int8 kernel channels-last is one more kernel call; on a small graph (rapidocr-cls:
+16 M MACs, 48x192 input) those calls' fixed cost, not their elements, is what made a
+partly int8 model 1.135x slower than float while elements alone modelled 0.832.
 
 The speedups are per kernel family (int8 GEMM with VNNI about 3x, without about 2x;
 depthwise and grouped int8 convolutions run no faster than float in ONNX Runtime's
@@ -17,7 +23,7 @@ int8 is kept only below ``KEEP_BELOW`` so a marginal gain is not taken.
 
 from __future__ import annotations
 
-__all__ = ["KEEP_BELOW", "CostModel", "node_macs"]
+__all__ = ["KEEP_BELOW", "KERNEL_COST", "CostModel", "node_macs"]
 
 import dataclasses
 import math
@@ -34,6 +40,10 @@ KEEP_BELOW = 0.9
 # One standalone QuantizeLinear/DequantizeLinear element, in multiply-accumulates: it is
 # memory-bound (read 4 bytes, write 1) where a GEMM does dozens of MACs per cycle.
 QDQ_COST = 32.0
+# One extra kernel call (a standalone Q/DQ or a layout Transpose), in multiply-accumulates:
+# about 4-10 us each on rapidocr-cls's small tensors, where float convolutions ran about
+# 12.6 k MACs per us (ORT profile: 1.29 ms of Conv for 16.3 M MACs, 2 threads).
+KERNEL_COST = 50_000.0
 # Drop a node family from int8 when the model says it costs this much less without it.
 DROP_BELOW = 0.97
 
@@ -91,11 +101,14 @@ class CostModel:
         int8_nodes: set[str],
         standalone_qdq: Sequence[ir.Value | None],
         fallback_elements: int,
+        layout_transposes: int = 0,
     ) -> dict[str, Any]:
         """Modelled cost of a candidate, relative to float.
 
         ``int8_nodes`` run fused in int8; ``standalone_qdq`` values pass through
-        standalone Quantize/Dequantize nodes (unknown sizes count as ``fallback_elements``).
+        standalone Quantize/Dequantize nodes (unknown sizes count as ``fallback_elements``);
+        ``layout_transposes`` Transposes ONNX Runtime added around int8 kernels. Each of
+        those is one kernel call at ``KERNEL_COST``.
         """
         compute = 0.0
         for node in nodes:
@@ -107,12 +120,14 @@ class CostModel:
         for value in standalone_qdq:
             n = _elements(value)
             elements += fallback_elements if n is None else n
-        total = compute + QDQ_COST * elements
+        calls = len(standalone_qdq) + layout_transposes
+        total = compute + QDQ_COST * elements + KERNEL_COST * calls
         base = self.float_cost
         return {
             "ratio": round(total / base, 4) if base else 1.0,
             "int8-nodes": len(int8_nodes),
             "standalone-qdq-elements": int(elements),
+            "extra-kernel-calls": calls,
         }
 
 

@@ -18,15 +18,45 @@ from nnopt_graph.passes.quantize.int8.edit import (
 logger = logging.getLogger(__name__)
 
 
+def _int8_values(graph: onnx.GraphProto) -> set[str]:
+    """Values on the quantized side: Q outputs, DQ inputs, QLinear*/QGemm inputs and outputs."""
+    values: set[str] = set()
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear":
+            values.update(node.output)
+        elif node.op_type == "DequantizeLinear":
+            values.update(node.input[:1])
+        elif node.op_type.startswith(("QLinear", "QGemm")):
+            values.update(node.input)
+            values.update(node.output)
+    return values
+
+
+def _layout_transposes(graph: onnx.GraphProto) -> int:
+    """Transposes of quantized values: ORT's channels-last layout for its int8 kernels."""
+    int8 = _int8_values(graph)
+    return sum(
+        1
+        for node in graph.node
+        if node.op_type == "Transpose" and (set(node.input) & int8 or set(node.output) & int8)
+    )
+
+
 def _optimized_node_names(
-    model: ir.Model, runtime: Any, standalone: list[str] | None = None
+    model: ir.Model,
+    runtime: Any,
+    standalone: list[str] | None = None,
+    layout: list[int] | None = None,
 ) -> set[str]:
     """Node names in the graph ONNX Runtime's CPU EP runs after all its optimizations.
 
     ``standalone`` receives the float-side value of every Quantize/Dequantize node left
-    in the main graph (what the cost model charges for).
+    in the main graph, ``layout`` the count of Transposes next to int8 ops there (what
+    the cost model charges for).
     """
     proto = runtime.optimized_graph(model)
+    if layout is not None:
+        layout.append(_layout_transposes(proto.graph))
     names: set[str] = set()
     stack = [proto.graph]
     main = True
@@ -57,9 +87,10 @@ def _fusion_check(model: ir.Model, editor: _Editor, runtime: Any) -> dict[str, A
     unfused: list[str] = []
     rounds = 0
     standalone: list[str] = []
+    layout: list[int] = []
     for rounds in range(1, 9):  # noqa: B007  (reported after the loop)
-        standalone = []
-        names = _optimized_node_names(model, runtime, standalone)
+        standalone, layout = [], []
+        names = _optimized_node_names(model, runtime, standalone, layout)
         changed = False
         for record in list(editor.weights):
             if record.dq.name in names:
@@ -86,4 +117,5 @@ def _fusion_check(model: ir.Model, editor: _Editor, runtime: Any) -> dict[str, A
         "unfused-weighted-nodes": unfused[:20],
         "unfused-count": len(unfused),
         "standalone-qdq": standalone,
+        "layout-transposes": sum(layout),
     }

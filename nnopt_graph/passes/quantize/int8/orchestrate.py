@@ -338,7 +338,11 @@ class QuantizeInt8Pass(RankedBackOffPass):
         fusion = candidate.fusion or {}
         standalone = [values.get(name) for name in fusion.get("standalone-qdq", [])]
         return costs.cost(
-            candidate.work.graph, candidate.int8_nodes, standalone, largest_activation(costs.macs)
+            candidate.work.graph,
+            candidate.int8_nodes,
+            standalone,
+            largest_activation(costs.macs),
+            layout_transposes=fusion.get("layout-transposes", 0),
         )
 
     def _speed_search(
@@ -423,8 +427,9 @@ class QuantizeInt8Pass(RankedBackOffPass):
             modelled = self._modelled_ratio(current, costs)
             decision["speed-check"] = (
                 "cost model (deterministic): MACs at the calibration feed's shapes over int8 "
-                "speedups per kernel, plus standalone Quantize/Dequantize elements, both "
-                "read off ONNX Runtime's optimized graph"
+                "speedups per kernel, plus standalone Quantize/Dequantize elements and a "
+                "fixed cost per extra kernel call (standalone Q/DQ, layout Transposes), "
+                "all read off ONNX Runtime's optimized graph"
             )
             decision["modelled"] = modelled
             ratio, bound = modelled["ratio"], KEEP_BELOW
