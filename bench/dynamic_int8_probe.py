@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -32,13 +30,14 @@ import onnx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from target_cpu import time_against_input  # noqa: E402
+
 from models import fetch, zoo  # noqa: E402
 from models.calib import write_calib_npz  # noqa: E402
 from nnopt_graph import optimize  # noqa: E402
 from nnopt_graph.check.compare import compare_models  # noqa: E402
 from nnopt_graph.core.io import load  # noqa: E402
 from nnopt_graph.runtime.data import input_specs, load_dataset  # noqa: E402
-from nnopt_graph.runtime.quant_bench import compare_latency  # noqa: E402
 
 MODELS = [
     "zoo/bert-encoder",
@@ -51,14 +50,6 @@ MODELS = [
     "silero-vad-openvino-16k",
 ]
 OPS = ["MatMul", "Gemm", "LSTM", "GRU", "Attention"]
-
-
-def _ci(times: list[float], base: list[float]) -> dict[str, float]:
-    ratios = sorted(t / b for t, b in zip(times, base, strict=True))
-    n = len(ratios)
-    half = 1.96 * math.sqrt(n) / 2
-    lo, hi = max(0, math.floor(n / 2 - half)), min(n - 1, math.ceil(n / 2 + half) - 1)
-    return {"ci95_low": ratios[lo], "ci95_high": ratios[hi]}
 
 
 def _source(name: str, tmp: Path, held: int) -> tuple[Path, Path]:
@@ -94,29 +85,12 @@ def _probe(name: str, tmp: Path, held: int) -> dict[str, Any]:
     data = load_dataset(evalset, input_specs(load(src)))
     fid = compare_models(src, out, data)
     feed = next(data.batches(1))
-    load_before = os.getloadavg()[0]
-    lat = compare_latency(
-        [src, src, out],
-        feed,
-        runs=30,
-        warmup=5,
-        threads=2,
-        min_seconds=4.0,
-        max_runs=400,
-        window_seconds=0.05,
-    )
     row.update(
         {
             "int8_ops": ops,
             "worst_cosine": fid.metric("cosine"),
             "samples": fid.samples,
-            "latency": {**lat.ratio[2], **_ci(lat.times[2], lat.times[0])},
-            "a_vs_a": {**lat.ratio[1], **_ci(lat.times[1], lat.times[0])},
-            "p50_ms_in": lat.p50_ms[0],
-            "windows": lat.runs,
-            "runs_per_window": lat.runs_per_window,
-            "load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-            "size_ratio": out.stat().st_size / Path(src).stat().st_size,
+            **time_against_input(src, out, feed),
         }
     )
     return row

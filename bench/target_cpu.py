@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +69,34 @@ def _median_ci(times: list[float], base: list[float]) -> dict[str, float]:
     return {"ci95_low": ratios[lo], "ci95_high": ratios[hi]}
 
 
+def time_against_input(src: Path, out: Path, feed: Any) -> dict[str, Any]:
+    """Input A, the input again A' (noise band) and ``out`` B in one windowed run.
+
+    Ratios to A (min/median/max and the median's 95% CI), windows, runs per window, the
+    1-minute load average before and after, and B's file size relative to A's.
+    """
+    load_before = os.getloadavg()[0]
+    lat = compare_latency(
+        [src, src, out],
+        feed,
+        runs=30,
+        warmup=5,
+        threads=2,
+        min_seconds=4.0,
+        max_runs=400,
+        window_seconds=0.05,
+    )
+    return {
+        "latency": {**lat.ratio[2], **_median_ci(lat.times[2], lat.times[0])},
+        "a_vs_a": {**lat.ratio[1], **_median_ci(lat.times[1], lat.times[0])},
+        "p50_ms_in": lat.p50_ms[0],
+        "windows": lat.runs,
+        "runs_per_window": lat.runs_per_window,
+        "load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "size_ratio": out.stat().st_size / Path(src).stat().st_size,
+    }
+
+
 def _modelled(record) -> float | None:
     for d in record.decisions:
         if "modelled" in d:
@@ -94,17 +123,6 @@ def main() -> None:
             data = load_dataset(held, input_specs(load(src)))
             fid = compare_models(src, out, data)
             feed = next(data.batches(1))
-            load_before = os.getloadavg()[0]
-            lat = compare_latency(
-                [src, src, out],
-                feed,
-                runs=30,
-                warmup=5,
-                threads=2,
-                min_seconds=4.0,
-                max_runs=400,
-                window_seconds=0.05,
-            )
             row = {
                 "model": name,
                 "outcome": rec.outcome,
@@ -116,12 +134,7 @@ def main() -> None:
                 "worst_cosine": fid.metric("cosine"),
                 "worst_index": next((o.worst_index("cosine") for o in fid.outputs), None),
                 "samples": fid.samples,
-                "latency": {**lat.ratio[2], **_median_ci(lat.times[2], lat.times[0])},
-                "a_vs_a": {**lat.ratio[1], **_median_ci(lat.times[1], lat.times[0])},
-                "windows": lat.runs,
-                "runs_per_window": lat.runs_per_window,
-                "load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-                "size_ratio": out.stat().st_size / Path(src).stat().st_size,
+                **time_against_input(src, out, feed),
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
