@@ -18,7 +18,7 @@ from passes_util import (
 )
 
 from nnopt_graph.core import io
-from nnopt_graph.passes.sharing import dedup
+from nnopt_graph.passes.sharing import dedup, tensor_bytes
 from nnopt_graph.pipeline.base import PassContext
 from nnopt_graph.pipeline.grammar import PassSpec
 
@@ -424,7 +424,7 @@ def test_external_data_streamed_in_chunks_without_loading(tmp_path, monkeypatch)
 
     monkeypatch.setattr(ir.ExternalTensor, "numpy", refuse)
     monkeypatch.setattr(ir.ExternalTensor, "tobytes", refuse)
-    monkeypatch.setattr(dedup, "CHUNK_BYTES", 1000)  # several uneven chunks per tensor
+    monkeypatch.setattr(tensor_bytes, "CHUNK_BYTES", 1000)  # several uneven chunks per tensor
     result = PassSpec.create("dedup", transforms=False).instantiate().run(model, PassContext())
     monkeypatch.undo()
     assert result.stats["tensors-merged"] == 1
@@ -437,7 +437,7 @@ def test_external_data_streamed_in_chunks_without_loading(tmp_path, monkeypatch)
 
 
 def test_tensors_equal_across_chunk_boundaries(monkeypatch):
-    monkeypatch.setattr(dedup, "CHUNK_BYTES", 7)
+    monkeypatch.setattr(tensor_bytes, "CHUNK_BYTES", 7)
     a = ir.tensor(np.arange(100, dtype=np.float32))
     b = ir.tensor(np.arange(100, dtype=np.float32))
     c = ir.tensor(np.r_[np.arange(99), 1000].astype(np.float32))

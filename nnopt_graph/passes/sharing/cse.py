@@ -14,7 +14,7 @@ import onnx_ir as ir
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS, all_graphs
 from nnopt_graph.core.constants import constant_bool
-from nnopt_graph.passes.sharing.dedup import tensor_digest, tensors_equal
+from nnopt_graph.passes.sharing.tensor_bytes import tensor_digest, tensors_equal
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
 logger = logging.getLogger(__name__)

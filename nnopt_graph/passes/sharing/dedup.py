@@ -1,15 +1,13 @@
 """Lossless weight sharing: merge identical weights in all scopes, derive exact transforms."""
 
-# One module (~740 lines): the three stages of one pass (identical bytes, then exact
-# transposes / negations / scalar multiples, then moving a shared weight to the common
-# scope) work on the same per-run state (_Run: digests, scopes, fresh names), and each
-# stage's code is short; the tensor hashing and equality helpers at the top are also
-# what cse.py imports.
+# The three stages of one pass (identical bytes, then exact transposes / negations /
+# scalar multiples, then moving a shared weight to the common scope) work on the same
+# per-run state (_Run: digests, scopes, fresh names). Streaming tensor bytes (hashing,
+# equality; cse.py uses them too) is tensor_bytes.py; the transform tests are transforms.py.
 
 from __future__ import annotations
 
 __all__ = [
-    "CHUNK_BYTES",
     "DeduplicateWeightsOptions",
     "DeduplicateWeightsPass",
     "tensor_digest",
@@ -19,27 +17,27 @@ __all__ = [
 import collections
 import dataclasses
 import functools
-import hashlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import numpy as np
 import onnx_ir as ir
 
 from nnopt_graph.core.constants import constant_of_node
 from nnopt_graph.core.tensor_size import tensor_nbytes
+from nnopt_graph.passes.sharing.tensor_bytes import _dims, tensor_digest, tensors_equal
+from nnopt_graph.passes.sharing.transforms import (
+    _is_transpose,
+    _multiset_signature,
+    _pattern_signature,
+    _scale_between,
+)
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
 logger = logging.getLogger(__name__)
 
-# Tensors are read, hashed and compared in slices of this size, so a multi-GB
-# external-data model is never held in memory at once.
-CHUNK_BYTES = 64 << 20
-# Element-wise signatures (transform candidates) make uint64 temporaries: smaller slices.
-_SIGNATURE_CHUNK_BYTES = 8 << 20
 # Float dtypes that the exact transforms handle (numpy and ONNX Runtime compute them alike).
 _TRANSFORM_DTYPES = frozenset({ir.DataType.FLOAT16, ir.DataType.FLOAT, ir.DataType.DOUBLE})
-_UINT_OF_WIDTH = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 # Candidate pairs tried per signature group before giving up (keeps pathological models linear).
 _MAX_BASES_PER_GROUP = 8
 _TRANSFORM_STATS = ("transposes-shared", "negations-shared", "multiples-shared")
@@ -51,123 +49,6 @@ _STATS = (
     "skipped-graph-output-weights",
     "skipped-transforms-too-small",
 )
-_MIX_1 = np.uint64(0x9E3779B97F4A7C15)
-_MIX_2 = np.uint64(0xBF58476D1CE4E5B9)
-
-
-# ---------------------------------------------------------------- tensor bytes
-
-
-def _is_external(tensor: ir.TensorProtocol) -> bool:
-    # The class's own ancestry: isinstance goes through the protocol machinery, slowly.
-    return ir.ExternalTensor in type(tensor).__mro__
-
-
-def _external_slices(
-    tensor: ir.ExternalTensor, dtype: np.dtype, chunk_bytes: int
-) -> Iterator[np.ndarray]:
-    """Slices of an external tensor's data, each from its own short-lived memory map."""
-    offset = tensor.offset or 0
-    total = tensor.length if tensor.length is not None else tensor.nbytes
-    step = max(chunk_bytes - chunk_bytes % dtype.itemsize, dtype.itemsize)
-    for start in range(0, total, step):
-        size = min(step, total - start)
-        # A map per slice, dropped after use, keeps resident memory to about two slices.
-        mapped = np.memmap(
-            tensor.path, dtype=np.uint8, mode="r", offset=offset + start, shape=(size,)
-        )
-        yield mapped.view(dtype)
-        del mapped
-
-
-def _array_slices(
-    tensor: ir.TensorProtocol, chunk_bytes: int | None = None
-) -> Iterator[np.ndarray]:
-    """The tensor's elements as flat arrays of about ``chunk_bytes`` (byte-sized dtypes only)."""
-    chunk_bytes = chunk_bytes or CHUNK_BYTES
-    dtype = np.dtype(tensor.dtype.numpy())
-    if _is_external(tensor):
-        assert isinstance(tensor, ir.ExternalTensor)
-        yield from _external_slices(tensor, dtype, chunk_bytes)
-        return
-    flat = np.ascontiguousarray(tensor.numpy()).reshape(-1)
-    step = max(chunk_bytes // max(flat.itemsize, 1), 1)
-    for start in range(0, flat.size, step):
-        yield flat[start : start + step]
-
-
-def _byte_chunks(
-    tensor: ir.TensorProtocol, nbytes: int | None = None
-) -> Iterator[bytes | memoryview]:
-    """The tensor's serialized bytes (ONNX raw_data layout), in slices of about CHUNK_BYTES.
-
-    ``nbytes``: the tensor's size when the caller knows it (a loaded tensor rebuilds its
-    shape on every ``nbytes``).
-    """
-    dtype = tensor.dtype
-    if dtype.is_string():
-        for item in np.asarray(tensor.numpy()).reshape(-1):
-            data = item if isinstance(item, bytes) else str(item).encode()
-            yield len(data).to_bytes(8, "little") + data
-        return
-    if _is_external(tensor):
-        # Raw file bytes: the same layout tobytes() gives, without mapping the whole tensor.
-        assert isinstance(tensor, ir.ExternalTensor)
-        for part in _external_slices(tensor, np.dtype(np.uint8), CHUNK_BYTES):
-            yield part.data
-        return
-    if (tensor.nbytes if nbytes is None else nbytes) <= CHUNK_BYTES or dtype.bitwidth < 8:
-        yield tensor.tobytes()
-        return
-    for part in _array_slices(tensor):
-        yield part.view(np.uint8).data
-
-
-def tensor_digest(tensor: ir.TensorProtocol, nbytes: int | None = None) -> bytes:
-    """BLAKE2b digest of a tensor's bytes, streamed in chunks (``nbytes``: its size, if known)."""
-    hasher = hashlib.blake2b(digest_size=32)
-    for chunk in _byte_chunks(tensor, nbytes):
-        hasher.update(chunk)
-    return hasher.digest()
-
-
-def _equal_bytes(a: np.ndarray, b: np.ndarray) -> bool:
-    step = 4 << 20  # bounds the boolean temporary
-    return all(np.array_equal(a[i : i + step], b[i : i + step]) for i in range(0, a.size, step))
-
-
-def tensors_equal(a: ir.TensorProtocol, b: ir.TensorProtocol) -> bool:
-    """Whether two tensors have the same dtype, shape and bytes (compared chunk by chunk)."""
-    if a.dtype != b.dtype or tuple(a.shape) != tuple(b.shape):
-        return False
-    left, right = _byte_chunks(a), _byte_chunks(b)
-    empty = np.zeros(0, np.uint8)
-    pending_a = pending_b = empty
-    while True:
-        if not pending_a.size:
-            pending_a = np.frombuffer(next(left, b""), np.uint8)
-        if not pending_b.size:
-            pending_b = np.frombuffer(next(right, b""), np.uint8)
-        if not pending_a.size or not pending_b.size:
-            return not pending_a.size and not pending_b.size
-        size = min(pending_a.size, pending_b.size)
-        if not _equal_bytes(pending_a[:size], pending_b[:size]):
-            return False
-        pending_a, pending_b = pending_a[size:], pending_b[size:]
-
-
-def _dims(tensor: ir.TensorProtocol) -> tuple[int, ...]:
-    return tuple(tensor.shape.numpy())
-
-
-def _load(tensor: ir.TensorProtocol) -> np.ndarray:
-    """The whole tensor as an array; external data through a map the caller drops after use."""
-    dtype = np.dtype(tensor.dtype.numpy())
-    shape = _dims(tensor)
-    if _is_external(tensor):
-        assert isinstance(tensor, ir.ExternalTensor)
-        return np.memmap(tensor.path, dtype=dtype, mode="r", offset=tensor.offset or 0, shape=shape)
-    return np.asarray(tensor.numpy()).reshape(shape)
 
 
 # ---------------------------------------------------------------- scopes and weights
@@ -349,88 +230,6 @@ def _move_to(weight: _Weight, scope: ir.Graph, scopes: _Scopes) -> None:
     where = "the main graph" if scopes.parent[id(scope)] is None else f"graph '{scope.name}'"
     logger.info("moved weight '%s' to %s as initializer '%s'", old_name, where, value.name)
     weight.value, weight.graph, weight.node = value, scope, None
-
-
-# ---------------------------------------------------------------- exact transforms
-
-
-def _uint_view(array: np.ndarray) -> np.ndarray:
-    return array.view(_UINT_OF_WIDTH[array.dtype.itemsize])
-
-
-def _multiset_signature(tensor: ir.TensorProtocol) -> int:
-    """An order-independent hash of the elements' bits: equal for a matrix and its transpose."""
-    total = np.uint64(0)
-    with np.errstate(over="ignore"):
-        for part in _array_slices(tensor, _SIGNATURE_CHUNK_BYTES):
-            bits = _uint_view(part).astype(np.uint64)
-            bits *= _MIX_1
-            bits ^= bits >> np.uint64(29)
-            bits *= _MIX_2
-            total += np.sum(bits, dtype=np.uint64)
-    return int(total)
-
-
-def _pattern_signature(tensor: ir.TensorProtocol) -> tuple[bytes, bytes] | None:
-    """A hash of where the zeros are and of the signs up to a global flip: equal for w and s*w.
-
-    None when the tensor holds NaN or infinity (left to the byte-exact merge only).
-    """
-    zeros = hashlib.blake2b(digest_size=16)
-    signs = hashlib.blake2b(digest_size=16)
-    flipped = hashlib.blake2b(digest_size=16)
-    for part in _array_slices(tensor, _SIGNATURE_CHUNK_BYTES):
-        if not np.isfinite(part).all():
-            return None
-        nonzero = part != 0
-        negative = np.signbit(part) & nonzero
-        zeros.update(np.packbits(nonzero).tobytes())
-        signs.update(np.packbits(negative).tobytes())
-        flipped.update(np.packbits(~negative & nonzero).tobytes())
-    a, b = signs.digest(), flipped.digest()
-    return zeros.digest(), min(a, b) + max(a, b)
-
-
-def _is_transpose(base: ir.TensorProtocol, other: ir.TensorProtocol) -> bool:
-    """Whether ``other`` is bit for bit the transpose of the 2-D ``base``."""
-    a, b = _load(base), _load(other)
-    if a.shape != b.shape[::-1]:
-        return False
-    rows = max(CHUNK_BYTES // max(b.shape[1] * b.itemsize, 1), 1)
-    for start in range(0, b.shape[0], rows):
-        if not np.array_equal(
-            _uint_view(b[start : start + rows]), _uint_view(a[:, start : start + rows].T)
-        ):
-            return False
-    return True
-
-
-def _scale_between(base: ir.TensorProtocol, other: ir.TensorProtocol) -> np.generic | None:
-    """The scalar s (in the tensors' dtype) with ``other == s * base`` bit for bit, else None."""
-    a, b = _load(base).reshape(-1), _load(other).reshape(-1)
-    first = None
-    step = max(CHUNK_BYTES // a.itemsize, 1)
-    for start in range(0, a.size, step):
-        nonzero = np.flatnonzero(a[start : start + step])
-        if nonzero.size:
-            first = start + int(nonzero[0])
-            break
-    if first is None:
-        return None
-    with np.errstate(all="ignore"):
-        scale = b[first] / a[first]
-        if not np.isfinite(scale) or scale == 0 or scale == 1:
-            return None
-        for start in range(0, a.size, step):
-            chunk = a[start : start + step]
-            expected = (
-                np.negative(chunk) if scale == -1 else np.multiply(chunk, scale, dtype=a.dtype)
-            )
-            if not np.array_equal(
-                _uint_view(expected), _uint_view(np.asarray(b[start : start + step]))
-            ):
-                return None
-    return scale
 
 
 def _serialized_size(node: ir.Node, extra: ir.TensorProtocol | None) -> int:

@@ -1,15 +1,14 @@
 """Lossy weight sparsity: N:M along the reduction axis or unstructured, Wanda and SparseGPT."""
 
-# One module (~700 lines), for now: the pass's selection, SparseGPT solve, keep-dense
-# ranking and decisions share its per-run plans (_Plan: mask, error, sensitivity) and
-# back-offs reuse them. The masks and solvers live in patterns.py and the layer model in
-# layers.py; the calibration sweep and the MatMul-to-Gemm rewrite are the next to move out.
+# The pass's selection, SparseGPT solve, keep-dense ranking and decisions share its
+# per-run plans (_Plan: mask, error, sensitivity) and back-offs reuse them. The masks and
+# solvers are patterns.py, the layer model layers.py, the calibration sweeps calibrate.py
+# and the MatMul-to-Gemm rewrite gemm_rewrite.py.
 
 from __future__ import annotations
 
 __all__ = ["SparsifyOptions", "SparsifyPass"]
 
-import collections
 import dataclasses
 import logging
 import re
@@ -20,8 +19,9 @@ import onnx_ir as ir
 
 from nnopt_graph.check.metrics import sample_metrics
 from nnopt_graph.core.names import NameScope
-from nnopt_graph.core.rewrite import ShapeBuilder, replace_output
 from nnopt_graph.errors import BadInputError
+from nnopt_graph.passes.sparsity.calibrate import _calibrate, _sweeps
+from nnopt_graph.passes.sparsity.gemm_rewrite import _matmul_to_gemm
 from nnopt_graph.passes.sparsity.layers import (
     ActivationStats,
     Layer,
@@ -46,7 +46,7 @@ from nnopt_graph.passes.sparsity.patterns import (
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
 if TYPE_CHECKING:
-    from nnopt_graph.runtime.services import RuntimeServices
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -177,121 +177,6 @@ class _Plan:
     sensitivity: float | None = None
     # Calibration rows (tokens, pixels) its statistics came from.
     rows: int = 0
-
-
-def _tap_name(layer: Layer) -> str:
-    value = layer.activation
-    assert value is not None and value.name is not None
-    return value.name
-
-
-def _stats_key(layer: Layer) -> tuple[Any, ...]:
-    """Layers with the same key see the same columns: one set of statistics serves them."""
-    if layer.op == "Conv":
-        return (id(layer),)
-    return (_tap_name(layer), layer.k, layer.op == "Gemm" and layer.trans_a)
-
-
-def _calibrate(
-    runtime: RuntimeServices,
-    model: ir.Model,
-    layers: list[Layer],
-    dataset: Any,
-    hessian: bool,
-    reference: ir.Model | None = None,
-) -> dict[int, ActivationStats]:
-    """Run the model on the calibration data, folding each layer's input into stats.
-
-    With a ``reference`` model (the dense original), both run on every feed and the
-    statistics also hold the cross term with the reference's inputs (``match-dense``).
-    Layers reading the same input (Q, K and V projections) share one set of statistics.
-    """
-    shared: dict[tuple[Any, ...], ActivationStats] = {}
-    stats: dict[int, ActivationStats] = {}
-    for layer in layers:
-        key = _stats_key(layer)
-        if key not in shared:
-            shared[key] = ActivationStats(layer, hessian, cross=reference is not None)
-        stats[id(layer)] = shared[key]
-    by_tap: dict[str, list[ActivationStats]] = collections.defaultdict(list)
-    for stat in shared.values():
-        by_tap[_tap_name(stat.layer)].append(stat)
-
-    def on_batch(batch: dict[str, np.ndarray]) -> None:
-        for name, array in batch.items():
-            for stat in by_tap[name]:
-                stat.update(array)
-
-    def on_pair(ref: dict[str, np.ndarray], batch: dict[str, np.ndarray]) -> None:
-        for name, array in batch.items():
-            for stat in by_tap[name]:
-                stat.update(array, ref[name])
-
-    if reference is None:
-        runtime.capture(model, list(by_tap), dataset, on_batch, threads=None)
-    else:
-        runtime.capture_pair(reference, model, list(by_tap), dataset, on_pair)
-    return stats
-
-
-def _sweeps(layers: list[Layer], hessian: bool, budget: int, sequential: bool) -> list[list[Layer]]:
-    """Split layers into calibration runs: by memory budget, or one per layer input."""
-    if sequential:
-        by_tap: dict[str, list[Layer]] = {}
-        for layer in layers:
-            by_tap.setdefault(_tap_name(layer), []).append(layer)
-        return list(by_tap.values())
-    sweeps: list[list[Layer]] = [[]]
-    used = 0
-    for layer in layers:
-        size = ActivationStats.nbytes(layer, hessian)
-        if sweeps[-1] and used + size > budget:
-            sweeps.append([])
-            used = 0
-        sweeps[-1].append(layer)
-        used += size
-    return [s for s in sweeps if s]
-
-
-def _opset(model: ir.Model) -> int:
-    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
-
-
-def _matmul_to_gemm(layer: Layer, model: ir.Model, taken: NameScope) -> str | None:
-    """Rewrite a MatMul by a constant [K, N] weight as Gemm(transB=1); None or why not.
-
-    An input of rank > 2 is flattened to [-1, K] and the result reshaped back to the
-    input's leading dimensions followed by N. The weight is stored transposed as [N, K]
-    (rows of K, the layout of a fully connected layer).
-    """
-    node = layer.node
-    graph = node.graph
-    a = node.inputs[0]
-    assert isinstance(graph, ir.Graph) and a is not None
-    if a.shape is None or len(a.shape) < 2:
-        return "input rank unknown or 1"
-    opset = _opset(model)
-    if opset < 11:
-        return f"opset {opset} < 11 (Gemm needs C)"
-    tensor = read_weight(layer.weight)
-    assert tensor is not None
-    k, n = layer.shape
-    write_weight(layer.weight, np.ascontiguousarray(tensor.numpy().T))
-    build = ShapeBuilder(graph, opset, taken)
-    base = node.name or node.outputs[0].name or "matmul"
-    if len(a.shape) == 2:
-        gemm = build.node("Gemm", [a, layer.weight], f"{base}/gemm", transB=1)
-        replace_output(node, [gemm], gemm.outputs[0])
-        return None
-    flat_shape = build.const(f"{base}/gemm_in_shape", np.array([-1, k], np.int64))
-    n_dim = build.const(f"{base}/gemm_n", np.array([n], np.int64))
-    flat = build.node("Reshape", [a, flat_shape], f"{base}/flatten")
-    gemm = build.node("Gemm", [flat.outputs[0], layer.weight], f"{base}/gemm", transB=1)
-    lead_nodes, lead = build.dims(a, 0, -1, f"{base}/lead")
-    out_shape = build.node("Concat", [lead, n_dim], f"{base}/out_shape", axis=0)
-    unflat = build.node("Reshape", [gemm.outputs[0], out_shape.outputs[0]], f"{base}/unflatten")
-    replace_output(node, [flat, gemm, *lead_nodes, out_shape, unflat], unflat.outputs[0])
-    return None
 
 
 def _coverage_key(layer: Layer) -> bool:
