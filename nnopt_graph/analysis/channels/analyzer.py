@@ -9,7 +9,6 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
-import onnxscript.optimizer
 
 from nnopt_graph.analysis.channels.base import _Dims, _Space
 from nnopt_graph.analysis.channels.compute_ops import (
@@ -256,6 +255,8 @@ def _inferred_shapes(
             fixed = True
     try:
         if fixed:
+            import onnxscript.optimizer  # only here: a default pipeline need not import it
+
             # Shapes computed at run time (Shape→Gather→Concat→Reshape) fold once the
             # inputs are static; only the clone is folded, to learn the dims.
             for _ in range(4):

@@ -20,13 +20,6 @@ from collections.abc import Iterator
 
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
-import onnxscript.optimizer
-from onnxscript.rewriter import RewriteRuleSet
-from onnxscript.rewriter.rules.common import (
-    fuse_batchnorm_into_conv_rule,
-    fuse_batchnorm_into_conv_transpose_rule,
-    fuse_batchnorm_into_gemm_rule,
-)
 
 from nnopt_graph.analysis.walk import (
     STANDARD_DOMAINS,
@@ -298,6 +291,33 @@ class FoldConstantsOptions:
 
 _SHAPE_READERS = frozenset({"Shape", "Size"})
 
+# onnxscript's folder (run without its own shape inference) changes a node in two ways
+# only: a partial evaluator registered for its op, or evaluating it when every input is
+# constant. These are the ops of its evaluator registry (a test checks the list against
+# it) but Add, whose evaluator never replaces a node: it only records shape values for
+# the other evaluators.
+_FOLDER_OPS = frozenset(
+    """Abs Cast CastLike Concat ConcatFromSequence Dropout Expand Gather Identity If Reshape
+    SequenceAt SequenceConstruct Shape Size SplitToSequence Squeeze""".split()
+)
+
+
+def _folder_may_act(nodes: list[ir.Node], custom: set[int]) -> bool:
+    """Whether onnxscript's folder could change any of ``nodes`` (False: it cannot).
+
+    A cheap screen that spares the folder's walk, and importing onnxscript, on models
+    where nothing folds: no node of an op it has an evaluator for, and no node of an
+    ONNX domain whose inputs are all constant (one without inputs counts as such).
+    """
+    for node in nodes:
+        if node.op_type in _FOLDER_OPS:
+            return True
+        if id(node) in custom:
+            continue  # the pass tells the folder to leave these alone
+        if all(v is None or v.const_value is not None for v in node.inputs):
+            return True
+    return False
+
 
 @register_pass
 class FoldConstantsPass(Pass):
@@ -321,6 +341,17 @@ class FoldConstantsPass(Pass):
             for n in nodes
             if n.domain not in STANDARD_DOMAINS and (n.domain, n.op_type) not in local
         }
+        stats = {
+            "nodes-folded": 0,
+            "constants-lifted": 0,
+            "bytes-saved": 0,
+            "skipped-custom-domain-nodes": len(custom),
+        }
+        if not _folder_may_act(nodes, custom):
+            logger.debug("fold-constants: no node the folder could change")
+            return PassResult(stats)
+        import onnxscript.optimizer
+
         names = _node_names(model)
         constants_before = sum(
             1 for n in nodes if n.op_type == "Constant" and n.domain in STANDARD_DOMAINS
@@ -350,12 +381,6 @@ class FoldConstantsPass(Pass):
                     break
                 modified = True
                 ir_passes.RemoveUnusedNodesPass()(model)
-        stats = {
-            "nodes-folded": 0,
-            "constants-lifted": 0,
-            "bytes-saved": 0,
-            "skipped-custom-domain-nodes": len(custom),
-        }
         if not modified:  # nothing folded: the counts taken before still hold
             return PassResult(stats)
         # The folder prefixes the names of nodes it inlines from a constant-condition If.
@@ -396,6 +421,13 @@ class FoldBatchNormPass(Pass):
         before = _count_op(model, "BatchNormalization")
         if not before:  # nothing for the rules to match: skip their walk of every node
             return PassResult({"batchnorms-folded": 0, "skipped-batchnorms-kept": 0})
+        from onnxscript.rewriter import RewriteRuleSet
+        from onnxscript.rewriter.rules.common import (
+            fuse_batchnorm_into_conv_rule,
+            fuse_batchnorm_into_conv_transpose_rule,
+            fuse_batchnorm_into_gemm_rule,
+        )
+
         # BatchNormalization output -> name of the node it may be folded into.
         fold_into: dict[str, str] = {}
         old_nodes: set[int] = set()

@@ -1,0 +1,146 @@
+"""The cheap screens that let cleanup passes skip their work: each must never skip a change.
+
+A screen says "nothing to do" only where the full pass (or the library it calls) would
+change nothing; these tests hold each screen against that pass on inline models (half
+of them cases the screen must let through) and on the zoo.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import onnx
+import onnx_ir as ir
+import pytest
+from passes_util import model_from_text, op_types, run_pass
+
+from models import zoo
+from nnopt_graph.analysis.walk import STANDARD_DOMAINS, all_nodes
+from nnopt_graph.passes.cleanup import simplify
+
+HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
+
+
+def _folder_modifies(proto: onnx.ModelProto) -> bool:
+    """Whether onnxscript's folder, run as fold-constants runs it, changes the model."""
+    import onnxscript.optimizer
+
+    model = ir.serde.deserialize_model(proto)
+    return onnxscript.optimizer.fold_constants(model).modified
+
+
+def _screen(proto: onnx.ModelProto) -> bool:
+    model = ir.serde.deserialize_model(proto)
+    nodes = list(all_nodes(model))
+    custom = {id(n) for n in nodes if n.domain not in STANDARD_DOMAINS}
+    return simplify._folder_may_act(nodes, custom)
+
+
+# ---------------------------------------------------------------- fold-constants
+
+
+def test_folder_ops_are_onnxscripts_evaluators_but_add():
+    from onnxscript.optimizer._constant_folding import registry
+
+    registered = {op for domain, op in registry.op_evaluators if domain == ""}
+    assert {domain for domain, _ in registry.op_evaluators} == {""}
+    assert registered - {"Add"} == set(simplify._FOLDER_OPS)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "c = Mul (w, w) y = Add (x, c)",  # every input constant
+        "s = Shape (x) y = Identity (x)",  # evaluated ops
+        "r = Reshape (x, t) y = Relu (r)",  # Reshape to its own shape: an Identity
+        # Neg's input is constant only once the folder has read the Constant (no inputs)
+        "k = Constant <value = float[4] {1.0, 2.0, 3.0, 4.0}> () n = Neg (k) y = Add (x, n)",
+    ],
+)
+def test_fold_screen_lets_through_what_folds(body):
+    proto = model_from_text(
+        f"""{HEADER}
+        g (float[2,4] x) => (float[2,4] y)
+        <float[4] w = {{1.0, 2.0, 3.0, 4.0}}, int64[2] t = {{2, 4}}> {{ {body} }}"""
+    )
+    assert _screen(proto)
+    assert _folder_modifies(proto)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "a = Add (x, w) m = Mul (a, w) y = Relu (m)",  # the benchmark chains' ops
+        "a = Add (x, x) y = Sub (a, w)",
+        "y = MatMul (x, v)",
+    ],
+)
+def test_fold_screen_skips_what_cannot_fold(body):
+    proto = model_from_text(
+        f"""{HEADER}
+        g (float[2,4] x) => (float[2,4] y)
+        <float[4] w = {{1.0, 2.0, 3.0, 4.0}}, float[4,4] v = {{1.0, 0.0, 0.0, 0.0, 0.0, 1.0,
+        0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0}}> {{ {body} }}"""
+    )
+    assert not _screen(proto)
+    assert not _folder_modifies(proto)
+    model, result = run_pass(proto, "fold-constants")
+    assert not result.modified
+    assert op_types(model) == op_types(proto)
+
+
+def test_fold_screen_sees_subgraphs():
+    proto = model_from_text(
+        f"""{HEADER}
+        g (float[N,4] x, bool c) => (float[N,4] y) <float[4] w = {{1.0, 2.0, 3.0, 4.0}}> {{
+            y = If (c) <then_branch = t () => (float[N,4] a) {{ n = Neg (w) a = Mul (x, n) }},
+                        else_branch = e () => (float[N,4] b) {{ b = Relu (x) }}>
+        }}"""
+    )
+    assert _screen(proto)  # If has an evaluator; Neg(w) folds inside the branch too
+    model, result = run_pass(proto, "fold-constants")
+    assert result.modified
+    assert "Neg" not in op_types(model)
+
+
+def test_custom_domain_constant_node_does_not_open_the_screen():
+    proto = onnx.parser.parse_model(
+        """<ir_version: 8, opset_import: ["" : 17, "com.example" : 1]>
+        g (float[N,4] x) => (float[N,4] y) <float[4] w = {1.0, 2.0, 3.0, 4.0}> {
+            b = com.example.Mystery (w)
+            y = Mul (x, b)
+        }"""
+    )
+    assert not _screen(proto)
+    _, result = run_pass(proto, "fold-constants")
+    assert not result.modified and result.stats["skipped-custom-domain-nodes"] == 1
+
+
+@pytest.mark.parametrize("name", sorted(zoo.ZOO))
+def test_fold_screen_never_skips_a_zoo_change(name):
+    proto = zoo.ZOO[name]()
+    if not _screen(proto):
+        assert not _folder_modifies(proto)
+
+
+def test_default_pipeline_on_a_chain_imports_no_onnxscript(tmp_path):
+    src = tmp_path / "chain.onnx"
+    onnx.save(
+        model_from_text(
+            f"""{HEADER}
+            g (float[N,4] x) => (float[N,4] y) <float[4] w = {{1.0, 2.0, 3.0, 4.0}}> {{
+                a = Add (x, w) m = Mul (a, w) y = Relu (m)
+            }}"""
+        ),
+        src,
+    )
+    code = (
+        "import sys; from nnopt_graph import optimize; "
+        f"optimize({str(src)!r}, {str(tmp_path / 'out.onnx')!r}); "
+        "print(sorted(m for m in sys.modules if m.startswith('onnxscript')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip().splitlines()[-1] == "[]"
