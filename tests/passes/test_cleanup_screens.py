@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
@@ -144,3 +145,136 @@ def test_default_pipeline_on_a_chain_imports_no_onnxscript(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+# ---------------------------------------------------------------- sort-topologically
+
+
+def _sorted_by_onnx_ir(proto: onnx.ModelProto) -> bytes:
+    import onnx_ir.passes.common as ir_passes
+
+    model = ir.serde.deserialize_model(proto)
+    ir_passes.TopologicalSortPass()(model)
+    return ir.serde.serialize_model(model).SerializeToString()
+
+
+def _after_pass(proto: onnx.ModelProto, name: str) -> bytes:
+    model, _ = run_pass(proto, name)
+    return ir.serde.serialize_model(model).SerializeToString()
+
+
+def test_sort_screen_skips_a_sorted_graph():
+    proto = model_from_text(
+        f"""{HEADER}
+        g (float[N,4] x) => (float[N,4] y) <float[4] w = {{1.0, 2.0, 3.0, 4.0}}> {{
+            a = Add (x, w) b = Relu (x) y = Mul (a, b)
+        }}"""
+    )
+    assert simplify._already_sorted(ir.serde.deserialize_model(proto))
+    assert _after_pass(proto, "sort-topologically") == _sorted_by_onnx_ir(proto)
+
+
+def test_sort_screen_lets_through_a_node_before_its_producer():
+    proto = model_from_text(
+        f"{HEADER} g (float[N,4] x) => (float[N,4] y) {{ r = Relu (x) n = Neg (r) y = Abs (n) }}"
+    )
+    nodes = list(proto.graph.node)
+    del proto.graph.node[:]
+    proto.graph.node.extend([nodes[0], nodes[2], nodes[1]])
+    model = ir.serde.deserialize_model(proto)
+    assert not simplify._already_sorted(model)
+    _, result = run_pass(proto, "sort-topologically")
+    assert result.modified and result.stats["nodes-moved"] == 2
+
+
+def test_sort_screen_lets_through_subgraphs_and_unnamed_nodes():
+    proto = model_from_text(
+        f"""{HEADER}
+        g (float[N,4] x, bool c) => (float[N,4] y) {{
+            y = If (c) <then_branch = t () => (float[N,4] a) {{ a = Neg (x) }},
+                        else_branch = e () => (float[N,4] b) {{ b = Relu (x) }}>
+        }}"""
+    )
+    assert not simplify._already_sorted(ir.serde.deserialize_model(proto))
+    flat = model_from_text(f"{HEADER} g (float[N,4] x) => (float[N,4] y) {{ y = Relu (x) }}")
+    model = ir.serde.deserialize_model(flat)
+    assert simplify._already_sorted(model)
+    next(iter(model.graph)).name = None  # onnx-ir's sort would name it
+    assert not simplify._already_sorted(model)
+
+
+@pytest.mark.parametrize("name", sorted(zoo.ZOO))
+def test_sort_pass_output_is_onnx_irs_on_the_zoo(name):
+    proto = zoo.ZOO[name]()
+    assert _after_pass(proto, "sort-topologically") == _sorted_by_onnx_ir(proto)
+
+
+# ---------------------------------------------------------------- eliminate-dead-code
+
+
+def _unused_removed_by_onnx_ir(proto: onnx.ModelProto) -> bytes:
+    import onnx_ir.passes.common as ir_passes
+
+    model = ir.serde.deserialize_model(proto)
+    ir_passes.RemoveUnusedNodesPass()(model)
+    return ir.serde.serialize_model(model).SerializeToString()
+
+
+def _dead_code_screen(proto: onnx.ModelProto) -> bool:
+    from nnopt_graph.analysis.walk import all_graphs
+
+    model = ir.serde.deserialize_model(proto)
+    return simplify._nothing_unused(model, list(all_graphs(model)))
+
+
+def test_dead_code_screen_skips_a_graph_where_everything_is_used():
+    proto = model_from_text(
+        f"""{HEADER}
+        g (float[N,4] x) => (float[N,4] y, float[N,4] z) <float[4] w = {{1.0, 2.0, 3.0, 4.0}}> {{
+            a = Add (x, w) y = Relu (a) z = Neg (a)
+        }}"""
+    )
+    assert _dead_code_screen(proto)
+    before = ir.serde.deserialize_model(proto)
+    assert _unused_removed_by_onnx_ir(proto) == ir.serde.serialize_model(before).SerializeToString()
+    _, result = run_pass(proto, "eliminate-dead-code")
+    assert not result.modified
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "a = Add (x, w) dead = Neg (a) y = Relu (a)",  # a node nothing reads
+        "y = Relu (x)",  # an initializer nothing reads
+        "a, mask = Dropout (x) y = Relu (a)",  # an unused optional output
+        "y = BatchNormalization <training_mode = 0> (x, s, b, b, s)",  # its attribute goes
+    ],
+)
+def test_dead_code_screen_lets_through_what_onnx_ir_changes(body):
+    proto = model_from_text(
+        f"""{HEADER}
+        g (float[2,4] x) => (float[2,4] y)
+        <float[4] w = {{1.0, 2.0, 3.0, 4.0}}, float[4] s = {{1.0, 1.0, 1.0, 1.0}},
+         float[4] b = {{0.0, 0.0, 0.0, 0.0}}> {{ {body} }}"""
+    )
+    assert not _dead_code_screen(proto)
+    before = ir.serde.serialize_model(ir.serde.deserialize_model(proto)).SerializeToString()
+    assert _unused_removed_by_onnx_ir(proto) != before
+
+
+def test_dead_code_screen_lets_through_a_trailing_empty_input():
+    proto = model_from_text(f"{HEADER} g (float[2,4] x) => (float[2,4] y) {{ y = Clip (x) }}")
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((), np.float32), "lo"))
+    proto.graph.node[0].input[:] = ["x", "lo", ""]
+    onnx.checker.check_model(proto, full_check=True)
+    assert not _dead_code_screen(proto)
+    model, _ = run_pass(proto, "eliminate-dead-code")
+    assert len(next(iter(model.graph)).inputs) == 2
+
+
+@pytest.mark.parametrize("name", sorted(zoo.ZOO))
+def test_dead_code_screen_never_skips_a_zoo_change(name):
+    proto = zoo.ZOO[name]()
+    if _dead_code_screen(proto):
+        before = ir.serde.serialize_model(ir.serde.deserialize_model(proto)).SerializeToString()
+        assert _unused_removed_by_onnx_ir(proto) == before

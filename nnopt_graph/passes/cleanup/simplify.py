@@ -169,13 +169,25 @@ class LiftConstantsPass(Pass):
 
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
         """Lift Constant nodes of the main graph and subgraphs (functions cannot hold weights)."""
+        function_nodes = [
+            n for f in model.functions.values() for n in ir.traversal.RecursiveGraphIterator(f)
+        ]
+        in_functions = sum(1 for n in function_nodes if n.op_type == "Constant")
+        if not any(n.op_type == "Constant" for g in model_graphs(model) for n in g):
+            # Nothing for onnx-ir's lifting to look at (it reads only Constant nodes).
+            kept = sum(
+                1
+                for n in function_nodes
+                if n.op_type == "Constant" and n.domain in STANDARD_DOMAINS
+            )
+            return PassResult(
+                {
+                    "constants-lifted": 0,
+                    "skipped-constants-in-functions": in_functions,
+                    "skipped-constants-kept": kept - in_functions,
+                }
+            )
         before = _count_op(model, "Constant")
-        in_functions = sum(
-            1
-            for f in model.functions.values()
-            for n in ir.traversal.RecursiveGraphIterator(f)
-            if n.op_type == "Constant"
-        )
         _LiftConstants(lift_all_constants=True, size_limit=0)(model)
         after = _count_op(model, "Constant")
         return PassResult(
@@ -224,6 +236,9 @@ def _bypass(node: ir.Node, source: ir.Value, result: ir.Value) -> bool:
     return True
 
 
+_NO_OP_TYPES = frozenset({"Identity", "Dropout", "Cast", "Transpose"})
+
+
 def _no_op_source(node: ir.Node) -> ir.Value | None:
     """The input a node passes through unchanged, or None when it computes something."""
     if node.domain not in STANDARD_DOMAINS or not node.inputs or node.inputs[0] is None:
@@ -261,7 +276,7 @@ class EliminateNoOpsPass(Pass):
         """Bypass every no-op node, in all graphs and functions."""
         removed = kept = 0
         for graph in list(all_graphs(model)):
-            for node in list(graph):
+            for node in [n for n in graph if n.op_type in _NO_OP_TYPES]:
                 source = _no_op_source(node)
                 if source is None:
                     continue
@@ -457,27 +472,53 @@ class FoldBatchNormPass(Pass):
         return PassResult({"batchnorms-folded": before - after, "skipped-batchnorms-kept": after})
 
 
-def _drop_stale_uses(model: ir.Model) -> None:
-    """Disconnect uses by nodes that are no longer part of the model.
+def _drop_stale_uses(graphs: list[ir.Graph | ir.Function]) -> None:
+    """Disconnect uses by nodes that are no longer part of the model (``graphs``: all of it).
 
     Rewrites (onnxscript's folder of a constant-condition If among them) can leave a
     removed node, or a whole dropped branch, still registered as a user of live values;
     onnx-ir's unused-node pass would then keep those values and their producers alive.
     """
-    live = {id(g) for g in all_graphs(model)}
+    live = {id(g) for g in graphs}
 
-    def stale(node: ir.Node) -> bool:
-        return node.graph is None or id(node.graph) not in live
+    def drop(value: ir.Value) -> None:
+        for use in list(value.uses()):
+            graph = use.node.graph
+            if graph is None or id(graph) not in live:
+                use.node.replace_input_with(use.idx, None)
 
-    for graph in all_graphs(model):
+    for graph in graphs:
         values: list[ir.Value] = list(graph.inputs)
         if isinstance(graph, ir.Graph):
             values.extend(graph.initializers.values())
         values.extend(out for node in graph for out in node.outputs)
         for value in values:
-            for use in list(value.uses()):
-                if stale(use.node):
-                    use.node.replace_input_with(use.idx, None)
+            for use in value.uses():
+                user_graph = use.node.graph
+                if user_graph is None or id(user_graph) not in live:
+                    drop(value)
+                    break
+
+
+def _nothing_unused(model: ir.Model, graphs: list[ir.Graph | ir.Function]) -> bool:
+    """Whether onnx-ir's unused-node pass would change nothing (False: it may).
+
+    It removes nodes none of whose outputs is used or a graph output, initializers of
+    the main graph that nothing uses, trailing empty inputs, unused optional outputs, and
+    an inference BatchNormalization's ``training_mode``: with every output used and none
+    of the rest present, there is nothing for it to do. Stale uses must be dropped first.
+    """
+    for graph in graphs:
+        outputs = {id(v) for v in graph.outputs}
+        for node in graph:
+            if node.op_type == "BatchNormalization" or (node.inputs and node.inputs[-1] is None):
+                return False
+            for out in node.outputs:
+                if not out.uses() and id(out) not in outputs:
+                    return False
+    main = model.graph
+    boundary = {id(v) for v in main.inputs} | {id(v) for v in main.outputs}
+    return all(v.uses() or id(v) in boundary for v in main.initializers.values())
 
 
 def _opsets_may_go(model: ir.Model) -> bool:
@@ -499,9 +540,14 @@ class EliminateDeadCodePass(Pass):
 
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
         """Run onnx-ir's unused-node, -function and -opset removal."""
-        nodes, inits, funcs = count_nodes(model), _initializer_count(model), len(model.functions)
-        _drop_stale_uses(model)
-        removed = ir_passes.RemoveUnusedNodesPass()(model).modified
+        funcs = len(model.functions)
+        graphs = list(all_graphs(model))
+        _drop_stale_uses(graphs)
+        nodes = inits = 0
+        removed = False
+        if not _nothing_unused(model, graphs):
+            nodes, inits = count_nodes(model), _initializer_count(model)
+            removed = ir_passes.RemoveUnusedNodesPass()(model).modified
         # The other two walk every node; skip them where they cannot remove anything.
         if model.functions:
             ir_passes.RemoveUnusedFunctionsPass()(model)
@@ -517,6 +563,29 @@ class EliminateDeadCodePass(Pass):
         )
 
 
+def _already_sorted(model: ir.Model) -> bool:
+    """Whether onnx-ir's sort would leave the model as it is (False: it may not).
+
+    Without subgraphs, its stable sort keeps an order in which every node comes after
+    the producers of its inputs; it also names unnamed nodes and outputs, so those too
+    must be absent. Graphs with subgraphs are left to the sort itself.
+    """
+    graphs = list(all_graphs(model))
+    if len(graphs) != 1 + len(model.functions):
+        return False
+    for graph in graphs:
+        done: set[int] = set()
+        for node in graph:
+            if node.name is None or any(o.name is None for o in node.outputs):
+                return False
+            for value in node.inputs:
+                producer = value.producer() if value is not None else None
+                if producer is not None and id(producer) not in done:
+                    return False
+            done.add(id(node))
+    return True
+
+
 def _node_order(model: ir.Model) -> list[list[int]]:
     return [[id(n) for n in g] for g in all_graphs(model)]
 
@@ -529,6 +598,8 @@ class SortTopologicallyPass(Pass):
 
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
         """Run onnx-ir's stable topological sort."""
+        if _already_sorted(model):
+            return PassResult({"nodes-moved": 0})
         before = _node_order(model)
         ir_passes.TopologicalSortPass()(model)
         after = _node_order(model)
