@@ -7,7 +7,7 @@ import onnx_ir as ir
 import pytest
 from onnx import numpy_helper
 
-from nnopt_graph.core.tensor_size import size_and_bytes, tensor_nbytes
+from nnopt_graph.core.tensor_size import size_and_bytes, tensor_dims, tensor_dtype, tensor_nbytes
 
 
 def _loaded(array: np.ndarray) -> ir.TensorProtocol:
@@ -29,6 +29,9 @@ def _loaded(array: np.ndarray) -> ir.TensorProtocol:
 def test_matches_the_tensors_own_figures(tensor):
     assert size_and_bytes(tensor) == (tensor.size, tensor.nbytes)
     assert tensor_nbytes(tensor) == tensor.nbytes
+    assert tensor_dims(tensor) == tuple(tensor.shape)
+    assert all(type(d) is int for d in tensor_dims(tensor))
+    assert tensor_dtype(tensor) is tensor.dtype
 
 
 def test_given_dims_are_used_instead_of_the_shape():
@@ -50,3 +53,16 @@ def test_external_tensor(tmp_path):
         base_dir=tmp_path,
     )
     assert size_and_bytes(tensor) == (12, 48)
+    assert tensor_dims(tensor) == (3, 4) and tensor_dtype(tensor) is ir.DataType.FLOAT
+
+
+def test_loaded_bfloat16_and_int4_read_from_the_proto():
+    import onnx
+
+    proto = onnx.helper.make_tensor("w", onnx.TensorProto.INT4, [5], [1, 2, 3, 4, 5])
+    tensor = ir.serde.deserialize_tensor(proto)
+    assert tensor_dtype(tensor) is ir.DataType.INT4
+    assert size_and_bytes(tensor) == (5, 3)
+    proto = onnx.helper.make_tensor("b", onnx.TensorProto.BFLOAT16, [2, 3], [0] * 6)
+    tensor = ir.serde.deserialize_tensor(proto)
+    assert tensor_dims(tensor) == (2, 3) and size_and_bytes(tensor) == (6, 12)

@@ -314,3 +314,48 @@ def test_calls_of_random_function_or_custom_op_not_merged():
     assert not result.modified
     assert result.stats["skipped-nondeterministic"] == 1
     assert result.stats["skipped-custom-domain"] == 1
+
+
+# ---------------------------------------------------------------- the twin screen
+
+
+def _twins(body: str) -> bool:
+    import onnx_ir as ir
+
+    from nnopt_graph.passes.sharing.cse import _may_have_twins
+
+    proto = model_from_text(
+        f"""{HEADER}
+        g (float[2,4] x) => (float[2,4] y) <float[4] w = {{1.0, 2.0, 3.0, 4.0}}> {{ {body} }}"""
+    )
+    return _may_have_twins(ir.serde.deserialize_model(proto).graph)
+
+
+def test_twin_screen_skips_a_chain():
+    assert not _twins("a = Add (x, w) m = Mul (a, w) r = Relu (m) y = Add (r, w)")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "a = Add (x, w) b = Add (w, x) y = Sub (a, b)",  # commutative: inputs in any order
+        "a = Transpose <perm = [1, 0]> (x) b = Transpose (x) c = Transpose (a) y = Add (x, w)",
+        "a = Relu (x) b = Relu (x) y = Sub (a, b)",
+    ],
+)
+def test_twin_screen_lets_through_nodes_reading_the_same_inputs(body):
+    assert _twins(body)
+
+
+def test_nodes_that_differ_only_in_attributes_pass_the_screen_and_stay_apart():
+    proto = model_from_text(
+        f"""{HEADER}
+        g (float[2,4] x) => (float[2,4] y) {{
+            a = LeakyRelu <alpha = 0.1> (x)
+            b = LeakyRelu <alpha = 0.2> (x)
+            y = Sub (a, b)
+        }}"""
+    )
+    model, result = run_pass(proto, "cse")
+    assert not result.modified
+    assert op_types(model).count("LeakyRelu") == 2

@@ -446,6 +446,36 @@ def test_tensors_equal_across_chunk_boundaries(monkeypatch):
     assert dedup.tensor_digest(a) == dedup.tensor_digest(b) != dedup.tensor_digest(c)
 
 
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(12, dtype=np.float32).reshape(3, 4),
+        np.arange(5, dtype=np.int64),
+        np.array([0.5, -2.0], np.float16),
+        np.array([True, False, True]),
+        np.zeros((0, 3), np.float32),
+    ],
+    ids=["float32", "int64", "float16", "bool", "empty"],
+)
+def test_loaded_tensor_digest_is_the_in_memory_one(array, monkeypatch):
+    loaded = ir.serde.deserialize_tensor(numpy_helper.from_array(array, "w"))
+    assert tensor_bytes._raw_data(loaded) is not None or array.size == 0
+    expected = dedup.tensor_digest(ir.tensor(array))
+    assert dedup.tensor_digest(loaded) == expected
+    monkeypatch.setattr(tensor_bytes, "CHUNK_BYTES", 7)  # the chunked path agrees
+    assert dedup.tensor_digest(ir.tensor(array)) == expected
+
+
+def test_typed_field_tensor_is_hashed_by_its_bytes():
+    proto = helper.make_tensor("w", TensorProto.FLOAT, [3], [1.0, 2.0, 3.0])  # float_data
+    loaded = ir.serde.deserialize_tensor(proto)
+    assert tensor_bytes._raw_data(loaded) is None
+    assert dedup.tensor_digest(loaded) == dedup.tensor_digest(
+        ir.tensor(np.array([1.0, 2.0, 3.0], np.float32))
+    )
+
+
 # ---------------------------------------------------------------- exact transforms
 
 

@@ -22,7 +22,7 @@ from nnopt_graph.analysis.channels import (
     apply_channel_removal,
     find_channel_groups,
 )
-from nnopt_graph.analysis.walk import STANDARD_DOMAINS
+from nnopt_graph.analysis.walk import STANDARD_DOMAINS, graph_nodes_recursive, model_graphs
 from nnopt_graph.core.constants import const_array
 from nnopt_graph.core.names import NameScope
 from nnopt_graph.passes.cleanup.simplify import annotations_kept
@@ -294,14 +294,17 @@ def _keep_units(group: ChannelGroup, removable: np.ndarray, round_to: int) -> np
     return np.nonzero(keep)[0]
 
 
+_SCREENED_OPS = WEIGHT_OPS | {"Mul", "BatchNormalization"}
+
+
 def _may_hold_zero_structure(model: ir.Model, limit: int) -> bool:
     """Cheap screen: a weight with a zero row, column or everything, or a constant zero factor.
 
     Every channel the pass can remove needs one of these, so a model without any is
     left alone without running the channel analysis.
     """
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        if node.domain not in STANDARD_DOMAINS:
+    for node in graph_nodes_recursive(model.graph):
+        if node.op_type not in _SCREENED_OPS or node.domain not in STANDARD_DOMAINS:
             continue
         if node.op_type in WEIGHT_OPS and len(node.inputs) > 1:
             if not small_enough(node.inputs[1], limit):
@@ -317,7 +320,7 @@ def _may_hold_zero_structure(model: ir.Model, limit: int) -> bool:
         elif node.op_type in ("Mul", "BatchNormalization"):
             for value in node.inputs[1:2] if node.op_type == "BatchNormalization" else node.inputs:
                 array = const_array(value)
-                if array is not None and array.size > 1 and not np.all(array != 0):
+                if array is not None and array.size > 1 and not array.all():  # a zero in it
                     return True
     return False
 
@@ -333,7 +336,10 @@ class EliminateZeroStructurePass(Pass):
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
         limit = self.options.max_weight_elements
         candidates = [
-            node for graph in model.graphs() for node in graph if zero_weight(node, limit)
+            node
+            for graph in model_graphs(model)
+            for node in graph
+            if node.op_type in WEIGHT_OPS and zero_weight(node, limit)
         ]
         if not candidates:
             return []

@@ -144,6 +144,26 @@ def _node_key(node: ir.Node, ignore_graphs: bool = False) -> _Key:
     return (domain, node.op_type, node.overload, len(node.outputs), tuple(inputs), attributes)
 
 
+def _may_have_twins(graph: ir.Graph | ir.Function) -> bool:
+    """Whether two nodes of ``graph`` read the same inputs with the same op (False: none do).
+
+    Twins agree on every part of ``_node_key`` but the attributes, and so do the nodes
+    whose skips are counted; where no two nodes agree even on that, the full keys (and
+    the attribute digests in them) need not be computed.
+    """
+    seen: set[tuple[object, ...]] = set()
+    for node in graph:
+        inputs: Sequence[int | None] = [id(v) if v is not None else None for v in node.inputs]
+        if node.op_type in COMMUTATIVE_OPS and _is_onnx(node) and None not in inputs:
+            inputs = sorted(inputs)  # type: ignore[type-var]
+        domain = "" if node.domain == "ai.onnx" else node.domain
+        key = (domain, node.op_type, node.overload, len(node.outputs), tuple(inputs))
+        if key in seen:
+            return True
+        seen.add(key)
+    return False
+
+
 def _output_slots(model: ir.Model) -> dict[int, list[tuple[ir.Graph | ir.Function, int]]]:
     """Where each value is listed as an output, in any graph or function."""
     slots: dict[int, list[tuple[ir.Graph | ir.Function, int]]] = collections.defaultdict(list)
@@ -198,6 +218,8 @@ class _Run:
 
     def eliminate(self, graph: ir.Graph | ir.Function) -> None:
         """Merge each node into an earlier identical one, in graph order."""
+        if not _may_have_twins(graph):
+            return
         seen: dict[_Key, ir.Node] = {}
         blocked: dict[_Key, str] = {}
         for node in list(graph):

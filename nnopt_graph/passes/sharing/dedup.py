@@ -24,8 +24,8 @@ import numpy as np
 import onnx_ir as ir
 
 from nnopt_graph.core.constants import constant_of_node
-from nnopt_graph.core.tensor_size import tensor_nbytes
-from nnopt_graph.passes.sharing.tensor_bytes import _dims, tensor_digest, tensors_equal
+from nnopt_graph.core.tensor_size import tensor_dims, tensor_dtype, tensor_nbytes
+from nnopt_graph.passes.sharing.tensor_bytes import tensor_digest, tensors_equal
 from nnopt_graph.passes.sharing.transforms import (
     _is_transpose,
     _multiset_signature,
@@ -160,10 +160,14 @@ class _Weight:
     def name(self) -> str:
         return self.value.name or "<unnamed>"
 
-    # Computed once: a loaded tensor builds a new Shape on every access to its shape.
+    # Computed once: a loaded tensor builds a new Shape (and DataType) on every access.
     @functools.cached_property
     def shape(self) -> tuple[int, ...]:
-        return _dims(self.tensor)
+        return tensor_dims(self.tensor)
+
+    @functools.cached_property
+    def dtype(self) -> ir.DataType:
+        return tensor_dtype(self.tensor)
 
     @functools.cached_property
     def nbytes(self) -> int:
@@ -297,7 +301,7 @@ class _Run:
             list
         )
         for weight in self.weights():
-            by_meta[(weight.tensor.dtype, weight.shape)].append(weight)
+            by_meta[(weight.dtype, weight.shape)].append(weight)
         for group in by_meta.values():
             if len(group) < 2:
                 continue
@@ -383,14 +387,11 @@ class _Run:
         candidates = [
             w
             for w in self.weights()
-            if not w.pinned
-            and w.tensor.dtype in _TRANSFORM_DTYPES
-            and len(w.shape) == 2
-            and w.nbytes
+            if not w.pinned and w.dtype in _TRANSFORM_DTYPES and len(w.shape) == 2 and w.nbytes
         ]
         by_shape: dict[tuple[object, ...], list[_Weight]] = collections.defaultdict(list)
         for weight in candidates:
-            by_shape[(weight.tensor.dtype, weight.shape)].append(weight)
+            by_shape[(weight.dtype, weight.shape)].append(weight)
         for group in by_shape.values():
             if len(group) < 2:
                 continue
@@ -410,7 +411,7 @@ class _Run:
         for weight in candidates:
             if weight.removed:
                 continue
-            by_pair[(weight.tensor.dtype, tuple(sorted(weight.shape)))].append(weight)
+            by_pair[(weight.dtype, tuple(sorted(weight.shape)))].append(weight)
         for group in by_pair.values():
             if len(group) < 2:
                 continue

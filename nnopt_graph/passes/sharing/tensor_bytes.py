@@ -12,7 +12,10 @@ import hashlib
 from collections.abc import Iterator
 
 import numpy as np
+import onnx
 import onnx_ir as ir
+
+from nnopt_graph.core.tensor_size import tensor_dims
 
 # Tensors are read, hashed and compared in slices of this size.
 CHUNK_BYTES = 64 << 20
@@ -83,8 +86,34 @@ def _byte_chunks(
         yield part.view(np.uint8).data
 
 
+# Loaded tensors whose ``raw_data`` field is exactly what ``tobytes()`` returns: every
+# dtype but the 6-bit floats, whose raw data ``tobytes()`` validates first.
+_RAW_AS_IS = frozenset(
+    int(d)
+    for d in ir.DataType
+    if d not in (ir.DataType.UNDEFINED, ir.DataType.STRING) and not d.name.startswith("FLOAT6")
+)
+
+
+def _raw_data(tensor: ir.TensorProtocol) -> bytes | None:
+    """A loaded tensor's ``raw_data`` when it is its ``tobytes()``, else None (read it so)."""
+    if type(tensor) is not ir.serde.TensorProtoTensor:
+        return None
+    proto = tensor.raw
+    if (
+        proto.data_type in _RAW_AS_IS
+        and proto.data_location != onnx.TensorProto.EXTERNAL
+        and proto.HasField("raw_data")
+    ):
+        return proto.raw_data
+    return None
+
+
 def tensor_digest(tensor: ir.TensorProtocol, nbytes: int | None = None) -> bytes:
     """BLAKE2b digest of a tensor's bytes, streamed in chunks (``nbytes``: its size, if known)."""
+    raw = _raw_data(tensor)
+    if raw is not None:  # a loaded tensor's bytes are at hand: no chunking, no checks
+        return hashlib.blake2b(raw, digest_size=32).digest()
     hasher = hashlib.blake2b(digest_size=32)
     for chunk in _byte_chunks(tensor, nbytes):
         hasher.update(chunk)
@@ -117,7 +146,7 @@ def tensors_equal(a: ir.TensorProtocol, b: ir.TensorProtocol) -> bool:
 
 
 def _dims(tensor: ir.TensorProtocol) -> tuple[int, ...]:
-    return tuple(tensor.shape.numpy())
+    return tensor_dims(tensor)
 
 
 def _load(tensor: ir.TensorProtocol) -> np.ndarray:
