@@ -697,3 +697,28 @@ def test_plain_ir_serializer_drops_them(tmp_path: Path) -> None:
     # Why io.save restores them: the IR's serializer alone drops the empty output.
     proto = ir.serde.serialize_model(ir.serde.deserialize_model(_split_model(False)))
     assert list(proto.graph.node[0].output) == ["Y"]
+
+
+def test_trailing_empty_outputs_are_found_in_functions_only() -> None:
+    from nnopt_graph.core.empty_outputs import has_trailing_empty_outputs
+
+    function = helper.make_function(
+        "local",
+        "Half",
+        ["X"],
+        ["Y"],
+        [helper.make_node("Split", ["X"], ["Y", ""], axis=0, num_outputs=2)],
+        [helper.make_opsetid("", 18)],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Half", ["X"], ["Y"], domain="local")],
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [4, 6])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2, 6])],
+    )
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid("local", 1)]
+    proto = helper.make_model(graph, opset_imports=opsets, ir_version=8, functions=[function])
+    assert has_trailing_empty_outputs(ir.serde.deserialize_model(proto))
+    proto.functions[0].node[0].output[:] = ["Y"]
+    proto.functions[0].node[0].ClearField("attribute")
+    assert not has_trailing_empty_outputs(ir.serde.deserialize_model(proto))

@@ -17,46 +17,12 @@ from collections.abc import Iterator
 
 import onnx_ir as ir
 
+from nnopt_graph.core.graphs import model_graphs
+from nnopt_graph.core.graphs import node_subgraphs as _node_subgraphs
+from nnopt_graph.core.graphs import subgraphs_of as _subgraphs_of
+
 # Domains whose ops follow the ONNX spec (and ONNX Runtime's contrib ops we can read).
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
-
-
-def _node_subgraphs(node: ir.Node) -> Iterator[ir.Graph]:
-    """The graphs held by a node's attributes (If branches, Loop/Scan bodies), in order."""
-    for attr in node.attributes.values():
-        if not isinstance(attr, ir.Attr):
-            continue  # a function's reference attribute holds no graph
-        if attr.type == ir.AttributeType.GRAPH:
-            yield attr.as_graph()
-        elif attr.type == ir.AttributeType.GRAPHS:
-            yield from attr.as_graphs()
-
-
-def _subgraphs(graph: ir.Graph | ir.Function, seen: dict[ir.Graph, None]) -> None:
-    """Collect the subgraphs below ``graph`` in depth-first order of entry."""
-    for node in graph:
-        if not node.attributes:  # most nodes: no attribute can hold a graph
-            continue
-        for sub in _node_subgraphs(node):
-            seen.setdefault(sub, None)
-            _subgraphs(sub, seen)
-
-
-def _subgraphs_of(graph: ir.Graph) -> list[ir.Graph]:
-    """``graph.subgraphs()``: every subgraph below ``graph``, in onnx-ir's order."""
-    seen: dict[ir.Graph, None] = {}
-    _subgraphs(graph, seen)
-    seen.pop(graph, None)
-    return list(seen)
-
-
-def model_graphs(model: ir.Model) -> list[ir.Graph]:
-    """``model.graphs()``: the main graph and every subgraph, in the same order, faster.
-
-    onnx-ir's walk visits every node through a generic recursive iterator; this one
-    looks only at nodes that have attributes.
-    """
-    return [model.graph, *_subgraphs_of(model.graph)]
 
 
 def all_graphs(model: ir.Model) -> Iterator[ir.Graph | ir.Function]:

@@ -15,6 +15,8 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
+from nnopt_graph.core.graphs import model_graphs, subgraphs_of
+
 
 def _ir_graphs_in_order(graph: ir.Graph | ir.Function) -> Iterator[ir.Graph | ir.Function]:
     """A graph and its subgraphs, in the order the serializer writes them."""
@@ -45,12 +47,11 @@ def _proto_graphs_in_order(graph: onnx.GraphProto | onnx.FunctionProto) -> Itera
 
 def has_trailing_empty_outputs(model: ir.Model) -> bool:
     """Whether any node of any graph or function ends with empty optional outputs."""
-    roots: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
+    graphs: list[ir.Graph | ir.Function] = [*model_graphs(model)]
+    for function in model.functions.values():
+        graphs += [function, *subgraphs_of(function)]
     return any(
-        len(node.outputs) and not node.outputs[-1].name
-        for root in roots
-        for graph in _ir_graphs_in_order(root)
-        for node in graph
+        len(node.outputs) and not node.outputs[-1].name for graph in graphs for node in graph
     )
 
 

@@ -38,6 +38,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from nnopt_graph.core.empty_outputs import has_trailing_empty_outputs, restore_empty_outputs
+from nnopt_graph.core.graphs import model_graphs
 from nnopt_graph.core.opaque_types import (
     ir_has_opaque_types,
     restore_opaque_types,
@@ -53,11 +54,18 @@ logger = logging.getLogger(__name__)
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**20
 
 
-def _iter_initializer_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
-    for graph in model.graphs():
+def _iter_initializer_tensors(
+    model: ir.Model, graphs: list[ir.Graph] | None = None
+) -> Iterator[ir.TensorProtocol]:
+    for graph in model_graphs(model) if graphs is None else graphs:
         for value in graph.initializers.values():
             if value.const_value is not None:
                 yield value.const_value
+
+
+def _external(tensors: Iterable[ir.TensorProtocol]) -> list[ir.ExternalTensor]:
+    # The class's own ancestry: isinstance goes through the protocol machinery, slowly.
+    return [t for t in tensors if ir.ExternalTensor in type(t).__mro__]  # type: ignore[misc]
 
 
 def tensor_bytes(model: ir.Model) -> int:
@@ -65,24 +73,22 @@ def tensor_bytes(model: ir.Model) -> int:
     return sum(tensor_nbytes(t) for t in _iter_initializer_tensors(model))
 
 
+def _data_files(external: Iterable[ir.ExternalTensor]) -> set[Path]:
+    return {Path(t.base_dir, t.location).resolve() for t in external}
+
+
 def external_data_files(model: ir.Model) -> set[Path]:
     """Absolute paths of the external-data files the model's tensors read from."""
-    files = set()
-    for tensor in _iter_initializer_tensors(model):
-        if isinstance(tensor, ir.ExternalTensor):
-            files.add(Path(tensor.base_dir, tensor.location).resolve())
-    return files
+    return _data_files(_external(_iter_initializer_tensors(model)))
 
 
 def uses_external_data(model: ir.Model) -> bool:
     """Whether any initializer lives in an external-data file."""
-    return any(isinstance(t, ir.ExternalTensor) for t in _iter_initializer_tensors(model))
+    return bool(_external(_iter_initializer_tensors(model)))
 
 
 def _check_external_data(model: ir.Model, path: Path) -> None:
-    for tensor in _iter_initializer_tensors(model):
-        if not isinstance(tensor, ir.ExternalTensor):
-            continue
+    for tensor in _external(_iter_initializer_tensors(model)):
         data_path = Path(tensor.base_dir, tensor.location)
         # onnx-ir refuses, when it reads the data, files outside the model's folder
         # (after symlinks) and files with several hard links: report them here instead.
@@ -150,10 +156,10 @@ def has_sparse_initializers(proto: onnx.ModelProto) -> bool:
     return any(graph.sparse_initializer for graph in proto_graphs(proto.graph))
 
 
-def _marked_sparse(model: ir.Model) -> bool:
+def _marked_sparse(tensors: Iterable[ir.TensorProtocol]) -> bool:
     from nnopt_graph.core.sparse_format import MARKER
 
-    return any(MARKER in t.metadata_props for t in _iter_initializer_tensors(model))
+    return any(MARKER in t.metadata_props for t in tensors)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -418,14 +424,20 @@ def _rename_payload(staged: Path, new_name: str) -> None:
         handle.write(proto.SerializeToString())
 
 
-def _write_model(model: ir.Model, staged: Path, external_data: bool, write_sparse: bool) -> None:
+def _write_model(
+    model: ir.Model,
+    staged: Path,
+    external_data: bool,
+    write_sparse: bool,
+    tensors: list[ir.TensorProtocol],
+) -> None:
     if external_data:
         ir.save(model, staged, external_data=_PAYLOAD, size_threshold_bytes=1024)
     else:
         ir.save(model, staged)
     if has_trailing_empty_outputs(model):
         restore_empty_outputs(model, staged)
-    if write_sparse and _marked_sparse(model):
+    if write_sparse and _marked_sparse(tensors):
         # store-sparse marks tensors; the sparse form is written on the saved proto.
         from nnopt_graph.core.sparse_format import write_sparse_initializers
 
@@ -455,7 +467,7 @@ def _stage_folder(path: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _no_initializer_value_info(model: ir.Model) -> Iterator[None]:
+def _no_initializer_value_info(graphs: list[ir.Graph]) -> Iterator[None]:
     """While saving, initializers carry no type, so no value_info is written for them.
 
     onnx-ir writes a value_info entry for every typed initializer; the tensor already
@@ -465,7 +477,7 @@ def _no_initializer_value_info(model: ir.Model) -> Iterator[None]:
     would make onnx-ir write a value_info entry with no type at all: it is left out too.
     """
     saved = []
-    for graph in model.graphs():
+    for graph in graphs:
         inputs = {id(v) for v in graph.inputs}
         for value in graph.initializers.values():
             if id(value) in inputs:
@@ -510,19 +522,24 @@ def staged_save(
         write_sparse: write tensors marked by ``store-sparse`` as sparse initializers.
     """
     path = check_output_path(path)
-    clean_stale_stages(path, keep=external_data_files(model))
+    graphs = model_graphs(model)  # one walk for every question below
+    tensors = list(_iter_initializer_tensors(model, graphs))
+    external = _external(tensors)
+    clean_stale_stages(path, keep=_data_files(external))
     if external_data is None:
-        external_data = uses_external_data(model) or tensor_bytes(model) >= EXTERNAL_DATA_THRESHOLD
+        external_data = bool(external) or (
+            sum(tensor_nbytes(t) for t in tensors) >= EXTERNAL_DATA_THRESHOLD
+        )
     with _stage_folder(path) as stage:
         staged = stage / path.name
-        with _no_initializer_value_info(model):
-            _write_model(model, staged, external_data, write_sparse)
+        with _no_initializer_value_info(graphs):
+            _write_model(model, staged, external_data, write_sparse, tensors)
         data_name = None
         if external_data and (stage / _PAYLOAD).is_file():
             data_name = _data_name(path.name, _file_digest(stage / _PAYLOAD))
             _rename_payload(staged, data_name)
             os.replace(stage / _PAYLOAD, stage / data_name)
-        if ir_has_opaque_types(model):
+        if ir_has_opaque_types(model, graphs):
             restore_opaque_types(staged)
         yield staged
         _publish(stage, staged, path, data_name)

@@ -34,6 +34,7 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
+from nnopt_graph.core.graphs import model_graphs
 from nnopt_graph.core.protos import proto_graphs
 
 logger = logging.getLogger(__name__)
@@ -73,11 +74,14 @@ def _tolerate_map_types() -> None:
 _tolerate_map_types()
 
 
-def ir_has_opaque_types(model: ir.Model) -> bool:
-    """Whether a graph input or output of the IR model carries a moved type."""
+def ir_has_opaque_types(model: ir.Model, graphs: list[ir.Graph] | None = None) -> bool:
+    """Whether a graph input or output of the IR model carries a moved type.
+
+    ``graphs``: the model's graphs (``core.graphs.model_graphs``), when the caller has them.
+    """
     return any(
         MARKER in value.metadata_props
-        for graph in model.graphs()
+        for graph in (model_graphs(model) if graphs is None else graphs)
         for value in [*graph.inputs, *graph.outputs]
     )
 
