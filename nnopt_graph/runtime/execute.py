@@ -20,6 +20,7 @@ from typing import Any
 from nnopt_graph.core.progress import track
 from nnopt_graph.errors import CheckFailedError, one_line
 from nnopt_graph.runtime.data import Dataset
+from nnopt_graph.runtime.isolate import retain_in_child
 from nnopt_graph.runtime.session import create_session
 
 # Above this, only one model is held in memory at a time (reference outputs are kept).
@@ -49,11 +50,16 @@ def weights_size(source: ModelSource) -> int:
 
 def _session(source: ModelSource, label: str, threads: int | None) -> Any:
     try:
-        return create_session(source, "cpu", threads=threads)
+        session = create_session(source, "cpu", threads=threads)
     except Exception as exc:
         raise CheckFailedError(
             f"ONNX Runtime cannot load the {label} model: {one_line(exc)}"
         ) from exc
+    if weights_size(source) <= ONE_SESSION_AT_A_TIME_BYTES:
+        # In an isolated child it then lives until the exit instead of being torn down;
+        # a large model's session is still dropped before the next one is made.
+        retain_in_child(session)
+    return session
 
 
 def _run(

@@ -76,3 +76,37 @@ def test_isolation_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     assert run_isolated(os.getpid) == os.getpid()
     monkeypatch.delenv("NNOPT_GRAPH_NO_ISOLATION")
     assert run_isolated(os.getpid) != os.getpid()
+
+
+class _Marks:
+    """Writes a file when it is torn down."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __del__(self) -> None:
+        with open(self.path, "w") as handle:
+            handle.write("torn down")
+
+
+def _make(path: str, retain: bool) -> str:
+    from nnopt_graph.runtime.isolate import retain_in_child
+
+    marks = _Marks(path)
+    if retain:
+        retain_in_child(marks)
+    del marks
+    return "made"
+
+
+@pytest.mark.parametrize("retain", [True, False])
+def test_a_retained_object_is_not_torn_down_in_the_child(tmp_path, retain) -> None:
+    path = tmp_path / "marks"
+    assert run_isolated(_make, str(path), retain) == "made"
+    assert path.exists() is not retain
+
+
+def test_retaining_in_the_parent_does_nothing(tmp_path) -> None:
+    path = tmp_path / "marks"
+    _make(str(path), True)
+    assert path.exists()
