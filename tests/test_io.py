@@ -722,3 +722,43 @@ def test_trailing_empty_outputs_are_found_in_functions_only() -> None:
     proto.functions[0].node[0].output[:] = ["Y"]
     proto.functions[0].node[0].ClearField("attribute")
     assert not has_trailing_empty_outputs(ir.serde.deserialize_model(proto))
+
+
+def _external_tensor(name: str) -> onnx.TensorProto:
+    tensor = numpy_helper.from_array(np.ones(4, np.float32), name)
+    onnx.external_data_helper.set_external_data(tensor, "w.data", offset=0, length=16)
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.ClearField("raw_data")
+    return tensor
+
+
+@pytest.mark.parametrize("where", ["none", "initializer", "subgraph", "attribute"])
+def test_external_tensors_are_found_wherever_they_are(where: str) -> None:
+    from nnopt_graph.core.io import _has_external_tensors
+    from nnopt_graph.core.protos import proto_graphs
+
+    const = helper.make_node(
+        "Constant", [], ["k"], value=numpy_helper.from_array(np.ones(4, np.float32))
+    )
+    body = helper.make_graph(
+        [helper.make_node("Add", ["x", "b"], ["z"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [4])],
+        [numpy_helper.from_array(np.ones(4, np.float32), "b")],
+    )
+    graph = helper.make_graph(
+        [const, helper.make_node("If", ["c"], ["y"], then_branch=body, else_branch=body)],
+        "g",
+        [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [numpy_helper.from_array(np.ones(4, np.float32), "x")],
+    )
+    if where == "initializer":
+        graph.initializer[0].CopyFrom(_external_tensor("x"))
+    elif where == "subgraph":
+        graph.node[1].attribute[0].g.initializer[0].CopyFrom(_external_tensor("b"))
+    elif where == "attribute":
+        graph.node[0].attribute[0].t.CopyFrom(_external_tensor("k"))
+    proto = helper.make_model(graph)
+    assert _has_external_tensors(list(proto_graphs(proto.graph))) is (where != "none")

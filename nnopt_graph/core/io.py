@@ -135,20 +135,39 @@ def load(path: str | os.PathLike[str]) -> ir.Model:
         raise BadInputError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from exc
     if proto.ir_version <= 0 or not proto.HasField("graph") or not proto.graph.output:
         raise BadInputError(f"{path}: not a valid ONNX model (no graph or no ir_version)")
-    if has_sparse_initializers(proto):
+    graphs = list(proto_graphs(proto.graph))  # one walk for the three questions below
+    if any(graph.sparse_initializer for graph in graphs):
         # onnx-ir drops sparse initializers on load: make them dense first.
         from nnopt_graph.core.sparse_format import densify_sparse_initializers
 
         densify_sparse_initializers(proto)
-    strip_opaque_types(proto)  # Map/Sequence(Map) types: onnx-ir cannot hold them
+    strip_opaque_types(proto, graphs)  # Map/Sequence(Map) types: onnx-ir cannot hold them
+    external = _has_external_tensors(graphs)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:  # the IR rejects malformed protos with many exception types
         raise BadInputError(f"{path}: malformed ONNX model ({_first_line(exc)})") from exc
-    del proto
-    ir.external_data.set_base_dir(model.graph, str(path.parent))
-    _check_external_data(model, path)
+    del proto, graphs
+    if external:  # without external tensors there is no base folder to set or file to check
+        ir.external_data.set_base_dir(model.graph, str(path.parent))
+        _check_external_data(model, path)
     return model
+
+
+def _has_external_tensors(graphs: list[onnx.GraphProto]) -> bool:
+    """Whether an initializer or a node's tensor attribute in ``graphs`` is external data."""
+    external = onnx.TensorProto.EXTERNAL
+    tensor, tensors = onnx.AttributeProto.TENSOR, onnx.AttributeProto.TENSORS
+    for graph in graphs:
+        if any(t.data_location == external for t in graph.initializer):
+            return True
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == tensor and attr.t.data_location == external:
+                    return True
+                if attr.type == tensors and any(t.data_location == external for t in attr.tensors):
+                    return True
+    return False
 
 
 def has_sparse_initializers(proto: onnx.ModelProto) -> bool:

@@ -101,14 +101,15 @@ def describe_type(tp: onnx.TypeProto) -> str:
     return kind or "unknown"
 
 
-def strip_opaque_types(proto: onnx.ModelProto) -> int:
+def strip_opaque_types(proto: onnx.ModelProto, graphs: list[onnx.GraphProto] | None = None) -> int:
     """Move map types out of the proto so onnx-ir can read it; returns how many were moved.
 
     Graph inputs and outputs keep their type in ``metadata_props[MARKER]`` (base64 of the
     serialized TypeProto); intermediate ``value_info`` entries with a map type are dropped.
+    ``graphs``: the proto's graphs (``proto_graphs``), when the caller has them.
     """
     moved = 0
-    for graph in proto_graphs(proto.graph):
+    for graph in proto_graphs(proto.graph) if graphs is None else graphs:
         for vi in [*graph.input, *graph.output]:
             if vi.HasField("type") and _has_map(vi.type):
                 entry = vi.metadata_props.add()
