@@ -45,7 +45,7 @@ from nnopt_graph.runtime.execute import (
     reference_outputs,
     weights_size,
 )
-from nnopt_graph.runtime.isolate import run_isolated
+from nnopt_graph.runtime.isolate import Pending, run_isolated, start_isolated
 from nnopt_graph.runtime.session import load_problem
 
 logger = logging.getLogger(__name__)
@@ -192,6 +192,77 @@ def _input_reference(path: Path, dataset: Dataset) -> ReferenceOutputs | None:
         return None
 
 
+class _InputRuns:
+    """ONNX Runtime's check of the input (``_check_input_runs``), running beside the job.
+
+    The check runs in a child process while the job goes on, so on two cores creating
+    the input's session overlaps the passes; ``result()`` waits for it. A model above
+    ``ONE_SESSION_AT_A_TIME_BYTES`` is checked before the constructor returns instead:
+    its session holds every weight, and it is gone before the job reads them.
+    """
+
+    def __init__(self, path: Path, held_out: Dataset | None) -> None:
+        self.path, self.held_out = path, held_out
+        self._first: Pending[Any] | None = None
+        self._outcome: tuple[ReferenceOutputs | None, BaseException | None] | None = None
+        large = weights_size(path) > ONE_SESSION_AT_A_TIME_BYTES
+        if held_out is None and large:
+            # Without verification a large model is not given to ONNX Runtime at all: its
+            # session would hold every weight in memory (2.9 GB for a 2.7 GB model), while
+            # the job itself streams them. The ONNX checker has already accepted it.
+            logger.info("%s: large and not verified: ONNX Runtime's load check skipped", path)
+            self._outcome = (None, None)
+            return
+        if held_out is not None:
+            self._first = start_isolated(_input_reference, path, held_out, what="loading the input")
+        else:
+            self._first = start_isolated(load_problem, path, what="loading the input")
+        if large:
+            with contextlib.suppress(Exception):
+                self.result()  # its error is raised again by the caller's result()
+
+    def result(self) -> ReferenceOutputs | None:
+        """The input's outputs on ``held_out`` (or None: see ``_check_input_runs``).
+
+        Raises:
+            BadInputError: ONNX Runtime cannot load the input model.
+        """
+        if self._outcome is None:
+            try:
+                self._outcome = (self._check(), None)
+            except Exception as exc:
+                self._outcome = (None, exc)
+        value, error = self._outcome
+        if error is not None:
+            raise error
+        return value
+
+    def failed(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is this check's own error."""
+        return self._outcome is not None and self._outcome[1] is exc
+
+    def cancel(self) -> None:
+        """Stop the check if it still runs (its child is killed)."""
+        if self._first is not None:
+            self._first.cancel()
+
+    def _check(self) -> ReferenceOutputs | None:
+        assert self._first is not None
+        if self.held_out is not None:
+            try:
+                reference = self._first.result()
+            except CheckFailedError:  # a crash: load_problem says whether loading crashes
+                reference = None
+            if reference is not None:
+                return reference  # type: ignore[no-any-return]
+            problem = run_isolated(load_problem, self.path, what="loading the input")
+        else:
+            problem = self._first.result()
+        if problem is not None:  # opset 99, an op of an unknown domain: not ours to optimize
+            raise BadInputError(f"{self.path}: ONNX Runtime cannot load the input model: {problem}")
+        return None
+
+
 def _check_input_runs(path: Path, held_out: Dataset | None) -> ReferenceOutputs | None:
     """Refuse an input ONNX Runtime cannot load; given ``held_out``, run it on that data.
 
@@ -205,23 +276,31 @@ def _check_input_runs(path: Path, held_out: Dataset | None) -> ReferenceOutputs 
     Raises:
         BadInputError: ONNX Runtime cannot load the input model.
     """
-    if held_out is not None:
+    return _InputRuns(path, held_out).result()
+
+
+@contextlib.contextmanager
+def _input_error_wins(runs: _InputRuns) -> Iterator[None]:
+    """When the block fails while the input's check runs, report a bad input over it.
+
+    An input ONNX Runtime cannot load is a usage error (exit 2) whatever a pass then did
+    with it. An interrupt does not wait: the check is stopped.
+    """
+    try:
+        yield
+    except Exception as exc:
+        if runs.failed(exc):
+            raise
         try:
-            reference = run_isolated(_input_reference, path, held_out, what="loading the input")
-        except CheckFailedError:  # a crash: load_problem says whether loading crashes
-            reference = None
-        if reference is not None:
-            return reference
-    if held_out is None and weights_size(path) > ONE_SESSION_AT_A_TIME_BYTES:
-        # Without verification a large model is not given to ONNX Runtime at all: its
-        # session would hold every weight in memory (2.9 GB for a 2.7 GB model), while
-        # the job itself streams them. The ONNX checker has already accepted it.
-        logger.info("%s: large and not verified: ONNX Runtime's load check skipped", path)
-        return None
-    problem = run_isolated(load_problem, path, what="loading the input")
-    if problem is not None:  # opset 99, an op of an unknown domain: not ours to optimize
-        raise BadInputError(f"{path}: ONNX Runtime cannot load the input model: {problem}")
-    return None
+            runs.result()
+        except BadInputError as bad:
+            raise bad from exc
+        except Exception:  # noqa: BLE001  (the block's own failure is the one to report)
+            pass
+        raise
+    except BaseException:
+        runs.cancel()
+        raise
 
 
 def optimize(
@@ -313,10 +392,13 @@ def optimize(
         calibration, held_out = _datasets(
             ir_model, calib, eval_data, input_shapes, verify_samples, lossy, seed
         )
-        reference: ReferenceOutputs | None = None
+        input_runs: _InputRuns | None = None
         if input_path is not None:
             verifies = output is not None and check
-            reference = _check_input_runs(input_path, held_out if verifies else None)
+            input_runs = _InputRuns(input_path, held_out if verifies else None)
+            stack.callback(input_runs.cancel)
+            # A failure while it runs still reports an input ONNX Runtime cannot load.
+            stack.enter_context(_input_error_wins(input_runs))
         the_guard = Guard(guard_expr, original, held_out, metric) if guard_expr else None
         warnings: list[str] = list(the_guard.warnings) if the_guard and lossy else []
         for text in warnings:
@@ -356,6 +438,8 @@ def optimize(
                 f"--fail-on-rollback: the guard '{guard_expr}' rolled back {names} "
                 f"({rolled_back[0].outcome_detail}); nothing written"
             )
+        # ONNX Runtime has loaded the input (and run it on the held-out data).
+        reference = input_runs.result() if input_runs is not None else None
         ir_model.metadata_props[META_VERSION] = __version__
         ir_model.metadata_props[META_PIPELINE] = str(resolved)
         fidelity = None

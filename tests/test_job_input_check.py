@@ -31,3 +31,57 @@ def test_large_unverified_input_is_not_given_to_onnx_runtime(unloadable, monkeyp
 
     monkeypatch.setattr(job, "run_isolated", fail)
     assert job._check_input_runs(unloadable, None) is None
+
+
+def _failing_run(self, model):
+    from nnopt_graph.errors import PassFailedError
+
+    raise PassFailedError("dedup", [], "RuntimeError: boom")
+
+
+def test_bad_input_is_reported_over_a_pass_that_failed_meanwhile(unloadable, tmp_path, monkeypatch):
+    monkeypatch.setattr(job.PassManager, "run", _failing_run)
+    with pytest.raises(BadInputError, match="ONNX Runtime cannot load the input"):
+        job.optimize(unloadable, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_good_input_leaves_the_pass_failure_as_it_is(tmp_path, monkeypatch):
+    from nnopt_graph.errors import PassFailedError
+
+    path = tmp_path / "relu.onnx"
+    onnx.save(
+        onnx.parser.parse_model(
+            '<ir_version: 8, opset_import: ["" : 17]>\ng (float[2] x) => (float[2] y) { y = Relu(x) }'
+        ),
+        path,
+    )
+    monkeypatch.setattr(job.PassManager, "run", _failing_run)
+    with pytest.raises(PassFailedError, match="boom"):
+        job.optimize(path, tmp_path / "out.onnx")
+
+
+def test_passes_run_before_the_input_check_is_waited_for(tmp_path, monkeypatch):
+    path = tmp_path / "relu.onnx"
+    onnx.save(
+        onnx.parser.parse_model(
+            '<ir_version: 8, opset_import: ["" : 17]>\ng (float[2] x) => (float[2] y) { y = Relu(x) }'
+        ),
+        path,
+    )
+    order: list[str] = []
+    run, result = job.PassManager.run, job._InputRuns.result
+
+    def record_run(self, model):
+        order.append("passes")
+        return run(self, model)
+
+    def record_result(self):
+        order.append("input check")
+        return result(self)
+
+    monkeypatch.setattr(job.PassManager, "run", record_run)
+    monkeypatch.setattr(job._InputRuns, "result", record_result)
+    out = job.optimize(path, tmp_path / "out.onnx")
+    assert out.fidelity is not None and out.fidelity.equal
+    assert order[:2] == ["passes", "input check"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["iter_isolated", "retain_in_child", "run_isolated"]
+__all__ = ["Pending", "iter_isolated", "retain_in_child", "run_isolated", "start_isolated"]
 
 import contextlib
 import faulthandler
@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from nnopt_graph.errors import CheckFailedError
 
@@ -185,3 +185,58 @@ def run_isolated(
     with _child_process(fn, args, kwargs, what, stream=False) as receive:
         _, payload = receive()
         return payload  # type: ignore[no-any-return]
+
+
+class Pending(Generic[T]):
+    """A call running in a child process (``start_isolated``): ``result()`` waits for it."""
+
+    def __init__(
+        self,
+        stack: contextlib.ExitStack | None = None,
+        receive: Callable[[], tuple[str, Any]] | None = None,
+        *,
+        value: Any = None,
+        error: BaseException | None = None,
+    ) -> None:
+        self._stack, self._receive = stack, receive
+        self._value, self._error = value, error
+
+    def result(self) -> T:
+        """The call's result; re-raises its exception (or the child's crash), like run_isolated."""
+        if self._receive is not None:
+            receive, self._receive = self._receive, None
+            try:
+                _, self._value = receive()
+            except BaseException as exc:
+                self._error = exc
+            finally:
+                self.cancel()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[no-any-return]
+
+    def cancel(self) -> None:
+        """Stop waiting: a child still running is killed (no-op once the result is in)."""
+        self._receive = None
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            stack.close()
+
+
+def start_isolated(
+    fn: Callable[..., T], *args: Any, what: str = "running the output", **kwargs: Any
+) -> Pending[T]:
+    """Start ``fn(*args, **kwargs)`` in a child process and return at once (see run_isolated).
+
+    The caller goes on with its own work while the child runs; ``result()`` then waits
+    for the child and returns what ``run_isolated`` would have (or raises what it would
+    have raised). With isolation disabled the call runs here, before this returns.
+    """
+    if os.environ.get(_DISABLE_ENV):
+        try:
+            return Pending(value=fn(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001  (re-raised by result())
+            return Pending(error=exc)
+    stack = contextlib.ExitStack()
+    receive = stack.enter_context(_child_process(fn, args, kwargs, what, stream=False))
+    return Pending(stack, receive)

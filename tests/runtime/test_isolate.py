@@ -110,3 +110,56 @@ def test_retaining_in_the_parent_does_nothing(tmp_path) -> None:
     path = tmp_path / "marks"
     _make(str(path), True)
     assert path.exists()
+
+
+def _slow_square(x: int) -> int:
+    import time
+
+    time.sleep(0.2)
+    return x * x
+
+
+def _raise_bad() -> None:
+    raise BadInputError("no such thing")
+
+
+def test_started_call_returns_at_once_and_its_result_later() -> None:
+    import time
+
+    from nnopt_graph.runtime.isolate import start_isolated
+
+    begin = time.perf_counter()
+    pending = start_isolated(_slow_square, 7)
+    started = time.perf_counter() - begin
+    assert pending.result() == 49
+    assert pending.result() == 49  # kept
+    assert started < time.perf_counter() - begin  # the wait came in result()
+
+
+def test_started_call_reraises_and_crashes_become_errors() -> None:
+    from nnopt_graph.runtime.isolate import start_isolated
+
+    with pytest.raises(BadInputError, match="no such thing"):
+        start_isolated(_raise_bad).result()
+    with pytest.raises(CheckFailedError, match="crashed loading the input"):
+        start_isolated(_segfault, what="loading the input").result()
+
+
+def test_cancelled_call_kills_the_child(tmp_path) -> None:
+    from nnopt_graph.runtime.isolate import start_isolated
+
+    path = tmp_path / "marks"
+    pending = start_isolated(_sleep_then_mark, str(path))
+    pending.cancel()
+    import time
+
+    time.sleep(0.6)
+    assert not path.exists()
+
+
+def _sleep_then_mark(path: str) -> None:
+    import time
+
+    time.sleep(0.4)
+    with open(path, "w") as handle:
+        handle.write("ran to the end")
