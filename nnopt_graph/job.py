@@ -23,7 +23,7 @@ from nnopt_graph.check.compare import Comparison
 from nnopt_graph.check.equality import LOSSLESS
 from nnopt_graph.check.guard import DEFAULT_GUARD, Guard, MetricFn
 from nnopt_graph.check.structure import structural_problems
-from nnopt_graph.check.verify import verify_written
+from nnopt_graph.check.verify import check_written, compare_written
 from nnopt_graph.core import io
 from nnopt_graph.core.collector import frozen_heap, paused_collector
 from nnopt_graph.errors import BadInputError, CheckFailedError
@@ -279,6 +279,34 @@ def _check_input_runs(path: Path, held_out: Dataset | None) -> ReferenceOutputs 
     return _InputRuns(path, held_out).result()
 
 
+def _verify(
+    reference: Path | ReferenceOutputs, staged: Path, held_out: Dataset, tolerance: Any
+) -> Comparison:
+    """``verify_written``, with the ONNX checker and the comparison in two processes at once.
+
+    Each runs isolated (a crash is exit 1, nothing written); the checker's verdict comes
+    first, as in ``verify_written``.
+
+    Raises:
+        CheckFailedError: the checker rejects the file or the outputs are not equal.
+    """
+    if held_out.num_samples == 0:
+        raise CheckFailedError("nothing to verify on: the data has no samples")
+    checked = start_isolated(check_written, staged, what="checking the output")
+    try:
+        fidelity = run_isolated(  # an ORT segfault: exit 1, nothing written
+            compare_written, reference, staged, held_out, tolerance=tolerance
+        )
+    except Exception:
+        checked.result()  # the checker's rejection is the one to report
+        raise
+    except BaseException:
+        checked.cancel()  # interrupted: stop the checker
+        raise
+    checked.result()
+    return fidelity
+
+
 @contextlib.contextmanager
 def _input_error_wins(runs: _InputRuns) -> Iterator[None]:
     """When the block fails while the input's check runs, report a bad input over it.
@@ -449,12 +477,8 @@ def optimize(
         if output is not None:
             with io.staged_save(ir_model, output) as staged:
                 if check:
-                    fidelity = run_isolated(  # an ORT segfault: exit 1, nothing written
-                        verify_written,
-                        reference or original,
-                        staged,
-                        held_out,
-                        tolerance=None if lossy else LOSSLESS,
+                    fidelity = _verify(
+                        reference or original, staged, held_out, None if lossy else LOSSLESS
                     )
                     if the_guard is not None and lossy:
                         outcome = the_guard.measure_path(staged)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["check_written", "verify_written"]
+__all__ = ["check_written", "compare_written", "verify_written"]
 
 import logging
 import os
@@ -64,6 +64,26 @@ def verify_written(
     if dataset.num_samples == 0:
         raise CheckFailedError("nothing to verify on: the data has no samples")
     check_written(candidate)
+    return compare_written(reference, candidate, dataset, tolerance=tolerance)
+
+
+def compare_written(
+    reference: str | os.PathLike[str] | bytes | ReferenceOutputs,
+    candidate: Path,
+    dataset: Dataset,
+    *,
+    tolerance: Tolerance | None = LOSSLESS,
+) -> Comparison:
+    """``verify_written`` without the ONNX checker: the per-sample comparison alone.
+
+    For callers that run ``check_written`` at the same time, in a process of its own.
+
+    Raises:
+        CheckFailedError: ONNX Runtime cannot run the file, an output changed shape or
+            dtype, or the outputs are not equal.
+    """
+    if dataset.num_samples == 0:
+        raise CheckFailedError("nothing to verify on: the data has no samples")
     result = compare_models(reference, candidate, dataset, tolerance=tolerance)
     for out in result.outputs:
         if out.problems:
