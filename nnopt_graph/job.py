@@ -466,16 +466,19 @@ def optimize(
                 f"--fail-on-rollback: the guard '{guard_expr}' rolled back {names} "
                 f"({rolled_back[0].outcome_detail}); nothing written"
             )
-        # ONNX Runtime has loaded the input (and run it on the held-out data).
-        reference = input_runs.result() if input_runs is not None else None
         ir_model.metadata_props[META_VERSION] = __version__
         ir_model.metadata_props[META_PIPELINE] = str(resolved)
         fidelity = None
         guard_passed = None
         output_summary: ModelSummary | None = None
         written = None
+        if output is None and input_runs is not None:
+            input_runs.result()  # an input ONNX Runtime cannot load is refused all the same
         if output is not None:
             with io.staged_save(ir_model, output) as staged:
+                # Written meanwhile; published only once ONNX Runtime has loaded the input
+                # (and run it on the held-out data).
+                reference = input_runs.result() if input_runs is not None else None
                 if check:
                     fidelity = _verify(
                         reference or original, staged, held_out, None if lossy else LOSSLESS
