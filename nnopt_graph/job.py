@@ -23,7 +23,7 @@ from nnopt_graph.check.compare import Comparison
 from nnopt_graph.check.equality import LOSSLESS
 from nnopt_graph.check.guard import DEFAULT_GUARD, Guard, MetricFn
 from nnopt_graph.check.structure import structural_problems
-from nnopt_graph.check.verify import check_written, compare_written
+from nnopt_graph.check.verify import check_written, compare_written, verify_written
 from nnopt_graph.core import io
 from nnopt_graph.core.collector import frozen_heap, paused_collector
 from nnopt_graph.errors import BadInputError, CheckFailedError
@@ -285,11 +285,14 @@ def _verify(
     """``verify_written``, with the ONNX checker and the comparison in two processes at once.
 
     Each runs isolated (a crash is exit 1, nothing written); the checker's verdict comes
-    first, as in ``verify_written``.
+    first, as in ``verify_written``. A model above ``ONE_SESSION_AT_A_TIME_BYTES`` is
+    verified in one process, as before: its peak memory stays one session's.
 
     Raises:
         CheckFailedError: the checker rejects the file or the outputs are not equal.
     """
+    if weights_size(staged) > ONE_SESSION_AT_A_TIME_BYTES:  # one process at a time
+        return run_isolated(verify_written, reference, staged, held_out, tolerance=tolerance)
     if held_out.num_samples == 0:
         raise CheckFailedError("nothing to verify on: the data has no samples")
     checked = start_isolated(check_written, staged, what="checking the output")

@@ -85,3 +85,26 @@ def test_passes_run_before_the_input_check_is_waited_for(tmp_path, monkeypatch):
     out = job.optimize(path, tmp_path / "out.onnx")
     assert out.fidelity is not None and out.fidelity.equal
     assert order[:2] == ["passes", "input check"]
+
+
+def test_a_large_model_is_checked_and_verified_one_process_at_a_time(tmp_path, monkeypatch):
+    path = tmp_path / "relu.onnx"
+    onnx.save(
+        onnx.parser.parse_model(
+            '<ir_version: 8, opset_import: ["" : 17]>\ng (float[2] x) => (float[2] y) { y = Relu(x) }'
+        ),
+        path,
+    )
+    monkeypatch.setattr(job, "ONE_SESSION_AT_A_TIME_BYTES", 0)
+
+    started = []
+    real_start = job.start_isolated
+
+    def record(fn, *args, **kwargs):
+        started.append(fn.__name__)
+        return real_start(fn, *args, **kwargs)
+
+    monkeypatch.setattr(job, "start_isolated", record)
+    out = job.optimize(path, tmp_path / "out.onnx")
+    assert out.fidelity is not None and out.fidelity.equal
+    assert started == ["_input_reference"]  # and waited for at once; no checker beside
