@@ -187,6 +187,12 @@ def _search_one(
 
         presets = space.preset_choices()
         preset = seen.get(space.pipeline(presets[0])) if presets else None
+        feasible = [r for r in records if r.get("status") == "ok" and r.get("guard_passed")]
+        measured = min(
+            feasible,
+            key=lambda r: (r["latency_ratio"]["median"], r["pipeline"]),
+            default=None,
+        )
         confirmation = confirm_best(
             front,
             preset,
@@ -194,6 +200,7 @@ def _search_one(
             str(model),
             _feed(model, eval_data or calib),
             timer=timer or default_timer,
+            measured=measured,
         )
     meta = {
         "input": str(model),
