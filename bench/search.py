@@ -96,8 +96,12 @@ def _inputs(name: str, work: Path) -> tuple[Path, Path, Path]:
     return model, cal, held
 
 
+# --full-space: the real models get the whole default cpu space too (48 candidates).
+FULL_SPACE = {"on": False}
+
+
 def _space_for(name: str, work: Path) -> tuple[SearchSpace, Path]:
-    space = default_space("cpu") if name == "digits" else SMALL_SPACE
+    space = default_space("cpu") if name == "digits" or FULL_SPACE["on"] else SMALL_SPACE
     path = work / f"space-{name}.json"
     path.write_text(json.dumps(space.to_json(), indent=1))
     return space, path
@@ -202,7 +206,7 @@ def _bench(name: str, work: Path) -> dict:
     names = [t for t in model_order if t in retimed]
     cap = min(space.size, REPLAY_CAP)
     replays = _replays(name, model, kw, work, grid_dir, good, cap)
-    budget = BUDGET.get(name, REAL_BUDGET)
+    budget = BUDGET.get(name, BUDGET["digits"] if FULL_SPACE["on"] else REAL_BUDGET)
     d = _fresh(work / name, "search", grid_dir)
     load_confirm = os.getloadavg()[0]
     search = run_search(model, d, trials=budget, strategy="tpe", seed=0, confirm=3, **kw)[0]
@@ -659,7 +663,11 @@ def main() -> None:
     parser.add_argument(
         "--replay", help="a part file: redo only its replays against --work's grids (to --part)"
     )
+    parser.add_argument(
+        "--full-space", action="store_true", help="the real models on the default cpu space (48)"
+    )
     args = parser.parse_args()
+    FULL_SPACE["on"] = args.full_space
     res = ROOT / "bench" / "results"
     if args.merge:
         _merge([Path(p) for p in args.merge.split(",")], res)
