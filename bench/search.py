@@ -40,7 +40,8 @@ from nnopt_graph.search.run import run_search  # noqa: E402
 from nnopt_graph.search.space import SearchSpace, default_space  # noqa: E402
 
 GUARD = "cosine.min>=0.99"
-PRESET = "default,quantize-int8"
+PRESET = "default,quantize-int8,quantize-dynamic-int8"
+INT8 = "quantize-int8,quantize-dynamic-int8"  # the cpu space's and preset's int8 choice
 # Real models: 4 calibration and 4 held-out samples (models.calib's generated inputs), and
 # the space without 2:4 and the int8 variants (8 candidates): their grids cost 5-60 s a
 # candidate on the shared machine. digits: its calibration split, 360 held-out images,
@@ -58,9 +59,9 @@ SMALL_SPACE = SearchSpace(
                 "prune-channels{ratio=0.4}",
             ),
         ),
-        ("quantize", ("", "quantize-int8")),
+        ("quantize", ("", INT8)),
     ),
-    ((("prune", ""), ("quantize", "quantize-int8")), (("prune", ""), ("quantize", ""))),
+    ((("prune", ""), ("quantize", INT8)), (("prune", ""), ("quantize", ""))),
     ("prune",),
 )
 BUDGET = {"digits": 8}
@@ -95,8 +96,12 @@ def _inputs(name: str, work: Path) -> tuple[Path, Path, Path]:
     return model, cal, held
 
 
+# --full-space: the real models get the whole default cpu space too (48 candidates).
+FULL_SPACE = {"on": False}
+
+
 def _space_for(name: str, work: Path) -> tuple[SearchSpace, Path]:
-    space = default_space("cpu") if name == "digits" else SMALL_SPACE
+    space = default_space("cpu") if name == "digits" or FULL_SPACE["on"] else SMALL_SPACE
     path = work / f"space-{name}.json"
     path.write_text(json.dumps(space.to_json(), indent=1))
     return space, path
@@ -117,6 +122,37 @@ def _first_within(order: list[str], good: set[str]) -> int | None:
 def _random_order_expectation(n: int, good: int) -> float:
     """Expected draws (without replacement) until the first of ``good`` among ``n``."""
     return (n + 1) / (good + 1)
+
+
+def _modelled(r: dict) -> float | None:
+    return (r.get("modelled") or {}).get("ratio")
+
+
+def _ranks(values: list[float]) -> list[float]:
+    """Average ranks (1-based), ties sharing their mean rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def _spearman(a: list[float], b: list[float]) -> float | None:
+    """Spearman's rank correlation of two equally long lists (None below 3 points)."""
+    if len(a) < 3:
+        return None
+    ra, rb = _ranks(a), _ranks(b)
+    ma, mb = statistics.mean(ra), statistics.mean(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    va = sum((x - ma) ** 2 for x in ra) ** 0.5
+    vb = sum((y - mb) ** 2 for y in rb) ** 0.5
+    return round(cov / (va * vb), 3) if va and vb else None
 
 
 def _cos(r: dict) -> float | None:
@@ -161,9 +197,16 @@ def _bench(name: str, work: Path) -> dict:
         best = min(table.values())
         good[label] = {t for t, v in table.items() if v <= best * 1.05}
     grid_order = [space.pipeline(c) for c in space.candidates()]
+    # The grid walked in the model's order (fastest modelled first): how far down the
+    # model's ranking the measured best lies.
+    modelled = {r["pipeline"]: _modelled(r) for r in feasible}
+    model_order = sorted(
+        (t for t, v in modelled.items() if v is not None), key=lambda t: (modelled[t], t)
+    )
+    names = [t for t in model_order if t in retimed]
     cap = min(space.size, REPLAY_CAP)
     replays = _replays(name, model, kw, work, grid_dir, good, cap)
-    budget = BUDGET.get(name, REAL_BUDGET)
+    budget = BUDGET.get(name, BUDGET["digits"] if FULL_SPACE["on"] else REAL_BUDGET)
     d = _fresh(work / name, "search", grid_dir)
     load_confirm = os.getloadavg()[0]
     search = run_search(model, d, trials=budget, strategy="tpe", seed=0, confirm=3, **kw)[0]
@@ -180,6 +223,7 @@ def _bench(name: str, work: Path) -> dict:
     first_pick = min(
         (r for r in search.records if _feasible(r)), key=lambda r: r["latency_ratio"]["median"]
     )
+    model_pick = search.front[0]
 
     return {
         "model": name,
@@ -200,6 +244,16 @@ def _bench(name: str, work: Path) -> dict:
         "within_5pct_own": sorted(good["own"]),
         "within_5pct_retimed": sorted(good["retimed"]),
         "retimed": retimed,
+        "modelled": modelled,
+        "model_order": model_order,
+        "model_pick": model_order[0] if model_order else None,
+        "model_order_to_5pct_own": _first_within(model_order, good["own"]),
+        "model_order_to_5pct_retimed": _first_within(model_order, good["retimed"]),
+        "spearman_model_vs_retimed": _spearman(
+            [modelled[t] for t in names], [retimed[t] for t in names]
+        ),
+        "spearman_model_vs_own": _spearman([modelled[t] for t in names], [own[t] for t in names]),
+        "spearman_own_vs_retimed": _spearman([own[t] for t in names], [retimed[t] for t in names]),
         "grid_order_to_5pct_own": _first_within(grid_order, good["own"]),
         "grid_order_to_5pct_retimed": _first_within(grid_order, good["retimed"]),
         "random_expected_to_5pct_own": round(
@@ -215,6 +269,8 @@ def _bench(name: str, work: Path) -> dict:
         "search_order": [r["pipeline"] for r in search.records],
         "first_figure_pick": first_pick["pipeline"],
         "first_figure_pick_retimed": retimed.get(first_pick["pipeline"]),
+        "search_model_pick": model_pick["pipeline"],
+        "search_model_pick_retimed": retimed.get(model_pick["pipeline"]),
         "confirmation": conf,
         "confirm_load": round(load_confirm, 2),
         "best_pipeline": best["pipeline"],
@@ -237,6 +293,7 @@ def _bench(name: str, work: Path) -> dict:
                 "status": r.get("status"),
                 "guard_passed": r.get("guard_passed"),
                 "outcomes": r.get("outcomes"),
+                "modelled": r.get("modelled"),
                 "latency_ratio": r.get("latency_ratio"),
                 "retimed": retimed.get(r["pipeline"]),
                 "worst_cosine": _cos(r),
@@ -255,6 +312,8 @@ def _sha(path: str | None) -> str | None:
 def _ray_bench(trials: int, work: Path) -> dict:
     """The same digits search, fresh each time: local pool vs Ray local mode, 1 and 2 workers."""
     import ray
+
+    from nnopt_graph.search.strategy import objectives
 
     model, cal, held = _inputs("digits", work)
     kwargs = {"target": "cpu", "calib": cal, "eval_data": held, "guard": GUARD, "trials": trials}
@@ -286,6 +345,7 @@ def _ray_bench(trials: int, work: Path) -> dict:
             },
             "order": [x["pipeline"] for x in r.records],
             "front": [x["pipeline"] for x in r.front],
+            "front_objectives": [[x["pipeline"], list(objectives(x) or ())] for x in r.front],
             "best": r.best["pipeline"] if r.best else None,
         }
 
@@ -318,6 +378,7 @@ def _ray_bench(trials: int, work: Path) -> dict:
             "identical_records": sum(all(ra[c][k] == rb[c][k] for k in keys) for c in common),
             "identical_bytes": sum(ra[c]["sha256"] == rb[c]["sha256"] for c in common),
             "same_front_set": sorted(runs[a]["front"]) == sorted(runs[b]["front"]),
+            "same_front_objectives": runs[a]["front_objectives"] == runs[b]["front_objectives"],
             "front_a": runs[a]["front"],
             "front_b": runs[b]["front"],
         }
@@ -400,21 +461,6 @@ def _replay_part(part_in: Path, work: Path, commit: str) -> dict:
     return part
 
 
-def _fidelity_size_front(records: dict, names: set[str]) -> list[str]:
-    """The front of the named feasible records on (1 - worst cosine, size) alone."""
-    from nnopt_graph.search.run import pareto_front
-
-    ok = sorted(
-        n
-        for n in names
-        if records[n]["status"] == "ok"
-        and records[n]["guard_passed"]
-        and records[n]["worst_cosine"] is not None
-    )
-    points = [(1.0 - records[n]["worst_cosine"], float(records[n]["size"])) for n in ok]
-    return [ok[i] for i in pareto_front(points)]
-
-
 def _fmt(d: dict) -> str:
     return f"{d['min']:.3f} / **{d['median']:.3f}** / {d['max']:.3f}"
 
@@ -436,74 +482,82 @@ def _markdown(out: dict) -> list[str]:
         "Each model's grid evaluated once, each replay once per strategy and seed, one "
         "confirmation run and one independent direct run per model.",
         "",
-        "Spaces: digits = the default cpu space (48: prune-channels ratio 0/0.1/0.2/0.3/0.4/0.5 "
-        "x sparsify 2:4 off/on x quantize-int8 none / defaults / per-channel=false / "
-        "calibrator=entropy); the real models = prune 0/0.1/0.25/0.4 x int8 off/on (8), with "
-        f"{REAL_SAMPLES} calibration + {REAL_SAMPLES} held-out samples (models.calib), to fit "
-        "the machine. Grid = every candidate built, verified, guarded and timed once (its own "
-        "per-candidate figure: input vs candidate, >= 20 windows of >= 10 ms, >= 0.5 s, 2 "
-        "threads). 'Re-timed' = every feasible grid candidate and the input in ONE interleaved "
-        "windowed run (>= 20 windows of >= 10 ms, >= 2 s), a consistent table.",
+        "The strategies rank candidates by the **modelled latency** (nnopt_graph/search/"
+        "modelled.py: deterministic, from the built candidate and ONNX Runtime's optimized "
+        "graph); every candidate's latency is still **measured** (its own figure: input vs "
+        "candidate, >= 20 windows of >= 10 ms, >= 0.5 s, 2 threads), and 'within 5%' below is "
+        "always judged by measured latency: 'own' = the grid's per-candidate figures, "
+        "'re-timed' = every feasible grid candidate and the input in ONE interleaved windowed "
+        "run (>= 20 windows of >= 10 ms, >= 2 s), a consistent table.",
         "",
-        "Trials to reach within 5% of the grid's best: each strategy replayed against the "
-        f"grid's cache with seeds {list(SEEDS)} (mean, per seed; stops at "
-        f"{REPLAY_CAP} candidates); 'own' = the grid's per-candidate figures decide what is "
-        "within 5%, 're-timed' = the re-timed table decides. Grid order and random order "
-        "(expected, (n+1)/(good+1)) for comparison.",
-    ]
-    previous = all("to_5pct_previous" in r for r in out["results"])
-    if out.get("replay_commit"):
-        lines += [
-            "",
-            f"The replays were redone at commit {out['replay_commit']} (the strategies of that "
-            "commit) against the same grids' caches (0 evaluations); the grids, their "
-            "re-timed tables, the within-5% sets and the best-vs-preset runs below are the "
-            f"parts' ({out['commit']}). 'tpe before' = the parts' own tpe replays.",
-        ]
-    lines += [
+        "Spaces: digits = the default cpu space (48: prune-channels ratio 0/0.1/0.2/0.3/0.4/0.5 "
+        "x sparsify 2:4 off/on x quantize none / quantize-int8 defaults / per-channel=false / "
+        "calibrator=entropy, each int8 followed by quantize-dynamic-int8); the real models = "
+        f"prune 0/0.1/0.25/0.4 x {INT8} off/on (8), with {REAL_SAMPLES} calibration + "
+        f"{REAL_SAMPLES} held-out samples (models.calib), to fit the machine.",
+        "",
+        "Trials to reach within 5% of the grid's best measured latency (guard-passing "
+        f"candidates): each strategy replayed against the grid's cache with seeds {list(SEEDS)} "
+        f"(mean, per seed; stops at {REPLAY_CAP} candidates). Grid order, random order "
+        "(expected, (n+1)/(good+1)) and 'model order' (the grid sorted by modelled latency, "
+        "fastest first: how far down the model's ranking the measured best is) for comparison.",
         "",
         "| model | space | within 5%: own / re-timed | tpe (own) | nsga2 (own) | random (own) | "
-        "grid order / random exp. (own) | tpe (re-timed) | nsga2 (re-timed) | random "
-        "(re-timed) | grid order / random exp. (re-timed) |"
-        + (" tpe before (own / re-timed) |" if previous else ""),
-        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if previous else ""),
+        "grid / random exp. / model order (own) | tpe (re-timed) | nsga2 (re-timed) | random "
+        "(re-timed) | grid / random exp. / model order (re-timed) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in out["results"]:
         t = r["to_5pct"]
         cap = r["replay_cap"]
-        before = ""
-        if previous:
-            p = r["to_5pct_previous"]["tpe"]
-            before = f" {_trials(p['own'], cap)} / {_trials(p['retimed'], cap)} |"
         lines.append(
             f"| {r['model']} | {r['space_size']} | {len(r['within_5pct_own'])} / "
             f"{len(r['within_5pct_retimed'])} | {_trials(t['tpe']['own'], cap)} | "
             f"{_trials(t['nsga2']['own'], cap)} | {_trials(t['random']['own'], cap)} | "
-            f"{r['grid_order_to_5pct_own']} / {r['random_expected_to_5pct_own']} | "
+            f"{r['grid_order_to_5pct_own']} / {r['random_expected_to_5pct_own']} / "
+            f"{r['model_order_to_5pct_own']} | "
             f"{_trials(t['tpe']['retimed'], cap)} | {_trials(t['nsga2']['retimed'], cap)} | "
             f"{_trials(t['random']['retimed'], cap)} | {r['grid_order_to_5pct_retimed']} / "
-            f"{r['random_expected_to_5pct_retimed']} |" + before
+            f"{r['random_expected_to_5pct_retimed']} / {r['model_order_to_5pct_retimed']} |"
+        )
+    lines += [
+        "",
+        "The model's ranking against the measured ones (Spearman rank correlation over the "
+        "feasible grid candidates; 'own vs re-timed' = how well two measurements of the same "
+        "candidates agree, the ceiling for any ranking on this machine):",
+        "",
+        "| model | model vs re-timed | model vs own | own vs re-timed | model's pick (re-timed x "
+        "input) | measured best re-timed (x input) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in out["results"]:
+        pick = r["model_pick"]
+        lines.append(
+            f"| {r['model']} | {r['spearman_model_vs_retimed']} | {r['spearman_model_vs_own']} | "
+            f"{r['spearman_own_vs_retimed']} | `{pick}` ({r['retimed'][pick]:.3f}) | "
+            f"`{r['grid_best_retimed']}` ({r['grid_best_retimed_ratio']:.3f}) |"
         )
     lines += [
         "",
         "Best vs preset: the tpe search (seed 0) with its budget of trials, then the "
-        "confirmation stage (the 3 fastest of its front by their own figures, the preset, a "
-        "second session of the preset = A-vs-A, the input; one interleaved run, >= 20 windows "
-        "of >= 50 ms, >= 2 s) chooses best.onnx; then an independent run (preset, preset, best, "
-        "input, >= 30 windows of >= 50 ms, >= 3 s) checks it. Ratios best / preset, min / "
-        f"median / max of per-window ratios. Both meet `{out['guard']}` on the held-out samples.",
+        "confirmation stage (the 3 fastest of its front by modelled latency, the fastest by "
+        "its own measured figure, the preset, a second session of the preset = A-vs-A, the "
+        "input; one interleaved run, >= 20 windows of >= 50 ms, >= 2 s) chooses best.onnx; then "
+        "an independent run (preset, preset, best, input, >= 30 windows of >= 50 ms, >= 3 s) "
+        "checks it. Ratios best / preset, min / median / max of per-window ratios. Both meet "
+        f"`{out['guard']}` on the held-out samples.",
         "",
-        "| model | budget | pick by first figures (re-timed x input) | best.onnx (confirmed) | "
+        "| model | budget | search's model pick (re-timed x input) | best.onnx (confirmed) | "
         "**best vs preset (confirmation)** | A-vs-A (confirmation) | windows | **best vs preset "
         "(independent)** | A-vs-A (independent) | windows | worst cosine best / preset | "
         "size best / preset / input | load conf. / ind. |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in out["results"]:
-        pick_rt = r["first_figure_pick_retimed"]
+        pick_rt = r["search_model_pick_retimed"]
         bc, pc = r["best_worst_cosine"], r["preset_worst_cosine"]
         lines.append(
-            f"| {r['model']} | {r['budget']} | `{r['first_figure_pick']}` "
+            f"| {r['model']} | {r['budget']} | `{r['search_model_pick']}` "
             f"({'-' if pick_rt is None else f'{pick_rt:.3f}'}) | `{r['best_pipeline']}` | "
             f"{_fmt(r['best_vs_preset_confirmation'])} | {_fmt(r['a_vs_a_confirmation'])} | "
             f"{r['confirmation']['windows']} | {_fmt(r['best_vs_preset_direct'])} | "
@@ -512,12 +566,15 @@ def _markdown(out: dict) -> list[str]:
             f"{r['best_size']} / {r['preset_size']} / {r['input_size']} | "
             f"{r['confirm_load']} / {r['direct_load']} |"
         )
-    lines += ["", "Grid's best, by its own figures and re-timed (x input):", ""]
+    lines += ["", "Grid's best, by its own figures, re-timed and by the model (x input):", ""]
     for r in out["results"]:
         lines.append(
             f"- {r['model']}: own `{r['grid_best_own']}` {r['grid_best_own_ratio']:.3f} "
             f"(re-timed {r['retimed'][r['grid_best_own']]:.3f}); re-timed "
-            f"`{r['grid_best_retimed']}` {r['grid_best_retimed_ratio']:.3f}; preset re-timed "
+            f"`{r['grid_best_retimed']}` {r['grid_best_retimed_ratio']:.3f} (modelled "
+            f"{r['modelled'][r['grid_best_retimed']]:.3f}); model's pick `{r['model_pick']}` "
+            f"modelled {r['modelled'][r['model_pick']]:.3f}, re-timed "
+            f"{r['retimed'][r['model_pick']]:.3f}; preset re-timed "
             f"{r['retimed'].get(PRESET, float('nan')):.3f}; {r['grid_feasible']}/"
             f"{r['grid_candidates']} feasible; grid evaluation {r['grid_eval_seconds']:.0f} s "
             f"(sum over candidates, 1 worker); re-timing {r['retime_windows']} windows at load "
@@ -545,19 +602,16 @@ def _markdown(out: dict) -> list[str]:
             ("ray2_vs_local2", ("local-2", "ray-2")),
         ):
             s = ray_part[key]
-            common = set(rr[a]["records"]) & set(rr[b]["records"])
-            fa = _fidelity_size_front(rr[a]["records"], common)
-            fb = _fidelity_size_front(rr[b]["records"], common)
             lines.append("")
             lines.append(
                 f"{b} vs {a}: {s['common']} common candidates of {s['candidates_a']} / "
                 f"{s['candidates_b']} (same order asked: {s['same_order']}); identical status, "
                 f"guard, size, worst cosine and model sha256: {s['identical_records']} / "
-                f"{s['common']} (bytes {s['identical_bytes']} / {s['common']}). Front on "
-                f"(worst cosine, size) of the common candidates: "
-                f"{'the same' if fa == fb else 'different'} ({len(fa)} candidates). Full front "
-                f"(latency too): {'the same' if s['same_front_set'] else 'different'} "
-                f"({len(s['front_a'])} / {len(s['front_b'])} candidates)."
+                f"{s['common']} (bytes {s['identical_bytes']} / {s['common']}). Front "
+                f"(modelled latency, worst cosine, size): "
+                f"{'the same' if s['same_front_objectives'] else 'different'} "
+                f"({len(s['front_a'])} / {len(s['front_b'])} candidates, pipelines and objective "
+                "values compared)."
             )
         res = ray_part["resume"]
         lines += [
@@ -609,7 +663,11 @@ def main() -> None:
     parser.add_argument(
         "--replay", help="a part file: redo only its replays against --work's grids (to --part)"
     )
+    parser.add_argument(
+        "--full-space", action="store_true", help="the real models on the default cpu space (48)"
+    )
     args = parser.parse_args()
+    FULL_SPACE["on"] = args.full_space
     res = ROOT / "bench" / "results"
     if args.merge:
         _merge([Path(p) for p in args.merge.split(",")], res)

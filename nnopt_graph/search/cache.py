@@ -53,9 +53,15 @@ class CandidateCache:
                     logger.warning("%s:%d: unreadable cache line ignored", self.path, n)
 
     def get(self, key: str) -> dict[str, Any] | None:
-        """The cached record of a key whose model file (when it had one) still exists."""
+        """The cached record of a key whose model file (when it had one) still exists.
+
+        An ``ok`` record without the modelled latency (written before search.modelled)
+        is not an answer: the candidate is evaluated again.
+        """
         entry = self.entries.get(key)
         if entry is None:
+            return None
+        if entry.get("status") == "ok" and "modelled" not in entry:
             return None
         model = entry.get("model")
         if entry.get("status") == "ok" and model and not Path(model).exists():

@@ -69,8 +69,9 @@ def add_search_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=_non_negative_int,
         default=None,
         metavar="K",
-        help="re-time the K fastest of the front with the preset and the input in one run "
-        "before choosing best.onnx (default 3; 0: off)",
+        help="re-time the K fastest of the front by modelled latency, the fastest by its "
+        "measured figure, the preset and the input in one run before choosing best.onnx "
+        "(default 3; 0: off, best = the fastest by modelled latency)",
     )
     p.add_argument(
         "--workers", type=_positive_int, default=1, help="parallel evaluations (local: <= cores)"
@@ -102,6 +103,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     for r in results:
         assert r.best is not None
         ratio = r.best["latency_ratio"]["median"]
+        model = (r.best.get("modelled") or {}).get("ratio")
+        modelled = "" if model is None else f" (modelled x{model:.3f})"
         confirmed = ""
         if r.confirmation is not None and r.confirmation.windows:
             c = r.confirmation
@@ -113,6 +116,6 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(  # noqa: T201
             f"{r.outdir}: {len(r.records)} candidates ({r.evaluated} evaluated now), "
             f"{len(r.front)} on the front; best.onnx latency x{ratio:.3f} of the input"
-            f"{confirmed}: {r.best['pipeline']}"
+            f"{modelled}{confirmed}: {r.best['pipeline']}"
         )
     return 0

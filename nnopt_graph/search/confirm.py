@@ -1,11 +1,14 @@
 """The confirmation stage: re-time the shortlist, the preset and the input in one run, then pick.
 
-Each candidate's latency was measured once, alone, at whatever load the machine had at that
-moment; on a shared machine those figures are off by more than the differences between
-candidates. Before best.onnx is chosen, the k fastest candidates of the front that meet the
-guard, the target preset (always, so best is never measurably slower than it), a second
-session of the reference (the A-vs-A noise band) and the input are timed together in one
-interleaved windowed run, and best is the fastest of that run. The run is in the driver
+The search ranks candidates by a modelled latency (search.modelled: deterministic, but a
+model); each candidate's latency was also measured once, alone, at whatever load the
+machine had at that moment, and on a shared machine those figures are off by more than the
+differences between candidates. Before best.onnx is chosen, the k fastest candidates of the
+front by the modelled latency, the fastest candidate meeting the guard by its own measured
+figure (when not among them: a hedge against the model's errors), the target preset
+(always, so best is never measurably slower than it), a second session of the reference
+(the A-vs-A noise band) and the input are timed together in one interleaved windowed run,
+and best is the fastest of that run. The run is in the driver
 process, also under ``--ray``: there the driver should be a machine of the target kind (or
 ``--confirm 0`` keeps the workers' per-candidate figures).
 """
@@ -58,7 +61,8 @@ class Confirmation:
         best: the record chosen as best.onnx (the fastest of the run, ties to the reference).
         reference: the pipeline every ratio is relative to (the preset when it met the guard).
         entries: per timed model, fastest first: ``pipeline``, ``role`` (preset, candidate),
-            ``first_ratio`` (the search's own latency / input), ``ratio`` (min/median/max of
+            ``first_ratio`` (the candidate's own measured latency / input), ``modelled``
+            (its modelled latency / input), ``ratio`` (min/median/max of
             per-window model / reference), ``vs_input`` (median ratio / the input's) and
             ``score`` (what ranks it: its median, the reference's is min(1, A-vs-A median)).
         noise: A-vs-A, the reference against a second session of itself (min/median/max),
@@ -93,21 +97,41 @@ def _first(record: Mapping[str, Any]) -> float:
 
 
 def shortlist(
-    front: Sequence[dict[str, Any]], preset: dict[str, Any] | None, k: int
+    front: Sequence[dict[str, Any]],
+    preset: dict[str, Any] | None,
+    k: int,
+    measured: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """The models to re-time: the preset (when it met the guard), then the k fastest of the front.
+    """The models to re-time: the preset, the k fastest of the front, the measured pick.
 
-    The front's candidates are ranked by the search's own latency figure; the preset is not
-    counted among the k. Candidates that did not meet the guard are never shortlisted.
+    The preset comes first when it met the guard (not counted among the k); the front's
+    candidates are ranked by the modelled latency (outputs.rank_key); ``measured`` (the
+    fastest candidate by its own measured figure) is added last when it is not already
+    there. Candidates that did not meet the guard are never shortlisted.
     """
+    from nnopt_graph.search.outputs import rank_key
+
     chosen: list[dict[str, Any]] = []
     if preset is not None and _feasible(preset):
         chosen.append(preset)
     others = sorted(
         (r for r in front if _feasible(r) and r is not preset and r["pipeline"] != _name(preset)),
-        key=lambda r: (_first(r), r["size"], r["pipeline"]),
+        key=rank_key,
     )
-    return chosen + others[: max(0, k)]
+    chosen += others[: max(0, k)]
+    if (
+        measured is not None
+        and k > 0
+        and _feasible(measured)
+        and measured["pipeline"] not in {r["pipeline"] for r in chosen}
+    ):
+        chosen.append(measured)
+    return chosen
+
+
+def _modelled(record: Mapping[str, Any]) -> float | None:
+    value = (record.get("modelled") or {}).get("ratio")
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _name(record: Mapping[str, Any] | None) -> str | None:
@@ -121,6 +145,7 @@ def confirm_best(
     input_path: str,
     feed: Mapping[str, Any],
     timer: Timer = default_timer,
+    measured: dict[str, Any] | None = None,
 ) -> Confirmation | None:
     """Re-time the shortlist with the input in one run and choose best.onnx from it.
 
@@ -132,11 +157,13 @@ def confirm_best(
         feed: one input feed.
         timer: ``timer(paths, feed)`` -> an object with ``ratio`` (per path, min/median/max
             of per-window time / the first path's) and ``runs`` (windows).
+        measured: the fastest candidate meeting the guard by its own measured figure,
+            re-timed too when the shortlist does not hold it.
 
     Returns:
         The confirmation, or None when no model meets the guard (then no best.onnx).
     """
-    models = shortlist(front, preset, k)
+    models = shortlist(front, preset, k, measured)
     if not models:
         return None
     reference = models[0]
@@ -146,6 +173,7 @@ def confirm_best(
             "pipeline": reference["pipeline"],
             "role": role.get(id(reference), "candidate"),
             "first_ratio": _first(reference),
+            "modelled": _modelled(reference),
             "ratio": None,
             "vs_input": None,
         }
@@ -165,6 +193,7 @@ def confirm_best(
                 "pipeline": m["pipeline"],
                 "role": role.get(id(m), "candidate"),
                 "first_ratio": _first(m),
+                "modelled": _modelled(m),
                 "ratio": {key: float(r[key]) for key in ("min", "median", "max")},
                 "vs_input": float(r["median"]) / input_median if input_median > 0 else None,
             }

@@ -67,13 +67,16 @@ def evaluate_candidate(job: dict[str, Any]) -> dict[str, Any]:
 
     Returns:
         A JSON-ready record: ``status`` (``ok`` or ``failed``), ``size``, ``guard_passed``,
-        ``worst`` (worst-sample fidelity), ``outcomes`` (per pass), ``latency_ratio``
-        (candidate / input, median of per-round ratios, with min and max) and ``error``.
+        ``worst`` (worst-sample fidelity), ``outcomes`` (per pass), ``modelled``
+        (search.modelled: the deterministic modelled latency / the input's, what the
+        strategy and the front rank by), ``latency_ratio`` (measured: candidate / input,
+        median of per-window ratios, with min and max) and ``error``.
     """
     from nnopt_graph.errors import NnoptError, one_line
     from nnopt_graph.job import optimize
     from nnopt_graph.runtime.data import input_specs, load_dataset
     from nnopt_graph.runtime.quant_bench import compare_latency
+    from nnopt_graph.search.modelled import modelled_ratio
 
     start = time.perf_counter()
     out = Path(job["output"])
@@ -113,6 +116,13 @@ def evaluate_candidate(job: dict[str, Any]) -> dict[str, Any]:
     eval_path = job.get("eval") or job["calib"]
     dataset = load_dataset(Path(eval_path), input_specs(result.model))
     feed = next(dataset.batches(1))
+    try:
+        record["modelled"] = modelled_ratio(
+            out, job["input"], {k: list(v.shape) for k, v in feed.items()}
+        )
+    except Exception as exc:  # noqa: BLE001  (no figure: the strategy is told a failed trial)
+        logger.warning("candidate %s: no modelled latency: %s", job["pipeline"], exc)
+        record["modelled"] = {"ratio": None, "error": one_line(exc)}
     timing = compare_latency(
         [job["input"], str(out)],
         feed,

@@ -41,8 +41,8 @@ def _cosine(record: dict[str, Any]) -> float | None:
 
 
 def _point(record: dict[str, Any]) -> tuple[float, float] | None:
-    """(latency ratio, 1 - worst cosine) of a record that has both, else None."""
-    ratio = (record.get("latency_ratio") or {}).get("median")
+    """(modelled latency ratio, 1 - worst cosine) of a record that has both, else None."""
+    ratio = (record.get("modelled") or {}).get("ratio")
     cos = _cosine(record)
     if not isinstance(ratio, (int, float)) or cos is None:
         return None
@@ -80,14 +80,14 @@ def _plot(front: list[dict[str, Any]], others: list[dict[str, Any]]) -> str:
 
     parts = [
         f"<svg xmlns='http://www.w3.org/2000/svg' width='{_W}' height='{_H}' role='img' "
-        "aria-label='Pareto front: latency ratio vs worst-sample cosine, size as area'>",
+        "aria-label='Pareto front: modelled latency ratio vs worst-sample cosine, size as area'>",
         f"<line x1='{_LEFT}' y1='{_H - _BOTTOM}' x2='{_W - _RIGHT}' y2='{_H - _BOTTOM}' "
         "stroke='#999'/>",
         f"<line x1='{_LEFT}' y1='{_TOP}' x2='{_LEFT}' y2='{_H - _BOTTOM}' stroke='#999'/>",
         f"<line x1='{fx(1.0):.1f}' y1='{_TOP}' x2='{fx(1.0):.1f}' y2='{_H - _BOTTOM}' "
         "stroke='#ccc' stroke-dasharray='4 3'/>",
         f"<text x='{(_LEFT + _W - _RIGHT) / 2:.0f}' y='{_H - 6}' text-anchor='middle'>"
-        "latency / input (median of per-window ratios; dashed: the input)</text>",
+        "modelled latency / input (search.modelled; dashed: the input)</text>",
         f"<text x='12' y='{(_TOP + _H - _BOTTOM) / 2:.0f}' text-anchor='middle' "
         f"transform='rotate(-90 12 {(_TOP + _H - _BOTTOM) / 2:.0f})'>"
         "1 - worst-sample cosine (log)</text>",
@@ -138,10 +138,12 @@ def _front_table(front: list[dict[str, Any]], best: str | None) -> str:
     rows = []
     for n, r in enumerate(front):
         lat = r.get("latency_ratio") or {}
+        model = (r.get("modelled") or {}).get("ratio")
         cos = _cosine(r)
         mark = " (best.onnx)" if best is not None and r.get("pipeline") == best else ""
         rows.append(
             f"<tr id='front-{n:02d}'><td>{n:02d}</td>"
+            f"<td>{'-' if model is None else f'{model:.3f}'}</td>"
             f"<td>{lat.get('median', float('nan')):.3f} [{lat.get('min', float('nan')):.3f}, "
             f"{lat.get('max', float('nan')):.3f}]</td>"
             f"<td>{'-' if cos is None else f'{cos:.6f}'}</td><td>{_bytes(r.get('size'))}</td>"
@@ -150,7 +152,8 @@ def _front_table(front: list[dict[str, Any]], best: str | None) -> str:
             f"<td class='l'><code>{_esc(r.get('pipeline'))}</code></td></tr>"
         )
     return (
-        "<table><tr><th>#</th><th>latency / input, median [min, max]</th>"
+        "<table><tr><th>#</th><th>modelled latency / input</th>"
+        "<th>measured latency / input, median [min, max]</th>"
         "<th>worst cosine</th><th>size</th><th class='l'>model</th><th class='l'>pipeline "
         "(re-run with <code>nnopt-graph opt -p</code>)</th></tr>" + "".join(rows) + "</table>"
     )
@@ -212,9 +215,11 @@ def render_front_html(
     for r in records:
         cos = _cosine(r)
         lat = (r.get("latency_ratio") or {}).get("median")
+        model = (r.get("modelled") or {}).get("ratio")
         rest.append(
             f"<tr><td class='l'>{_esc(r.get('status'))}</td>"
             f"<td class='l'>{'yes' if r.get('guard_passed') else 'no'}</td>"
+            f"<td>{'-' if model is None else f'{model:.3f}'}</td>"
             f"<td>{'-' if lat is None else f'{lat:.3f}'}</td>"
             f"<td>{'-' if cos is None else f'{cos:.6f}'}</td><td>{_bytes(r.get('size'))}</td>"
             f"<td class='l'><code>{_esc(r.get('pipeline'))}</code>"
@@ -233,13 +238,14 @@ def render_front_html(
         f"<p>Target {_esc(meta.get('target'))}, guard <code>{_esc(meta.get('guard'))}</code>; "
         f"{len(records)} candidates, {len(front)} on the front, {meta.get('evaluated', 0)} "
         f"evaluated by this run. Fastest meeting the guard: {best_text}.</p>"
-        "<h2>Pareto front</h2><p>Blue: the front (latency, worst-sample loss and size "
-        "all minimized; circle area ~ size); grey: other candidates meeting the guard. "
+        "<h2>Pareto front</h2><p>Blue: the front (modelled latency, worst-sample loss and "
+        "size all minimized; circle area ~ size); grey: other candidates meeting the guard. "
         "Click a point for its row.</p>"
         f"{_plot(front, feasible_off)}"
         f"{_front_table(front, None if best is None else best.get('pipeline'))}"
         f"{_confirmation_table(confirmation)}"
         "<h2>Every candidate</h2><table><tr><th class='l'>status</th><th class='l'>guard</th>"
-        "<th>latency / input</th><th>worst cosine</th><th>size</th><th class='l'>pipeline</th>"
+        "<th>modelled latency / input</th><th>measured latency / input</th><th>worst cosine</th>"
+        "<th>size</th><th class='l'>pipeline</th>"
         "</tr>" + "".join(rest) + "</table></body></html>"
     )

@@ -31,7 +31,8 @@ class SearchResult:
         records: every distinct candidate's record, in the order first asked; candidates
             skipped as at least as lossy as one that failed the guard come last
             (``status`` ``skipped``, with a ``reason``).
-        front: the Pareto-front records (meeting the guard), fastest first.
+        front: the Pareto-front records (meeting the guard), fastest first by the
+            modelled latency.
         best: the fastest record meeting the guard, or None.
         evaluated: candidates evaluated by this run (not taken from the cache).
         trials: Optuna trials asked (duplicates included).
@@ -187,6 +188,12 @@ def _search_one(
 
         presets = space.preset_choices()
         preset = seen.get(space.pipeline(presets[0])) if presets else None
+        feasible = [r for r in records if r.get("status") == "ok" and r.get("guard_passed")]
+        measured = min(
+            feasible,
+            key=lambda r: (r["latency_ratio"]["median"], r["pipeline"]),
+            default=None,
+        )
         confirmation = confirm_best(
             front,
             preset,
@@ -194,6 +201,7 @@ def _search_one(
             str(model),
             _feed(model, eval_data or calib),
             timer=timer or default_timer,
+            measured=measured,
         )
     meta = {
         "input": str(model),
@@ -243,10 +251,13 @@ def run_search(
     ``best.pipeline.txt``, ``report.html`` (the front plotted) and ``cache.jsonl``
     (a re-run takes evaluated candidates from it).
 
-    Before best.onnx is chosen, the ``confirm`` fastest candidates of the front, the
-    target preset (the space's first preset) and the input are re-timed together in one
-    interleaved windowed run (search.confirm), and best is the fastest of that run; 0 turns
-    the stage off (best = the fastest by the search's own per-candidate figure).
+    The strategy and the front rank candidates by their modelled latency
+    (search.modelled: deterministic, so the same seed asks the same candidates and gives
+    the same front on any executor); each candidate's latency is measured too. Before
+    best.onnx is chosen, the ``confirm`` fastest candidates of the front by the model, the
+    fastest by its measured figure, the target preset (the space's first preset) and the
+    input are re-timed together in one interleaved windowed run (search.confirm), and best
+    is the fastest of that run; 0 turns the stage off (best = the fastest by the model).
     ``confirm_timer`` replaces the timed run (tests inject a deterministic one).
 
     Raises:

@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 from nnopt_graph.errors import CheckFailedError
-from nnopt_graph.search.cache import CACHE_NAME, candidate_key, file_sha256
+from nnopt_graph.search.cache import CACHE_NAME, CandidateCache, candidate_key, file_sha256
 from nnopt_graph.search.confirm import confirm_best, shortlist
 from nnopt_graph.search.run import run_search
 
@@ -49,11 +49,20 @@ def _never(paths: list[str], feed: Any) -> _Timing:
     raise AssertionError("nothing should have been re-timed")
 
 
-def _record(name: str, first: float, *, feasible: bool = True, size: int = 100) -> dict[str, Any]:
+def _record(
+    name: str,
+    first: float,
+    *,
+    feasible: bool = True,
+    size: int = 100,
+    modelled: float | None = None,
+) -> dict[str, Any]:
+    # first: the candidate's own measured figure; modelled: what the front ranks by.
     return {
         "pipeline": name,
         "status": "ok",
         "guard_passed": feasible,
+        "modelled": {"ratio": first if modelled is None else modelled},
         "latency_ratio": {"min": first, "median": first, "max": first},
         "worst": {"cosine": 0.995},
         "size": size,
@@ -143,13 +152,49 @@ def test_infeasible_preset_is_not_a_reference_nor_eligible() -> None:
     assert all(e["role"] == "candidate" for e in c.entries)
 
 
-def test_shortlist_takes_the_k_fastest_by_the_search_figure() -> None:
-    front = [_record(n, r) for n, r in (("c", 0.7), ("a", 0.5), ("d", 0.8), ("b", 0.6))]
+def test_shortlist_takes_the_k_fastest_by_the_modelled_latency() -> None:
+    # Measured figures say c, d fastest; the model says a, b: the model ranks the front.
+    front = [
+        _record(n, first, modelled=m)
+        for n, first, m in (("c", 0.3, 0.7), ("a", 0.9, 0.5), ("d", 0.4, 0.8), ("b", 0.9, 0.6))
+    ]
     preset = _record(PRESET, 1.0)
     assert [r["pipeline"] for r in shortlist(front, preset, 2)] == [PRESET, "a", "b"]
     # The preset on the front is not counted twice.
     assert [r["pipeline"] for r in shortlist([*front, preset], preset, 1)] == [PRESET, "a"]
     assert [r["pipeline"] for r in shortlist(front, None, 0)] == []
+    # Equal modelled figures: the smaller model, then the pipeline text, decides.
+    tie = [_record("y", 0.5, size=200), _record("x", 0.5, size=200), _record("z", 0.5, size=100)]
+    assert [r["pipeline"] for r in shortlist(tie, None, 3)] == ["z", "x", "y"]
+
+
+def test_shortlist_adds_the_measured_pick_when_the_model_left_it_out() -> None:
+    front = [_record(n, first, modelled=m) for n, first, m in (("a", 0.9, 0.5), ("b", 0.8, 0.6))]
+    fast = _record("fast", 0.3, modelled=0.9)  # the model's worst, measured the fastest
+    preset = _record(PRESET, 1.0)
+    names = [r["pipeline"] for r in shortlist(front, preset, 1, fast)]
+    assert names == [PRESET, "a", "fast"]
+    # Not twice when it is already there; never with k = 0 or when it failed the guard.
+    assert [r["pipeline"] for r in shortlist(front, preset, 2, front[1])] == [PRESET, "a", "b"]
+    assert [r["pipeline"] for r in shortlist(front, preset, 0, fast)] == [PRESET]
+    bad = _record("bad", 0.1, feasible=False)
+    assert [r["pipeline"] for r in shortlist(front, preset, 1, bad)] == [PRESET, "a"]
+
+
+def test_the_measured_pick_can_win_the_confirmation() -> None:
+    a, fast = _record("a", 0.9, modelled=0.5), _record("fast", 0.3, modelled=0.9)
+    preset = _record(PRESET, 1.0)
+    timer = FakeTimer({a["model"]: 0.95, fast["model"]: 0.7, preset["model"]: 1.0})
+    c = confirm_best([a], preset, 1, "/in.onnx", {}, timer, measured=fast)
+    assert c is not None and c.best is fast
+    assert timer.calls[0] == [
+        preset["model"],
+        preset["model"],
+        a["model"],
+        fast["model"],
+        "/in.onnx",
+    ]
+    assert {e["pipeline"]: e["modelled"] for e in c.entries} == {PRESET: 1.0, "a": 0.5, "fast": 0.9}
 
 
 # --- through run_search, on a hand-made cache (no candidate is built) ---
@@ -165,7 +210,10 @@ _SPACE = {
 
 
 def _outdir(
-    tmp_path: Path, first: dict[str, float], feasible: set[str] | None = None
+    tmp_path: Path,
+    first: dict[str, float],
+    feasible: set[str] | None = None,
+    modelled: dict[str, float] | None = None,
 ) -> tuple[Path, Path, dict[str, str]]:
     """OUTDIR with a cache holding every candidate of _SPACE; each has its own model bytes."""
     space = tmp_path / "space.json"
@@ -184,7 +232,13 @@ def _outdir(
         path = out / "models" / str(n) / "model.onnx"
         onnx.save(model, str(path))
         paths[text] = str(path)
-        rec = _record(text, ratio, feasible=feasible is None or text in feasible, size=100 + n)
+        rec = _record(
+            text,
+            ratio,
+            feasible=feasible is None or text in feasible,
+            size=100 + n,
+            modelled=None if modelled is None else modelled[text],
+        )
         if text == "default":
             rec["worst"] = {"cosine": 1.0}  # lossless: on the front despite its figure
         rec["model"] = str(path)
@@ -240,13 +294,35 @@ def test_run_search_picks_best_from_the_confirmation(tmp_path: Path) -> None:
     assert "Confirmation" in (out / "report.html").read_text()
 
 
-def test_without_confirmation_the_first_figure_decides(tmp_path: Path) -> None:
-    out, space, _ = _outdir(tmp_path, FIRST)
+def test_without_confirmation_the_modelled_latency_decides(tmp_path: Path) -> None:
+    # Measured alone, prune 0.1 + int8 looks fastest (0.6); the model says the preset.
+    modelled = {
+        "default,quantize-int8": 0.5,
+        "default": 1.0,
+        "default,prune-channels{ratio=0.1}": 0.9,
+        "default,prune-channels{ratio=0.1},quantize-int8": 0.55,
+    }
+    out, space, _ = _outdir(tmp_path, FIRST, modelled=modelled)
     _search(out, space, confirm=0, confirm_timer=_never)
-    assert (out / "best.pipeline.txt").read_text().strip() == (
-        "default,prune-channels{ratio=0.1},quantize-int8"
-    )
-    assert json.loads((out / "front.json").read_text())["confirmation"] is None
+    assert (out / "best.pipeline.txt").read_text().strip() == "default,quantize-int8"
+    summary = json.loads((out / "front.json").read_text())
+    assert summary["confirmation"] is None
+    # The front is ranked by the model too, and front.md shows both figures.
+    assert summary["front"][0]["pipeline"] == "default,quantize-int8"
+    assert summary["front"][0]["modelled"]["ratio"] == 0.5
+    assert "| 00 | 0.500 | 1.000 [1.000, 1.000] |" in (out / "front.md").read_text()
+
+
+def test_a_cached_record_without_the_modelled_figure_is_evaluated_again(tmp_path: Path) -> None:
+    out, space, _ = _outdir(tmp_path, FIRST)
+    cache = CandidateCache(out)
+    key = next(iter(cache.entries))
+    assert cache.get(key) is not None
+    del cache.entries[key]["modelled"]
+    assert cache.get(key) is None
+    # A failed record never had one and stays an answer.
+    cache.entries[key]["status"] = "failed"
+    assert cache.get(key) is not None
 
 
 def test_run_search_only_preset_feasible(tmp_path: Path) -> None:

@@ -60,3 +60,46 @@ def test_ray_local_mode_matches_local_executor(tmp_path: Path) -> None:
         assert _sha(tmp_path / "ray" / e["model"]) == _sha(local_files[e["pipeline"]])
     assert (tmp_path / "ray" / "best.onnx").exists()
     assert len({r["worker_pid"] for r in remote.records}) >= 1
+
+
+@pytest.mark.slow
+def test_ray_local_mode_gives_the_same_front_as_the_local_executor(tmp_path: Path) -> None:
+    """Same seed, same batches (2 workers each): the same candidates asked, the same front.
+
+    The strategy is told the modelled latency (deterministic), not a timed one, so the asks
+    after the warm start do not depend on the machine's load or on where a candidate ran.
+    """
+    ray = pytest.importorskip("ray")
+    from nnopt_graph.search.strategy import objectives
+    from tests.search.test_determinism import SPACE, front_signature
+
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps(SPACE.to_json()))
+    kwargs = dict(
+        target="cpu",
+        calib=CALIB,
+        eval_data=HELDOUT,
+        guard="cosine.min>=0.99",
+        trials=5,
+        seed=0,
+        space=space,
+        workers=2,
+        confirm=0,
+    )
+    local = run_search(MODEL, tmp_path / "local", **kwargs)[0]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = run_search(MODEL, tmp_path / "ray", ray="auto", **kwargs)[0]
+    finally:
+        ray.shutdown()
+    assert local.evaluated == remote.evaluated == 5
+    assert [r["pipeline"] for r in local.records] == [r["pipeline"] for r in remote.records]
+    for a, b in zip(local.records, remote.records, strict=True):
+        assert objectives(a) == objectives(b), a["pipeline"]
+        assert _sha(a["model"]) == _sha(b["model"]), a["pipeline"]
+    assert front_signature(local) == front_signature(remote)
+    assert front_signature(local), "empty front"
+    # best without a confirmation run: by the model, so the same file.
+    assert (tmp_path / "local" / "best.onnx").read_bytes() == (
+        tmp_path / "ray" / "best.onnx"
+    ).read_bytes()

@@ -14,6 +14,7 @@ def _record(text: str, ratio: float, cosine: float | None, size: int, ok: bool =
         "pipeline": text,
         "status": "ok",
         "guard_passed": ok,
+        "modelled": {"ratio": ratio},
         "latency_ratio": {"min": ratio * 0.9, "median": ratio, "max": ratio * 1.1},
         "worst": {"cosine": cosine},
         "size": size,
