@@ -12,6 +12,7 @@ from models import zoo
 from nnopt_graph.check.equality import LOSSLESS, array_problems
 from nnopt_graph.passes.prune.slice_hidden import SliceHiddenPass
 from nnopt_graph.passes.prune.slice_match import match_chain
+from nnopt_graph.passes.prune.slice_refit import token_rows
 from nnopt_graph.passes.prune.slice_rewrite import Basis, apply_slice
 from nnopt_graph.pipeline.base import PassContext
 from nnopt_graph.pipeline.grammar import Pipeline
@@ -436,3 +437,88 @@ def test_replaced_weights_leave_the_model():
     assert sum(np.prod(t.dims) for t in out.graph.initializer) < sum(
         np.prod(t.dims) for t in proto.graph.initializer
     )
+
+
+def test_refit_lowers_the_held_out_error_of_a_slice():
+    # Same distribution for calibration and held-out data: the sequential least-squares
+    # refit to the original stream must beat the plain PCA slice on the calibration data
+    # and, by less (the dropped directions are lost either way), on 64 held-out samples.
+    proto = _post_ln(2)
+    data, held = _data(48, rank=10), _data(64, seed=12, rank=10)
+    plain, _ = _run(proto, data, ratio=0.25, budget="hidden")
+    refit, result = _run(proto, data, ratio=0.25, budget="hidden", refit=True)
+    assert result.stats["layers-refit"] == 4  # every residual stream after the entry
+    assert result.stats["maps-refit"] == 1  # the graph output's map back
+    assert _weights(refit) == _weights(plain)  # the refit changes values, not shapes
+    before, after = _rel_errors(proto, plain, data), _rel_errors(proto, refit, data)
+    assert np.median(after) < 0.97 * np.median(before), (before, after)
+    before, after = _rel_errors(proto, plain, held), _rel_errors(proto, refit, held)
+    assert np.median(after) < np.median(before), (before, after)
+
+
+def test_refit_is_not_run_at_ratio_zero_and_stays_exact():
+    proto = _post_ln(1)
+    out, result = _run(proto, ratio=0.0, refit=True)
+    assert result.stats["layers-refit"] == 0 and result.stats["maps-refit"] == 0
+    for ra, rb in _per_sample(proto, out, _data(4, seed=3)):
+        assert not array_problems("y", ra[0], rb[0], LOSSLESS)
+
+
+def test_refit_second_run_is_a_no_op():
+    proto = _post_ln(1)
+    out, _ = _run(proto, ratio=0.25, budget="hidden", refit=True)
+    again, result = _run(out, ratio=0.25, budget="hidden", refit=True)
+    assert not result.modified
+    assert again.SerializeToString() == out.SerializeToString()
+
+
+def test_token_rows_keep_the_masked_tokens_only():
+    x = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    mask = np.array([[1, 1, 0], [1, 0, 0]])
+    rows = token_rows(x, {"attention_mask": mask}, "attention_mask")
+    np.testing.assert_array_equal(rows, x.reshape(6, 4)[[0, 1, 3]])
+
+
+@pytest.mark.parametrize(
+    "feed, name",
+    [
+        ({"attention_mask": np.ones([2, 2])}, "attention_mask"),  # not the stream's shape
+        ({}, "attention_mask"),  # the model takes no such input
+        ({"attention_mask": np.ones([2, 3])}, ""),  # no mask asked for
+        ({"attention_mask": np.zeros([2, 3])}, "attention_mask"),  # nothing marked
+    ],
+)
+def test_token_rows_fall_back_to_every_token(feed, name):
+    x = np.ones([2, 3, 4], np.float32)
+    assert token_rows(x, feed, name).shape == (6, 4)
+
+
+def test_token_mask_input_restricts_the_pca_to_marked_tokens():
+    # An extra mask input the graph ignores: with token-mask set, tokens it leaves out
+    # (here huge outliers) no longer steer the basis.
+    proto = _post_ln(2)
+    proto.graph.input.append(
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["N", "S"])
+    )
+    data = _data(32, rank=10)
+    mask = np.ones(data["x"].shape[:2], np.int64)
+    mask[:, -2:] = 0
+    data["x"][:, -2:] *= 0.0
+    data["x"][:, -2:] += np.random.default_rng(7).standard_normal([D]).astype(np.float32) * 50
+    data["attention_mask"] = mask
+    masked, r1 = _run(proto, data, ratio=0.25, budget="hidden", token_mask="attention_mask")
+    plain, r2 = _run(proto, data, ratio=0.25, budget="hidden")
+    e1 = [d["energy_kept"] for d in r1.decisions if "layer" in d]
+    e2 = [d["energy_kept"] for d in r2.decisions if "layer" in d]
+    assert e1 != e2
+    held = _data(8, seed=11, rank=10)["x"]
+
+    def error(model: onnx.ModelProto) -> float:
+        errors = []
+        for i in range(len(held)):
+            feed = {"x": held[i : i + 1], "attention_mask": np.ones([1, held.shape[1]], np.int64)}
+            x, y = ort_run(proto, feed)[0], ort_run(model, feed)[0]
+            errors.append(np.linalg.norm(x - y) / np.linalg.norm(x))
+        return float(np.median(errors))
+
+    assert error(masked) < error(plain)

@@ -29,6 +29,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
 from nnopt_graph.passes.prune.slice_match import Chain, match_chain
+from nnopt_graph.passes.prune.slice_refit import refit_chain, token_rows
 from nnopt_graph.passes.prune.slice_rewrite import Basis, apply_slice, planned_params
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 from nnopt_graph.runtime.data import Dataset, input_specs
@@ -44,6 +45,8 @@ _STATS = (
     "skipped-no-gain",
     "skipped-unmatched",
     "skipped-subgraph-layernorms",
+    "layers-refit",
+    "maps-refit",
 )
 
 
@@ -62,6 +65,13 @@ class SliceHiddenOptions:
             dividing by the calibration energy they hold (else: the kept sum as is).
         calib_samples: calibration samples used at most.
         min_ratio: back-off stops below this ratio.
+        refit: after slicing, refit each layer's output projection, residual rotation
+            and bias, then the maps back to the original coordinates, by least squares
+            to the original model's stream, layer by layer (slice_refit.py).
+        refit_ridge: ridge of the refit, relative to the mean feature energy; it pulls
+            toward the sliced weights.
+        token_mask: an input (e.g. ``attention_mask``) whose nonzero entries mark the
+            tokens the PCA and the refit count; absent or empty: every token.
     """
 
     ratio: float = dataclasses.field(default=0.25, metadata={"range": (0.0, 1.0, True, False)})
@@ -73,6 +83,11 @@ class SliceHiddenOptions:
     renorm: bool = True
     calib_samples: int = dataclasses.field(default=64, metadata={"range": (1, None, True, True)})
     min_ratio: float = dataclasses.field(default=0.05, metadata={"range": (0.0, 1.0, True, False)})
+    refit: bool = False
+    refit_ridge: float = dataclasses.field(
+        default=1e-2, metadata={"range": (0.0, None, True, True)}
+    )
+    token_mask: str = ""
 
 
 def _complement_basis(d: int) -> np.ndarray:
@@ -84,21 +99,20 @@ def _complement_basis(d: int) -> np.ndarray:
 
 
 def _covariances(
-    chain: Chain, model: ir.Model, dataset: Dataset, context: PassContext
+    chain: Chain, model: ir.Model, dataset: Dataset, context: PassContext, mask: str
 ) -> list[np.ndarray]:
-    """Per stream, the second moment of its normalized LayerNorm input over all tokens."""
+    """Per stream, the second moment of its normalized LayerNorm input over the tokens."""
     names = [str(s.ln.inputs[0].name) for s in chain.streams]  # type: ignore[union-attr]
     d = chain.streams[0].d
     sums = [np.zeros((d, d)) for _ in names]
-
-    def on_batch(batch: dict[str, np.ndarray]) -> None:
-        for i, (name, stream) in enumerate(zip(names, chain.streams, strict=True)):
-            x = batch[name].astype(np.float64).reshape(-1, d)
-            x = x - x.mean(axis=1, keepdims=True)
-            x = x / np.sqrt(np.square(x).mean(axis=1, keepdims=True) + stream.eps)
-            sums[i] += x.T @ x
-
-    context.runtime.capture(model, names, dataset, on_batch, batch_size=1, threads=None)
+    with context.runtime.tapped(model, sorted(set(names))) as tapped:
+        for feed in dataset.batches(1):
+            batch = tapped.run(feed)
+            for i, (name, stream) in enumerate(zip(names, chain.streams, strict=True)):
+                x = token_rows(batch[name], feed, mask).astype(np.float64)
+                x = x - x.mean(axis=1, keepdims=True)
+                x = x / np.sqrt(np.square(x).mean(axis=1, keepdims=True) + stream.eps)
+                sums[i] += x.T @ x
     return sums
 
 
@@ -205,8 +219,35 @@ class SliceHiddenPass(Pass):
             reason = f"hidden {d} -> {k} would add {-net} weight params (rotations)"
             logger.debug("slice-hidden: skipped: %s", reason)
             return PassResult(stats, [{"status": f"skipped: {reason}"}])
-        bases = _bases(_covariances(chain, model, dataset, context), ks, options.renorm)
-        apply_slice(model, chain, bases)
+        mask = (
+            options.token_mask
+            if options.token_mask in {str(v.name) for v in model.graph.inputs}
+            else ""
+        )
+        covariances = _covariances(chain, model, dataset, context, mask)
+        bases = _bases(covariances, ks, options.renorm)
+        sliced_ok = options.refit and k < d - 1
+        teacher = model.clone() if sliced_ok else None
+        ln_names = [
+            (str(s.ln.inputs[0].name), str(s.ln.outputs[0].name))  # type: ignore[union-attr]
+            for s in chain.streams
+        ]
+        sliced = apply_slice(model, chain, bases)
+        if teacher is not None:
+            stats.update(
+                refit_chain(
+                    context.runtime,
+                    model,
+                    teacher,
+                    chain,
+                    ln_names,
+                    bases,
+                    sliced,
+                    dataset,
+                    mask_name=mask,
+                    ridge=options.refit_ridge,
+                )
+            )
         ir_passes.ShapeInferencePass(strict_mode=False)(model)
         decisions: list[dict[str, Any]] = []
         for stream, basis, (before, after) in zip(chain.streams, bases, plan, strict=True):

@@ -14,7 +14,7 @@ outputs, pooling) get ``x_l`` back by one [k, d] MatMul and Add.
 
 from __future__ import annotations
 
-__all__ = ["Basis", "apply_slice", "planned_params"]
+__all__ = ["Basis", "Sliced", "apply_slice", "planned_params"]
 
 import dataclasses
 import logging
@@ -50,6 +50,21 @@ class Basis:
     def k(self) -> int:
         """Coordinates kept."""
         return int(self.u.shape[1])
+
+
+@dataclasses.dataclass(eq=False)
+class Sliced:
+    """The rewritten nodes of one stream, for a later refit (slice_refit.py).
+
+    Attributes:
+        normalized: the RMS norm's output ``n`` (what readers and the next shortcut read).
+        shortcut: the residual rotation MatMul ``n_prev G`` (None for the entry).
+        unrotate: the MatMul and Add giving the original coordinates back (or None).
+    """
+
+    normalized: ir.Value
+    shortcut: ir.Node | None = None
+    unrotate: tuple[ir.Node, ir.Node] | None = None
 
 
 def planned_params(chain: Chain, ks: list[int]) -> list[tuple[int, int]]:
@@ -220,9 +235,10 @@ def _rotate_embeddings(b: _Builder, stream: Stream, basis: Basis) -> None:
                 todo.append(producer)
 
 
-def apply_slice(model: ir.Model, chain: Chain, bases: list[Basis]) -> None:
+def apply_slice(model: ir.Model, chain: Chain, bases: list[Basis]) -> list[Sliced]:
     """Rewrite ``chain`` in ``model`` with one basis per stream (see the module docstring)."""
     b = _Builder(model)
+    sliced: list[Sliced] = []
     for node, w, bias, bvec in _new_weights(chain, bases).values():
         b.set_weight(node, 1, w, f"{node.name or 'matmul'}/sliced_weight")
         node.outputs[0].shape = None
@@ -232,6 +248,7 @@ def apply_slice(model: ir.Model, chain: Chain, bases: list[Basis]) -> None:
         ln, d, k = stream.ln, stream.d, basis.k
         base = ln.name or f"layer_norm_{i}"
         new_nodes: list[ir.Node] = []
+        shortcut_node: ir.Node | None = None
         x = ln.inputs[0]
         assert x is not None
         if stream.residual is None and stream.embeddings:
@@ -253,12 +270,15 @@ def apply_slice(model: ir.Model, chain: Chain, bases: list[Basis]) -> None:
             add.replace_input_with(stream.residual.stream_index, shortcut.outputs[0])
             add.outputs[0].shape = None
             s = add.outputs[0]
+            shortcut_node = shortcut
         # mean over k of s^2 times k/(d*scale) estimates the variance over d.
         factor = k / (d * basis.scale)
         norm = b.rms_norm(s, f"{base}/RMSNorm", stream.eps / factor, 1.0 / math.sqrt(factor), k)
         new_nodes.extend(norm)
         n = norm[-1].outputs[0]
         normalized.append(n)
+        record = Sliced(n, shortcut_node)
+        sliced.append(record)
         b.graph.insert_before(ln, new_nodes)
         out = ln.outputs[0]
         for reader in stream.readers:
@@ -269,6 +289,7 @@ def apply_slice(model: ir.Model, chain: Chain, bases: list[Basis]) -> None:
             beta = b.const(f"{base}/unrotated_bias", stream.beta)
             add_back = b.node("Add", [mm.outputs[0], beta], f"{base}/UnrotateBias")
             b.graph.insert_before(ln, [mm, add_back])
+            record.unrotate = (mm, add_back)
             restored = add_back.outputs[0]
             restored.shape, restored.type = out.shape, out.type
             for use in stream.others:
@@ -283,3 +304,4 @@ def apply_slice(model: ir.Model, chain: Chain, bases: list[Basis]) -> None:
         b.replaced.extend(v for v in stream.ln.inputs[1:] if v is not None)
         b.graph.remove(stream.ln, safe=True)
     b.drop_replaced()
+    return sliced
