@@ -11,7 +11,10 @@ min/median/max of per-window ratios and the median's 95% CI, plus A'/A as the no
 and the load average. The modelled cost ratio of the int8 candidate is printed beside the measured
 one, so the cost model can be checked. Writes bench/results/target_cpu.{json,md}.
 
-Usage: python bench/target_cpu.py [--calib 48] [--eval 16] [--models a,b]
+Usage: python bench/target_cpu.py [--calib 48] [--eval 16] [--models a,b] [--merge]
+
+--merge keeps the rows of bench/results/target_cpu.json for models not re-run (each row
+records the commit it measured).
 """
 
 from __future__ import annotations
@@ -110,7 +113,11 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=48)
     parser.add_argument("--eval", type=int, default=16)
     parser.add_argument("--models")
+    parser.add_argument("--merge", action="store_true")
     args = parser.parse_args()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -134,14 +141,18 @@ def main() -> None:
                 "worst_cosine": fid.metric("cosine"),
                 "worst_index": next((o.worst_index("cosine") for o in fid.outputs), None),
                 "samples": fid.samples,
+                "commit": commit,
                 **time_against_input(src, out, feed),
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
     res = ROOT / "bench/results"
+    if args.merge:
+        old = json.loads((res / "target_cpu.json").read_text())
+        fresh = {r["model"]: r for r in rows}
+        rows = [fresh.pop(r["model"], {"commit": old["commit"], **r}) for r in old["rows"]]
+        rows += list(fresh.values())
+    commits = sorted({r.get("commit", commit) for r in rows})
     (res / "target_cpu.json").write_text(
         json.dumps(
             {
@@ -159,7 +170,8 @@ def main() -> None:
     lines = [
         "# `--target cpu`: worst held-out sample and latency",
         "",
-        f"Commit {commit}, x86_64 (AVX-512 VNNI), 2 cores shared with other jobs; ONNX Runtime CPU EP. "
+        f"Commit {commit} (rows measured at: {', '.join(commits)}; see each row's commit in "
+        "the json), x86_64 (AVX-512 VNNI), 2 cores shared with other jobs; ONNX Runtime CPU EP. "
         f"Calibration {args.calib} samples, guard and figures on {args.eval} other samples "
         "(digits: training split / 360 labelled held-out images). Latency: compare_latency's "
         "windowed interleaved protocol, one run per model (input A, input again A', output B; "

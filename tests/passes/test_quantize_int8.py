@@ -291,7 +291,7 @@ def test_old_opset_is_upgraded_for_per_channel_qdq():
     assert _relative_error(proto, to_proto(model)) < 0.05
 
 
-@pytest.mark.parametrize("how", ["context", "local"])
+@pytest.mark.parametrize("how", ["context", "local"])  # output: measured on back-off (below)
 def test_sensitivity_ranks_nodes_and_back_off_excludes_them(how):
     proto = conv_net()
     model, result, pass_, _ = _run(proto, fallback=True, sensitivity=how)
@@ -480,3 +480,44 @@ def test_speed_check_keeps_int8_only_when_measured_faster():
         assert ratio < 0.97
     else:
         assert op_types(model) == op_types(proto) and result.stats["skipped-not-faster-or-unfused"]
+
+
+def amplified_channel_net():
+    """conv_a's second channel is tiny (0.01 x) and a float Mul amplifies it 10^4-fold.
+
+    Quantizing conv_a's output per tensor (its range set by the 10 x channel) wipes that
+    channel out, and it dominates the output; conv_b's int8 noise stays small.
+    """
+    w_a = np.zeros((2, 2, 1, 1), np.float32)
+    w_a[0, 0], w_a[1, 1] = 10.0, 0.01
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["ca"], name="conv_a"),
+        helper.make_node("Mul", ["ca", "gain"], ["m"], name="gain_mul"),
+        helper.make_node("Conv", ["x", "wb"], ["cb"], name="conv_b"),
+        helper.make_node("Add", ["m", "cb"], ["y"], name="sum"),
+    ]
+    inits = [
+        numpy_helper.from_array(w_a, "wa"),
+        numpy_helper.from_array(np.array([0.01, 100.0], np.float32).reshape(1, 2, 1, 1), "gain"),
+        _w("wb", 2, 2, 1, 1),
+    ]
+    return _model(nodes, [_vi("x", ["N", 2, 8, 8])], [_vi("y", ["N", 2, 8, 8])], inits)
+
+
+def test_output_sensitivity_is_measured_on_back_off_and_finds_the_amplified_node():
+    proto = amplified_channel_net()
+    _, result, pass_, _ = _run(proto, fallback=True)
+    # Ranked lazily: nothing is measured until the guard asks for a weaker version.
+    assert not any("sensitivity" in d for d in result.decisions)
+    weaker = pass_.back_off()
+    assert weaker is not None and weaker.options.exclude == "conv_a"
+    decision = pass_._cache.sensitivity_decision
+    assert decision["sensitivity"].startswith("output")
+    scores = dict((n, v) for n, v in decision["most-sensitive-db"])
+    assert scores["conv_a"] < 10 and scores["conv_b"] > scores["conv_a"] + 20, scores
+    # The weaker pass reuses the ranking (no second measurement) and keeps conv_b int8.
+    again = weaker.run(
+        ir.serde.deserialize_model(proto), PassContext(target="cpu", calibration=_data(proto))
+    )
+    assert again.stats["nodes-quantized"] == 1
+    assert any(d.get("sensitivity") == decision["sensitivity"] for d in again.decisions)

@@ -1,11 +1,14 @@
-"""Dynamic int8 for MatMul: int8 weights, activations quantized at run time (CPU EP)."""
+"""Dynamic int8 for MatMul and LSTM: int8 weights, activations quantized at run time (CPU)."""
 
 # ONNX Runtime fuses DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul into one
 # int8 GEMM kernel (DynamicQuantizeMatMul / MatMulIntegerToFloat): no calibration, and no
 # static activation range to get wrong. It pays where MatMul MACs dominate and the
 # output width N is large enough for the int8 GEMM to outrun the per-run quantization of
 # its input (a transformer encoder); on a Conv model, or a tiny-hidden encoder, it does
-# not, and the deterministic cost model below keeps the float MatMuls there.
+# not, and the deterministic cost model below keeps the float MatMuls there. LSTMs (in any
+# graph, If bodies included) become com.microsoft DynamicQuantizeLSTM (see lstm.py) under
+# the same cost model: their recurrent GEMMs run in int8, X and each step's hidden state
+# are quantized at run time.
 
 from __future__ import annotations
 
@@ -32,6 +35,13 @@ from nnopt_graph.passes.quantize.common import (
 )
 from nnopt_graph.passes.quantize.cost import KEEP_BELOW, QDQ_COST, node_macs
 from nnopt_graph.passes.quantize.int8.plan import cpu_int8_features
+from nnopt_graph.passes.quantize.lstm import (
+    LstmTarget,
+    lstm_cost,
+    lstm_targets,
+    model_macs,
+    rewrite_lstm,
+)
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
 logger = logging.getLogger(__name__)
@@ -48,6 +58,7 @@ class QuantizeDynamicInt8Options:
     exclude: str = ""
     per_channel: bool = True
     speed_check: bool = True
+    lstm: bool = True
 
 
 def _targets(graph: ir.Graph, exclude: set[str]) -> tuple[list[ir.Node], dict[str, int]]:
@@ -107,6 +118,10 @@ def _measured_macs(
     return out
 
 
+def _speedup(vnni: bool) -> float:
+    return 3.0 if vnni else 2.0
+
+
 def _choose(
     nodes: list[ir.Node], macs: dict[str, int], vnni: bool
 ) -> tuple[list[ir.Node], dict[str, Any]]:
@@ -116,7 +131,7 @@ def _choose(
     run-time quantization of its M*K input elements (once per input value shared by
     several MatMuls). Other MACs of the model (Conv, Gemm, float MatMuls) stay as they are.
     """
-    speedup = 3.0 if vnni else 2.0
+    speedup = _speedup(vnni)
     chosen = []
     quantized_inputs: set[int] = set()
     saved = 0.0
@@ -134,7 +149,62 @@ def _choose(
             saved += gain
     total = float(sum(macs.values()))
     ratio = (total - saved) / total if total else 1.0
-    return chosen, {"ratio": round(ratio, 4), "matmuls": len(chosen), "vnni": vnni}
+    return chosen, {
+        "ratio": round(ratio, 4),
+        "matmuls": len(chosen),
+        "vnni": vnni,
+        "saved-macs": saved,
+        "macs": total,
+    }
+
+
+def _lstm_shapes(
+    model: ir.Model, targets: list[LstmTarget], data: Any, context: PassContext
+) -> dict[tuple[int, int], int]:
+    """MACs of main-graph LSTMs whose X shape inference left symbolic, from one feed."""
+    wanted = {name_of(t.node.inputs[0]): t for t in targets if t.key[0] == 0}
+    if not wanted:
+        return {}
+    seen: dict[str, tuple[int, ...]] = {}
+
+    def on_batch(batch: dict[str, np.ndarray]) -> None:
+        seen.update((k, tuple(v.shape)) for k, v in batch.items() if k not in seen)
+
+    try:
+        context.runtime.capture(model, sorted(wanted), data.take(1), on_batch)
+    except Exception as exc:  # advisory: the LSTMs then count one step
+        logger.debug("capturing LSTM input shapes failed: %s", exc)
+        return {}
+    out = {}
+    for value, t in wanted.items():
+        shape = seen.get(value)
+        if shape and len(shape) == 3:
+            dirs, gates, inp = t.w.shape
+            out[t.key] = dirs * shape[0] * shape[1] * gates * (inp + t.r.shape[2])
+    return out
+
+
+def _choose_lstms(
+    targets: list[LstmTarget], macs: dict[tuple[int, int], int], vnni: bool
+) -> tuple[list[LstmTarget], float, float, int]:
+    """The LSTMs the cost model says gain in int8; MACs saved, LSTM MACs, steps guessed.
+
+    An LSTM whose X shape is unknown (inside an If body fed by a computed shape) counts
+    one step of batch one: the smallest run, where int8 gains least.
+    """
+    chosen, saved, total, guessed = [], 0.0, 0.0, 0
+    for t in targets:
+        dirs, gates, inp = t.w.shape
+        count = macs.get(t.key)
+        if not count:
+            count = dirs * gates * (inp + t.r.shape[2])
+            guessed += 1
+        total += count
+        gain = lstm_cost(t, count, _speedup(vnni), _DQL_COST)
+        if gain > 0:
+            chosen.append(t)
+            saved += gain
+    return chosen, saved, total, guessed
 
 
 def _quantize_weight(weight: np.ndarray, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -201,25 +271,31 @@ class QuantizeDynamicInt8Pass(Pass):
     Options = QuantizeDynamicInt8Options
 
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
-        """Pick the MatMuls the cost model says run faster in int8, rewrite them."""
+        """Pick the MatMuls and LSTMs the cost model says run faster in int8, rewrite them."""
         options = self.options
         result = PassResult()
         graph = model.graph
+        exclude = set(split_names(options.exclude))
         stats: dict[str, int] = {
             "nodes-quantized": 0,
+            "lstms-quantized": 0,
             "skipped-nodes-in-subgraphs": subgraph_nodes(model, ["MatMul"]),
         }
         target = context.target or "cpu"
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
-        nodes, skipped = _targets(graph, set(split_names(options.exclude)))
+        nodes, skipped = _targets(graph, exclude)
         stats.update(skipped)
+        lstms: list[LstmTarget] = []
+        if options.lstm:
+            lstms, skipped = lstm_targets(model, exclude)
+            stats.update(skipped)
         if target != "cpu":
-            stats["skipped-target-not-cpu"] = len(nodes)
-            nodes = []
-        elif nodes and opset < 11:
-            stats["skipped-opset-below-11"] = len(nodes)
-            nodes = []
-        if nodes and options.speed_check:
+            stats["skipped-target-not-cpu"] = len(nodes) + len(lstms)
+            nodes, lstms = [], []
+        elif (nodes or lstms) and opset < 11:
+            stats["skipped-opset-below-11"] = len(nodes) + len(lstms)
+            nodes, lstms = [], []
+        if (nodes or lstms) and options.speed_check:
             data = calibration_data(model, context, 1)
             shapes = {k: list(v.shape) for k, v in next(data.batches(1)).items()}
             vnni = bool(cpu_int8_features()["vnni"])
@@ -228,11 +304,30 @@ class QuantizeDynamicInt8Pass(Pass):
                 _measured_macs(model, [n for n in nodes if n.name not in macs], data, context)
             )
             nodes, modelled = _choose(nodes, macs, vnni)
+            if lstms:
+                lstm_macs, sub_macs, unknown_macs = model_macs(model, shapes)
+                unknown = [t for t in lstms if t.key not in lstm_macs]
+                lstm_macs.update(_lstm_shapes(model, unknown, data, context))
+                lstms, saved, lstm_total, guessed = _choose_lstms(lstms, lstm_macs, vnni)
+                total = modelled["macs"] + sub_macs + lstm_total
+                modelled = {
+                    **modelled,
+                    "ratio": round((total - modelled["saved-macs"] - saved) / total, 4)
+                    if total
+                    else 1.0,
+                    "lstms": len(lstms),
+                    "lstm-steps-guessed": guessed,
+                    "nodes-of-unknown-macs": unknown_macs,
+                    "saved-macs": modelled["saved-macs"] + saved,
+                    "macs": total,
+                }
+            modelled["saved-macs"] = round(modelled["saved-macs"])
+            modelled["macs"] = round(modelled["macs"])
             result.decisions.append(
                 {
                     "speed-check": "cost model (deterministic): MACs at the calibration "
                     "feed's shapes over the int8 GEMM speedup, plus run-time quantization "
-                    "of each MatMul input",
+                    "of each MatMul input (and of each LSTM's X and per-step hidden state)",
                     "modelled": modelled,
                 }
             )
@@ -242,14 +337,17 @@ class QuantizeDynamicInt8Pass(Pass):
                     f"dynamic int8 kept float: modelled cost ratio {modelled['ratio']:.3f} "
                     f">= {KEEP_BELOW}"
                 )
-                nodes = []
+                nodes, lstms = [], []
         names = NameScope.for_graph(graph)
         shared: dict[int, tuple[ir.Value, ir.Value, ir.Value]] = {}
         freed = 0
         for node in nodes:
             freed += _rewrite(graph, node, names, options.per_channel, shared)
             logger.info("quantize-dynamic-int8: MatMul '%s' in dynamic int8", name_of(node))
-        stats["nodes-quantized"] = len(nodes)
+        for lstm in lstms:
+            freed += rewrite_lstm(model, lstm, options.per_channel)
+        stats["nodes-quantized"] = len(nodes) + len(lstms)
+        stats["lstms-quantized"] = len(lstms)
         stats["bytes-saved"] = max(freed, 0)
         result.stats = stats
         return result

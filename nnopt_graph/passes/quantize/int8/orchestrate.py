@@ -70,6 +70,7 @@ from nnopt_graph.passes.quantize.int8.plan import (
 )
 from nnopt_graph.passes.quantize.int8.sensitivity import (
     _context_sensitivity,
+    _output_sensitivity,
     _output_sqnr,
     _sensitivity,
     _smooth,
@@ -99,6 +100,14 @@ class QuantizeInt8Pass(RankedBackOffPass):
     def __init__(self, options: Any = None, **kwargs: Any) -> None:
         super().__init__(options, **kwargs)
         self._runtime: Any = None  # the job's RuntimeServices, set by run()
+
+    def back_off(self) -> Any:
+        """The same pass with the next most sensitive nodes in float (ranking made lazily)."""
+        pending = self._cache.pending_rank
+        if self._cache.ranking is None and pending is not None and self.options.fallback:
+            self._cache.pending_rank = None
+            self._rank(*pending)
+        return super().back_off()
 
     def _calibrate(
         self, work: ir.Model, plan: _Plan, data: Dataset, calibrator: str
@@ -418,7 +427,17 @@ class QuantizeInt8Pass(RankedBackOffPass):
         cache = self._cache
         sample = data.take(max(1, options.sensitivity_samples))
         try:
-            if options.sensitivity == "context":
+            if options.sensitivity == "output":
+
+                def alone(extra: set[str]) -> _Build:
+                    return self._build(base, target, fmt, exclude | extra, ranges, False)
+
+                cache.sqnr = _output_sensitivity(base, plan, alone, sample, self._runtime)
+                how = (
+                    "output: each weighted node alone in int8, worst sample's cosine "
+                    "deficit of the model output in dB (computed when the guard first fails)"
+                )
+            elif options.sensitivity == "context":
                 full = self._build(base, target, fmt, exclude, ranges, False)
                 added = _context_sensitivity(base, full.work, plan, sample, self._runtime)
                 cache.sqnr = {
@@ -437,16 +456,19 @@ class QuantizeInt8Pass(RankedBackOffPass):
                     "local SQNR: each node's own output with only that node's inputs, "
                     "weights and output quantized"
                 )
-            cache.ranking = sorted(cache.sqnr, key=lambda n: cache.sqnr[n])
+            order = {name_of(n): i for i, n in enumerate(plan.region())}
+            cache.ranking = sorted(cache.sqnr, key=lambda n: (cache.sqnr[n], order.get(n, 0)))
         except Exception as exc:  # advisory: back off in plan order
             logger.warning("per-node sensitivity failed (%s): back-off follows plan order", exc)
             cache.ranking = [name_of(n) for n in plan.region()]
             how = f"failed ({type(exc).__name__}); plan order"
         cache.sensitivity_decision = {
-            "sensitivity": f"{how} ({sample.num_samples} calibration samples, one sweep); "
+            "sensitivity": f"{how} ({sample.num_samples} calibration samples); "
             "back-off leaves the most sensitive in float first",
             "most-sensitive-db": [
-                [n, round(cache.sqnr.get(n, math.nan), 2)] for n in cache.ranking[:8]
+                [n, round(v, 2) if math.isfinite(v) else None]
+                for n in cache.ranking[:8]
+                for v in [cache.sqnr.get(n, math.nan)]
             ],
         }
 
@@ -518,7 +540,11 @@ class QuantizeInt8Pass(RankedBackOffPass):
             }
         )
         if options.fallback and self._cache.ranking is None:
-            self._rank(base, plan, ranges, fmt, data, target, exclude)
+            if options.sensitivity == "output":
+                # Measured only if the guard fails (back_off): one build and run per node.
+                self._cache.pending_rank = (base, plan, ranges, fmt, data, target, exclude)
+            else:
+                self._rank(base, plan, ranges, fmt, data, target, exclude)
         if self._cache.ranking:
             decisions.append(self._cache.sensitivity_decision)
         check = target == "cpu"

@@ -106,7 +106,7 @@ class QuantizeInt8Options:
     matmul_activations: bool = False
     share_concat: bool = True
     sensitivity: str = dataclasses.field(
-        default="context", metadata={"choices": ("context", "local")}
+        default="output", metadata={"choices": ("output", "context", "local")}
     )
     sensitivity_samples: int = dataclasses.field(
         default=8, metadata={"range": (1, None, True, True)}
@@ -472,3 +472,5 @@ class _Cache:
     kinds_off: list[str] | None = None
     sensitivity_decision: dict[str, Any] = dataclasses.field(default_factory=dict)
     kind_names: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    # sensitivity=output ranks only when the guard first fails: the arguments of _rank
+    pending_rank: tuple[Any, ...] | None = None
