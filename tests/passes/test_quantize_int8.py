@@ -298,8 +298,11 @@ def test_sensitivity_ranks_nodes_and_back_off_excludes_them(how):
     sens = next(d for d in result.decisions if "sensitivity" in d)
     assert sens["sensitivity"].startswith("in-context" if how == "context" else "local")
     ranked = sens["most-sensitive-db"]
-    assert len(ranked) >= 3 and all(isinstance(v, float) for _, v in ranked)
-    assert [v for _, v in ranked] == sorted(v for _, v in ranked)
+    # A node whose quantization adds no measurable error scores +inf, written as None
+    # (JSON has no inf) and ranked last.
+    finite = [v for _, v in ranked if v is not None]
+    assert len(finite) >= 3 and all(isinstance(v, float) for v in finite)
+    assert [v for _, v in ranked[: len(finite)]] == sorted(finite)
     first = pass_.back_off()
     assert first is not None and first.options.exclude == ranked[0][0]
     second = first.back_off()
