@@ -43,10 +43,15 @@ from typing import Any
 
 import onnx
 import onnx_ir as ir
-import onnx_ir.passes.common as ir_passes
 
 from nnopt_graph.analysis.stats import _node_macs
-from nnopt_graph.passes.quantize.cost import KERNEL_COST, QDQ_COST, _speedup, largest_activation
+from nnopt_graph.passes.quantize.cost import (
+    KERNEL_COST,
+    QDQ_COST,
+    _speedup,
+    largest_activation,
+    shaped_clone,
+)
 
 # Integer ops (ONNX and ONNX Runtime's): (index of the weight-like input, conv-like).
 INT8_OPS: dict[str, tuple[int, bool]] = {
@@ -138,19 +143,6 @@ def _integer_macs(node: ir.Node) -> int | None:
     return None if not a else math.prod(out) * a[-1]
 
 
-def _shaped_clone(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> ir.Model:
-    """A clone with the inputs fixed to ``shapes`` and every node output re-inferred."""
-    clone = model.clone()
-    for value in clone.graph.inputs:
-        if value.name and value.name in shapes:
-            value.shape = ir.Shape(list(shapes[value.name]))
-    for node in clone.graph:
-        for value in node.outputs:
-            value.shape = None
-    ir_passes.ShapeInferencePass(strict_mode=False)(clone)
-    return clone
-
-
 def _cost(model: ir.Model, optimized: onnx.GraphProto, vnni: bool, block: int) -> ModelledCost:
     """The cost of ``model`` (shapes inferred) given ORT's optimized main graph of it."""
     kept = {n.name for n in optimized.node}
@@ -208,7 +200,7 @@ def modelled_cost(path: str | Path, shapes: Mapping[str, Sequence[int]]) -> Mode
     from nnopt_graph.core import io
     from nnopt_graph.runtime.services import RuntimeServices
 
-    model = _shaped_clone(io.load(Path(path)), shapes)
+    model = shaped_clone(io.load(Path(path)), shapes)
     optimized = RuntimeServices().optimized_graph(model)
     return _cost(model, optimized.graph, _vnni(), _block())
 

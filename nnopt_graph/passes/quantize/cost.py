@@ -23,7 +23,7 @@ int8 is kept only below ``KEEP_BELOW`` so a marginal gain is not taken.
 
 from __future__ import annotations
 
-__all__ = ["KEEP_BELOW", "KERNEL_COST", "CostModel", "node_macs"]
+__all__ = ["KEEP_BELOW", "KERNEL_COST", "CostModel", "node_macs", "shaped_clone"]
 
 import dataclasses
 import math
@@ -56,8 +56,8 @@ def _speedup(node: ir.Node, vnni: bool) -> float:
     return 3.0 if vnni else 2.0
 
 
-def node_macs(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
-    """MACs of every main-graph Conv/ConvTranspose/Gemm/MatMul at these input shapes."""
+def shaped_clone(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> ir.Model:
+    """A clone with the inputs fixed to ``shapes`` and every node output re-inferred."""
     clone = model.clone()
     for value in clone.graph.inputs:
         if value.name and value.name in shapes:
@@ -66,6 +66,12 @@ def node_macs(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> dict[str,
         for value in node.outputs:
             value.shape = None  # re-inferred from the concrete inputs, not the symbolic ones
     ir_passes.ShapeInferencePass(strict_mode=False)(clone)
+    return clone
+
+
+def node_macs(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> dict[str, int]:
+    """MACs of every main-graph Conv/ConvTranspose/Gemm/MatMul at these input shapes."""
+    clone = shaped_clone(model, shapes)
     out: dict[str, int] = {}
     for node in clone.graph:
         macs = _node_macs(node)

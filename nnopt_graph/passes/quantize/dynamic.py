@@ -99,15 +99,8 @@ def _measured_macs(
     wanted = {name_of(n.inputs[0]): n for n in nodes if n.name and name_of(n.inputs[0])}
     if not wanted:
         return {}
-    seen: dict[str, tuple[int, ...]] = {}
-
-    def on_batch(batch: dict[str, np.ndarray]) -> None:
-        seen.update((k, tuple(v.shape)) for k, v in batch.items() if k not in seen)
-
-    try:
-        context.runtime.capture(model, sorted(wanted), data.take(1), on_batch)
-    except Exception as exc:  # advisory: the nodes then count as unknown
-        logger.debug("capturing MatMul input shapes failed: %s", exc)
+    seen = _first_feed_shapes(model, sorted(wanted), data, context, "MatMul")
+    if seen is None:  # advisory: the nodes then count as unknown
         return {}
     out = {}
     for value, node in wanted.items():
@@ -158,6 +151,23 @@ def _choose(
     }
 
 
+def _first_feed_shapes(
+    model: ir.Model, names: list[str], data: Any, context: PassContext, what: str
+) -> dict[str, tuple[int, ...]] | None:
+    """Shapes of the named values on one calibration feed; None when capturing fails."""
+    seen: dict[str, tuple[int, ...]] = {}
+
+    def on_batch(batch: dict[str, np.ndarray]) -> None:
+        seen.update((k, tuple(v.shape)) for k, v in batch.items() if k not in seen)
+
+    try:
+        context.runtime.capture(model, names, data.take(1), on_batch)
+    except Exception as exc:
+        logger.debug("capturing %s input shapes failed: %s", what, exc)
+        return None
+    return seen
+
+
 def _lstm_shapes(
     model: ir.Model, targets: list[LstmTarget], data: Any, context: PassContext
 ) -> dict[tuple[int, int], int]:
@@ -165,15 +175,8 @@ def _lstm_shapes(
     wanted = {name_of(t.node.inputs[0]): t for t in targets if t.key[0] == 0}
     if not wanted:
         return {}
-    seen: dict[str, tuple[int, ...]] = {}
-
-    def on_batch(batch: dict[str, np.ndarray]) -> None:
-        seen.update((k, tuple(v.shape)) for k, v in batch.items() if k not in seen)
-
-    try:
-        context.runtime.capture(model, sorted(wanted), data.take(1), on_batch)
-    except Exception as exc:  # advisory: the LSTMs then count one step
-        logger.debug("capturing LSTM input shapes failed: %s", exc)
+    seen = _first_feed_shapes(model, sorted(wanted), data, context, "LSTM")
+    if seen is None:  # advisory: the LSTMs then count one step
         return {}
     out = {}
     for value, t in wanted.items():
