@@ -18,7 +18,7 @@ from passes_util import model_from_text, op_types, run_pass
 
 from models import zoo
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS, all_nodes
-from nnopt_graph.passes.cleanup import simplify
+from nnopt_graph.passes.cleanup import screens
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 
@@ -35,7 +35,7 @@ def _screen(proto: onnx.ModelProto) -> bool:
     model = ir.serde.deserialize_model(proto)
     nodes = list(all_nodes(model))
     custom = {id(n) for n in nodes if n.domain not in STANDARD_DOMAINS}
-    return simplify._folder_may_act(nodes, custom)
+    return screens.folder_may_act(nodes, custom)
 
 
 # ---------------------------------------------------------------- fold-constants
@@ -46,7 +46,7 @@ def test_folder_ops_are_onnxscripts_evaluators_but_add():
 
     registered = {op for domain, op in registry.op_evaluators if domain == ""}
     assert {domain for domain, _ in registry.op_evaluators} == {""}
-    assert registered - {"Add"} == set(simplify._FOLDER_OPS)
+    assert registered - {"Add"} == set(screens.FOLDER_OPS)
 
 
 @pytest.mark.parametrize(
@@ -170,7 +170,7 @@ def test_sort_screen_skips_a_sorted_graph():
             a = Add (x, w) b = Relu (x) y = Mul (a, b)
         }}"""
     )
-    assert simplify._already_sorted(ir.serde.deserialize_model(proto))
+    assert screens.already_sorted(ir.serde.deserialize_model(proto))
     assert _after_pass(proto, "sort-topologically") == _sorted_by_onnx_ir(proto)
 
 
@@ -182,7 +182,7 @@ def test_sort_screen_lets_through_a_node_before_its_producer():
     del proto.graph.node[:]
     proto.graph.node.extend([nodes[0], nodes[2], nodes[1]])
     model = ir.serde.deserialize_model(proto)
-    assert not simplify._already_sorted(model)
+    assert not screens.already_sorted(model)
     _, result = run_pass(proto, "sort-topologically")
     assert result.modified and result.stats["nodes-moved"] == 2
 
@@ -195,12 +195,12 @@ def test_sort_screen_lets_through_subgraphs_and_unnamed_nodes():
                         else_branch = e () => (float[N,4] b) {{ b = Relu (x) }}>
         }}"""
     )
-    assert not simplify._already_sorted(ir.serde.deserialize_model(proto))
+    assert not screens.already_sorted(ir.serde.deserialize_model(proto))
     flat = model_from_text(f"{HEADER} g (float[N,4] x) => (float[N,4] y) {{ y = Relu (x) }}")
     model = ir.serde.deserialize_model(flat)
-    assert simplify._already_sorted(model)
+    assert screens.already_sorted(model)
     next(iter(model.graph)).name = None  # onnx-ir's sort would name it
-    assert not simplify._already_sorted(model)
+    assert not screens.already_sorted(model)
 
 
 @pytest.mark.parametrize("name", sorted(zoo.ZOO))
@@ -224,7 +224,7 @@ def _dead_code_screen(proto: onnx.ModelProto) -> bool:
     from nnopt_graph.analysis.walk import all_graphs
 
     model = ir.serde.deserialize_model(proto)
-    return simplify._nothing_unused(model, list(all_graphs(model)))
+    return screens.nothing_unused(model, list(all_graphs(model)))
 
 
 def test_dead_code_screen_skips_a_graph_where_everything_is_used():
