@@ -1,6 +1,6 @@
 """Load and save models on onnx-ir: lazy external data, clear errors, atomic writes."""
 
-# One module (~560 lines) on purpose: the atomic two-file write (stage folder, fsync,
+# One module (~610 lines) on purpose: the atomic two-file write (stage folder, fsync,
 # content-named data file, publish by rename, stale-stage cleanup) and the path checks
 # that guard it (output is not an input, its data file or a calibration file) keep one
 # invariant — a reader sees the old pair or the new pair, never a mix — and are tested
