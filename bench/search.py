@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from nnopt_graph.runtime.data import input_specs, load_dataset  # noqa: E402
 from nnopt_graph.runtime.quant_bench import compare_latency  # noqa: E402
-from nnopt_graph.search.run import run_search  # noqa: E402
+from nnopt_graph.search.run import ASK_BATCH, run_search  # noqa: E402
 from nnopt_graph.search.space import SearchSpace, default_space  # noqa: E402
 
 GUARD = "cosine.min>=0.99"
@@ -389,8 +389,11 @@ def _ray_bench(trials: int, work: Path) -> dict:
         "ray_version": ray.__version__,
         "runs": runs,
         "resume": resume,
+        "batch": ASK_BATCH,
         "ray1_vs_local1": same("local-1", "ray-1"),
         "ray2_vs_local2": same("local-2", "ray-2"),
+        "local2_vs_local1": same("local-1", "local-2"),
+        "ray2_vs_local1": same("local-1", "ray-2"),
         "ray2_vs_ray1_wall": round(runs["ray-2"]["seconds"] / runs["ray-1"]["seconds"], 3),
         "local2_vs_local1_wall": round(runs["local-2"]["seconds"] / runs["local-1"]["seconds"], 3),
     }
@@ -586,7 +589,8 @@ def _markdown(out: dict) -> list[str]:
         lines += [
             "",
             f"## Ray local mode vs local pool (digits, default space, {ray_part['trials']} "
-            f"trials, seed 0, fresh OUTDIR each, Ray {ray_part['ray_version']}, "
+            f"trials, seed 0, batch {ray_part.get('batch', 'the worker count')}, fresh OUTDIR "
+            f"each, Ray {ray_part['ray_version']}, "
             "`ray.init(num_cpus=2)`)",
             "",
             "| run | wall s | evaluated | load after | best |",
@@ -600,7 +604,11 @@ def _markdown(out: dict) -> list[str]:
         for key, (a, b) in (
             ("ray1_vs_local1", ("local-1", "ray-1")),
             ("ray2_vs_local2", ("local-2", "ray-2")),
+            ("local2_vs_local1", ("local-1", "local-2")),
+            ("ray2_vs_local1", ("local-1", "ray-2")),
         ):
+            if key not in ray_part:  # parts from before the fixed ask batch
+                continue
             s = ray_part[key]
             lines.append("")
             lines.append(

@@ -76,6 +76,13 @@ def add_search_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--workers", type=_positive_int, default=1, help="parallel evaluations (local: <= cores)"
     )
+    p.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=None,
+        help="candidates asked per round (default 4): the same seed and batch ask the same "
+        "candidates on any number of workers; at most this many run at once",
+    )
     p.set_defaults(func=cmd_search)
     return p
 
@@ -99,6 +106,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         workers=args.workers,
         confirm=args.confirm,
         strategy=args.strategy,
+        **({} if args.batch is None else {"batch": args.batch}),
     )
     for r in results:
         assert r.best is not None

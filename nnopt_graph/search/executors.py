@@ -42,7 +42,8 @@ class RayExecutor:
     Tasks ask for one CPU; a GPU target's tasks also ask for one GPU. When the cluster
     declares a resource named ``nnopt-target-<target>`` (``ray start --resources``), tasks
     ask for it, so latency is measured on workers of the target kind. Paths in the jobs
-    must be readable and writable on the workers (a shared file system).
+    must be readable and writable on the workers (a shared file system). At most
+    ``workers`` tasks are in flight: the cluster may be shared.
     """
 
     def __init__(self, address: str, target: str, workers: int) -> None:
@@ -66,8 +67,17 @@ class RayExecutor:
         self._task = ray.remote(evaluate_candidate).options(**options)
 
     def map(self, jobs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Run the jobs as Ray tasks and gather their results in job order."""
-        return list(self._ray.get([self._task.remote(job) for job in jobs]))
+        """Run the jobs as Ray tasks, at most ``workers`` at once; results in job order."""
+        ray = self._ray
+        refs: list[Any] = []
+        running: list[Any] = []
+        for job in jobs:
+            if len(running) >= self.workers:
+                _, running = ray.wait(running, num_returns=1)
+            ref = self._task.remote(job)
+            refs.append(ref)
+            running.append(ref)
+        return list(ray.get(refs))
 
     def close(self) -> None:
         """Leave the cluster running (it is not ours to stop)."""

@@ -20,6 +20,11 @@ from nnopt_graph.search.space import SearchSpace, load_space
 logger = logging.getLogger(__name__)
 
 DEFAULT_TRIALS = 20
+# Candidates asked per round before any of them is told. Fixed, not the worker count: the
+# strategy's asks (and the guard-failure skips between rounds) depend on what it was told
+# before each ask, so the same seed and batch ask the same candidates on 1 worker or 16,
+# locally or on Ray. Up to this many are evaluated at once; --batch raises it.
+ASK_BATCH = 4
 
 
 @dataclasses.dataclass
@@ -87,6 +92,7 @@ def _search_one(
     confirm: int = 0,
     timer: Any = None,
     strategy_kind: str = "tpe",
+    batch: int = ASK_BATCH,
 ) -> SearchResult:
     from nnopt_graph.search.strategy import make_strategy
 
@@ -120,7 +126,7 @@ def _search_one(
         jobs: dict[str, dict[str, Any]] = {}
         choices: dict[str, dict[str, str]] = {}
         while (
-            len(jobs) < executor.workers
+            len(jobs) < batch
             and len(seen) + len(jobs) < limit
             and asked < max_asks
             and len(seen) + len(skipped) + len(jobs) < space.size
@@ -243,6 +249,7 @@ def run_search(
     confirm: int | None = None,
     confirm_timer: Any = None,
     strategy: str = "tpe",
+    batch: int = ASK_BATCH,
 ) -> list[SearchResult]:
     """Search the space for each model (a file, or every .onnx in a folder).
 
@@ -258,6 +265,8 @@ def run_search(
     fastest by its measured figure, the target preset (the space's first preset) and the
     input are re-timed together in one interleaved windowed run (search.confirm), and best
     is the fastest of that run; 0 turns the stage off (best = the fastest by the model).
+    ``batch`` candidates are asked per round and evaluated on up to ``workers`` at once:
+    the candidates asked depend on the seed and the batch, not on the workers or executor.
     ``confirm_timer`` replaces the timed run (tests inject a deterministic one).
 
     Raises:
@@ -275,6 +284,15 @@ def run_search(
         raise BadInputError(f"--budget-minutes must be positive, not {budget_minutes}")
     if workers < 1:
         raise BadInputError(f"--workers must be at least 1, not {workers}")
+    if batch < 1:
+        raise BadInputError(f"--batch must be at least 1, not {batch}")
+    if workers > batch:
+        logger.warning(
+            "--workers %d > --batch %d: at most %d candidates are evaluated at once",
+            workers,
+            batch,
+            batch,
+        )
     from nnopt_graph.search.confirm import CONFIRM_DEFAULT
     from nnopt_graph.search.strategy import STRATEGIES
 
@@ -322,6 +340,7 @@ def run_search(
                 confirm=confirm,
                 timer=confirm_timer,
                 strategy_kind=strategy,
+                batch=batch,
             )
             for m, o in targets
         ]

@@ -137,6 +137,22 @@ class SearchSpace:
         names = [name for name, _ in self.stages]
         return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*per_stage)]
 
+    def middle(self, lead: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Every ordered stage at its middle choice (the less lossy of two), the rest at ``lead``'s.
+
+        The warm start's probe between the presets and the aggressive corner: when the
+        corner fails the guard or is slow, the fast feasible candidates often lie in the
+        middle of the prune ratios, where a sampler told only the two ends looks last.
+        An unordered stage takes ``lead``'s choice (none without a lead).
+        """
+        out: dict[str, str] = {}
+        for name, choices in self.stages:
+            if name in self.ordered:
+                out[name] = choices[(len(choices) - 1) // 2]
+            else:
+                out[name] = lead[name] if lead is not None else ""
+        return out
+
 
 def _prune_choice(ratio: float) -> str:
     return f"prune-channels{{ratio={ratio}}}" if ratio > 0 else ""

@@ -64,7 +64,7 @@ def test_ray_local_mode_matches_local_executor(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ray_local_mode_gives_the_same_front_as_the_local_executor(tmp_path: Path) -> None:
-    """Same seed, same batches (2 workers each): the same candidates asked, the same front.
+    """Same seed and batch, 1 local worker vs 2 Ray workers: the same candidates, the same front.
 
     The strategy is told the modelled latency (deterministic), not a timed one, so the asks
     after the warm start do not depend on the machine's load or on where a candidate ran.
@@ -83,13 +83,13 @@ def test_ray_local_mode_gives_the_same_front_as_the_local_executor(tmp_path: Pat
         trials=5,
         seed=0,
         space=space,
-        workers=2,
+        batch=2,
         confirm=0,
     )
-    local = run_search(MODEL, tmp_path / "local", **kwargs)[0]
+    local = run_search(MODEL, tmp_path / "local", workers=1, **kwargs)[0]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        remote = run_search(MODEL, tmp_path / "ray", ray="auto", **kwargs)[0]
+        remote = run_search(MODEL, tmp_path / "ray", ray="auto", workers=2, **kwargs)[0]
     finally:
         ray.shutdown()
     assert local.evaluated == remote.evaluated == 5

@@ -68,7 +68,7 @@ def test_neighbours_step_one_stage_at_a_time() -> None:
     assert SMALL.neighbours(_c(P2, pt)) == [_c(P2, "quantize-int8")]
 
 
-def test_default_warm_start_is_presets_then_the_aggressive_corner() -> None:
+def test_default_warm_start_is_presets_corner_middle_then_the_corner_variants() -> None:
     space = default_space("cpu")
     texts = [space.pipeline(c) for c in warm_start(space)]
     dyn = ",quantize-dynamic-int8"
@@ -76,11 +76,29 @@ def test_default_warm_start_is_presets_then_the_aggressive_corner() -> None:
     assert texts == [
         f"default,quantize-int8{dyn}",
         "default",
-        # The corner: lossiest prune ratio and 2:4, each int8 variant (the preset's first).
+        # The corner: lossiest prune ratio and 2:4, with the preset's int8 variant.
         f"{corner},quantize-int8{dyn}",
+        # The middle: prune 0.2 of 0-0.5, 2:4 off (the less lossy of its two), preset int8.
+        f"default,prune-channels{{ratio=0.2}},quantize-int8{dyn}",
+        # The corner's other int8 variants.
         f"{corner},quantize-int8{{per-channel=false}}{dyn}",
         f"{corner},quantize-int8{{calibrator=entropy}}{dyn}",
     ]
+
+
+def test_middle_takes_the_middle_of_ordered_stages_and_the_lead_elsewhere() -> None:
+    pt = "quantize-int8{per-channel=false}"
+    assert SMALL.middle(_c("", pt)) == _c(P1, pt)
+    assert SMALL.middle() == _c(P1, "")  # no lead: no choice in the unordered stage
+    # An even number of choices: the less lossy of the two middle ones.
+    four = SearchSpace("default", (("prune", ("", P1, P2, "p3")),), (), ("prune",))
+    assert four.middle() == {"prune": P1}
+
+
+def test_middle_moves_no_stage_the_space_does_not_declare_ordered() -> None:
+    space = SearchSpace("default", (("prune", ("", P1, P2)),))  # nothing ordered
+    assert space.middle() == {"prune": ""}
+    assert space.middle({"prune": P2}) == {"prune": P2}
 
 
 def test_most_lossy_is_the_corner_with_the_lead_choice_first() -> None:
@@ -103,10 +121,10 @@ def test_most_lossy_does_not_assume_an_order_the_space_does_not_declare() -> Non
 
 def test_warm_start_without_presets_starts_at_the_corner_with_no_repeats() -> None:
     space = SearchSpace("default", (("prune", ("", P1, P2)),), (), ("prune",))
-    assert warm_start(space) == [{"prune": P2}]
+    assert warm_start(space) == [{"prune": P2}, {"prune": P1}]  # the corner, the middle
     # A preset already at the corner is not asked twice.
     at_corner = SearchSpace("default", (("prune", ("", P1)),), ((("prune", P1),),), ("prune",))
-    assert warm_start(at_corner) == [{"prune": P1}]
+    assert warm_start(at_corner) == [{"prune": P1}, {"prune": ""}]
     warm = warm_start(SMALL)
     assert len(warm) == len({SMALL.pipeline(c) for c in warm})
     assert warm[:2] == SMALL.preset_choices()
@@ -120,7 +138,8 @@ def test_warm_start_asks_at_most_corner_limit_corner_candidates() -> None:
     )
     space = SearchSpace("default", stages)
     assert len(space.most_lossy()) == 16 > CORNER_LIMIT
-    assert warm_start(space) == space.most_lossy()[:CORNER_LIMIT]
+    corner = space.most_lossy()[:CORNER_LIMIT]
+    assert warm_start(space) == corner[:1] + [space.middle()] + corner[1:]
 
 
 def _corner_fake(choice: dict[str, str]) -> dict[str, Any]:
