@@ -122,14 +122,19 @@ def _search_one(
         if deadline is not None and time.monotonic() > deadline:
             logger.info("budget of %s minutes spent", budget_minutes)
             break
+        # One round: ``batch`` distinct candidates asked, then all told, in the order asked.
+        # A candidate found in the cache counts in the round and is told with the others,
+        # as if evaluated now: a resumed run asks exactly what the first run asked.
         pending: dict[str, list[Any]] = {}
+        asked_now: list[str] = []
+        known: dict[str, dict[str, Any]] = {}
         jobs: dict[str, dict[str, Any]] = {}
         choices: dict[str, dict[str, str]] = {}
         while (
-            len(jobs) < batch
-            and len(seen) + len(jobs) < limit
+            len(asked_now) < batch
+            and len(seen) + len(asked_now) < limit
             and asked < max_asks
-            and len(seen) + len(skipped) + len(jobs) < space.size
+            and len(seen) + len(skipped) + len(asked_now) < space.size
         ):
             trial, choice = strategy.ask()
             asked += 1
@@ -137,15 +142,8 @@ def _search_one(
             if text in seen or text in skipped:
                 strategy.tell(trial, seen.get(text) or skipped[text])
                 continue
-            if text in jobs:
+            if text in pending:
                 pending[text].append(trial)
-                continue
-            key = candidate_key(input_sha, text, data_shas, target, guard)
-            cached = cache.get(key)
-            if cached is not None:
-                seen[text] = cached
-                learn(choice, cached)
-                strategy.tell(trial, cached)
                 continue
             worse = next((t for c, t in infeasible if space.at_least_as_lossy(choice, c)), None)
             if worse is not None:
@@ -159,6 +157,12 @@ def _search_one(
                 continue
             pending[text] = [trial]
             choices[text] = choice
+            asked_now.append(text)
+            key = candidate_key(input_sha, text, data_shas, target, guard)
+            cached = cache.get(key)
+            if cached is not None:
+                known[text] = cached
+                continue
             jobs[text] = {
                 "input": str(model),
                 "output": str(outdir / "candidates" / key[:16] / "model.onnx"),
@@ -172,19 +176,23 @@ def _search_one(
                 "seed": seed,
                 "key": key,
             }
-        if not jobs:
+        if not asked_now:
             continue
-        for job, record in zip(jobs.values(), executor.map(list(jobs.values())), strict=True):
-            record["model"] = job["output"] if record.get("status") == "ok" else None
-            cache.put(job["key"], record)
-            evaluated += 1
-            seen[job["pipeline"]] = record
-            learn(choices[job["pipeline"]], record)
-            for trial in pending[job["pipeline"]]:
+        if jobs:
+            for job, record in zip(jobs.values(), executor.map(list(jobs.values())), strict=True):
+                record["model"] = job["output"] if record.get("status") == "ok" else None
+                cache.put(job["key"], record)
+                evaluated += 1
+                known[job["pipeline"]] = record
+                logger.info(
+                    "candidate %s: %s", job["pipeline"], record.get("error") or record["status"]
+                )
+        for text in asked_now:
+            record = known[text]
+            seen[text] = record
+            learn(choices[text], record)
+            for trial in pending[text]:
                 strategy.tell(trial, record)
-            logger.info(
-                "candidate %s: %s", job["pipeline"], record.get("error") or record["status"]
-            )
     records = list(seen.values())
     front = front_of(records)
     records += list(skipped.values())

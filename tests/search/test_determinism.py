@@ -113,3 +113,85 @@ def test_the_front_ignores_measured_latency() -> None:
     assert [r["pipeline"] for r in front_of([fast, better])] == ["z"]
     # No modelled figure: no objectives, not on the front.
     assert objectives({**fast, "modelled": {"ratio": None}}) is None
+
+
+class _CountingStrategy:
+    """Asks the grid in order; logs how many results it had been told at each ask."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self._order = list(space.candidates())
+        self.log: list[tuple[str, int]] = []
+        self._told = 0
+
+    def ask(self) -> tuple[None, dict[str, str]]:
+        choice = self._order[len(self.log) % len(self._order)]
+        self.log.append((SPACE.pipeline(choice), self._told))
+        return None, dict(choice)
+
+    def tell(self, trial: Any, record: dict[str, Any]) -> None:
+        self._told += 1
+
+
+class _CopyExecutor:
+    """Evaluates nothing: writes the input as each candidate, with fixed objective values."""
+
+    workers = 1
+
+    def map(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        import shutil
+
+        out = []
+        for job in jobs:
+            Path(job["output"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(job["input"], job["output"])
+            out.append(
+                {
+                    "pipeline": job["pipeline"],
+                    "status": "ok",
+                    "guard_passed": True,
+                    "modelled": {"ratio": 1.0 - 0.01 * len(job["pipeline"])},
+                    "worst": {"cosine": 0.999},
+                    "size": 100,
+                    "latency_ratio": {"min": 1.0, "median": 1.0, "max": 1.0},
+                }
+            )
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("batch", [1, 2, 4])
+def test_a_resumed_run_tells_the_strategy_what_the_first_run_told_it(
+    tmp_path: Path, inputs: dict[str, Path], monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    # Cache hits count in their round and are told with the round, as evaluations are: the
+    # strategy sees the same history at every ask, so a resumed run asks the same candidates.
+    import nnopt_graph.search.run as run_mod
+    import nnopt_graph.search.strategy as strategy_mod
+
+    strategies: list[_CountingStrategy] = []
+
+    def make(space: SearchSpace, seed: int, kind: str = "tpe") -> _CountingStrategy:
+        strategies.append(_CountingStrategy(space))
+        return strategies[-1]
+
+    monkeypatch.setattr(strategy_mod, "make_strategy", make)
+    kwargs: dict[str, Any] = dict(
+        target="cpu",
+        calib=inputs["calib"],
+        eval_data=inputs["eval"],
+        guard=GUARD,
+        trials=5,
+        budget_minutes=None,
+        space=SPACE,
+        executor=_CopyExecutor(),
+        seed=0,
+        batch=batch,
+    )
+    first = run_mod._search_one(MODEL, tmp_path / "out", **kwargs)
+    again = run_mod._search_one(MODEL, tmp_path / "out", **kwargs)
+    assert first.evaluated == 5 and again.evaluated == 0
+    assert strategies[0].log == strategies[1].log
+    # Within a round nothing is told: the k-th ask of a round saw only earlier rounds.
+    assert [told for _, told in strategies[0].log] == [batch * (i // batch) for i in range(5)]
