@@ -33,7 +33,7 @@ import search as bs  # noqa: E402
 
 import nnopt_graph.search.strategy as strategy_mod  # noqa: E402
 
-VARIANTS = ("B/1", "B/4", "E/4", "F/4", "G/4", "H/1", "H/4", "I/4")
+VARIANTS = ("B/1", "B/4", "E/4", "F/4", "G/4", "H/1", "H/2", "H/4", "I/4")
 
 
 def _middle(space, lead, upper: bool):  # noqa: ANN001, ANN202

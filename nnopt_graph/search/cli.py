@@ -80,7 +80,7 @@ def add_search_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--batch",
         type=_positive_int,
         default=None,
-        help="candidates asked per round (default 4): the same seed and batch ask the same "
+        help="candidates asked per round (default 2): the same seed and batch ask the same "
         "candidates on any number of workers; at most this many run at once",
     )
     p.set_defaults(func=cmd_search)

@@ -24,7 +24,7 @@ DEFAULT_TRIALS = 20
 # strategy's asks (and the guard-failure skips between rounds) depend on what it was told
 # before each ask, so the same seed and batch ask the same candidates on 1 worker or 16,
 # locally or on Ray. Up to this many are evaluated at once; --batch raises it.
-ASK_BATCH = 4
+ASK_BATCH = 2
 
 
 @dataclasses.dataclass

@@ -65,7 +65,8 @@ def warm_start(space: SearchSpace) -> list[dict[str, str]]:
     variants (``space.most_lossy``; at most ``CORNER_LIMIT`` corner candidates), and the
     sampler takes over from there. The order was chosen by replaying TPE against six
     evaluated grids (bench/search_warm_ablation.py; the middle probe moved rapidocr-rec's
-    48-candidate space from 7.8 to 4.0 trials to within 5%, digits' from 4.0 to 5.0).
+    48-candidate space from 7.8 to 4.0 trials to within 5% of the re-timed best, digits'
+    from 4.0 to 5.0).
     It depends on the space only (no model, no seed).
     """
     out: list[dict[str, str]] = []
