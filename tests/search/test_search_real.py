@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import onnx
 import pytest
@@ -20,6 +21,22 @@ PRUNE = "prune-channels{ratio=0.25}"
 SPACE = SearchSpace("default", (("prune", ("", PRUNE)),), ((("prune", ""),),), ("prune",))
 
 
+def _search(model: Path, cal: Path, held: Path, space: Path, out: Path, **kwargs: Any) -> Any:
+    """The two-candidate search of these tests (no confirmation run)."""
+    return run_search(
+        model,
+        out,
+        target="cpu",
+        calib=cal,
+        eval_data=held,
+        guard=GUARD,
+        trials=2,
+        space=space,
+        confirm=0,
+        **kwargs,
+    )[0]
+
+
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, Path]:
     """One search of the two candidates: (model, calib, held-out data, OUTDIR)."""
@@ -30,18 +47,7 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path
     space = work / "space.json"
     space.write_text(json.dumps(SPACE.to_json()))
     out = work / "out"
-    run_search(
-        model,
-        out,
-        target="cpu",
-        calib=cal,
-        eval_data=held,
-        guard=GUARD,
-        trials=2,
-        space=space,
-        confirm=0,
-        workers=2,
-    )
+    _search(model, cal, held, space, out, workers=2)
     return model, cal, held, out
 
 
@@ -79,16 +85,6 @@ def test_real_model_search_resumes_without_evaluating(searched, tmp_path) -> Non
     model, cal, held, out = searched
     space = tmp_path / "space.json"
     space.write_text(json.dumps(SPACE.to_json()))
-    again = run_search(
-        model,
-        out,
-        target="cpu",
-        calib=cal,
-        eval_data=held,
-        guard=GUARD,
-        trials=2,
-        space=space,
-        confirm=0,
-    )[0]
+    again = _search(model, cal, held, space, out)
     assert again.evaluated == 0
     assert len(again.records) == 2
