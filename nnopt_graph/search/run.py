@@ -358,10 +358,12 @@ def run_search(
     if failed:
         parts = []
         for r in failed:
-            broken = sum(x.get("status") != "ok" for x in r.records)
-            over = len(r.records) - broken
+            skipped = sum(x.get("status") == "skipped" for x in r.records)
+            broken = sum(x.get("status") not in ("ok", "skipped") for x in r.records)
+            over = len(r.records) - broken - skipped
             parts.append(
                 f"{r.outdir} ({len(r.records)} candidates: {over} over the guard, "
+                f"{skipped} skipped as at least as lossy as one over it, "
                 f"{broken} failed to build)"
             )
         raise CheckFailedError(

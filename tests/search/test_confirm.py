@@ -337,7 +337,13 @@ def test_run_search_nothing_feasible_writes_no_best(tmp_path: Path) -> None:
     # A best.onnx left by an earlier run must not survive either.
     (out / "best.onnx").write_bytes(b"stale")
     (out / "best.pipeline.txt").write_text("stale\n")
-    with pytest.raises(CheckFailedError, match=r"no candidate met the guard.*4 over the guard"):
+    # Batch 2: the preset and the lossless default are over the guard, so the other two,
+    # at least as lossy as the default, are skipped, not built.
+    with pytest.raises(
+        CheckFailedError,
+        match=r"no candidate met the guard.*4 candidates: 2 over the guard, 2 skipped as at "
+        r"least as lossy as one over it, 0 failed to build",
+    ):
         _search(out, space, confirm=3, confirm_timer=_never)
     assert not (out / "best.onnx").exists() and not (out / "best.pipeline.txt").exists()
     assert json.loads((out / "front.json").read_text())["best"] is None
