@@ -10,6 +10,15 @@ from nnopt_graph.errors import BadInputError
 
 _TEXT = '<ir_version: 8, opset_import: ["" : 17, "my.domain" : 1]>\ng (float[2] x) => (float[2] y) { y = my.domain.Unknown(x) }'
 
+_RELU = '<ir_version: 8, opset_import: ["" : 17]>\ng (float[2] x) => (float[2] y) { y = Relu(x) }'
+
+
+def _relu(folder):
+    """A one-Relu model ONNX Runtime loads, written to ``folder``."""
+    path = folder / "relu.onnx"
+    onnx.save(onnx.parser.parse_model(_RELU), path)
+    return path
+
 
 @pytest.fixture
 def unloadable(tmp_path):
@@ -49,26 +58,14 @@ def test_bad_input_is_reported_over_a_pass_that_failed_meanwhile(unloadable, tmp
 def test_a_good_input_leaves_the_pass_failure_as_it_is(tmp_path, monkeypatch):
     from nnopt_graph.errors import PassFailedError
 
-    path = tmp_path / "relu.onnx"
-    onnx.save(
-        onnx.parser.parse_model(
-            '<ir_version: 8, opset_import: ["" : 17]>\ng (float[2] x) => (float[2] y) { y = Relu(x) }'
-        ),
-        path,
-    )
+    path = _relu(tmp_path)
     monkeypatch.setattr(job.PassManager, "run", _failing_run)
     with pytest.raises(PassFailedError, match="boom"):
         job.optimize(path, tmp_path / "out.onnx")
 
 
 def test_passes_run_before_the_input_check_is_waited_for(tmp_path, monkeypatch):
-    path = tmp_path / "relu.onnx"
-    onnx.save(
-        onnx.parser.parse_model(
-            '<ir_version: 8, opset_import: ["" : 17]>\ng (float[2] x) => (float[2] y) { y = Relu(x) }'
-        ),
-        path,
-    )
+    path = _relu(tmp_path)
     order: list[str] = []
     run, result = job.PassManager.run, job._InputRuns.result
 
@@ -88,13 +85,7 @@ def test_passes_run_before_the_input_check_is_waited_for(tmp_path, monkeypatch):
 
 
 def test_a_large_model_is_checked_and_verified_one_process_at_a_time(tmp_path, monkeypatch):
-    path = tmp_path / "relu.onnx"
-    onnx.save(
-        onnx.parser.parse_model(
-            '<ir_version: 8, opset_import: ["" : 17]>\ng (float[2] x) => (float[2] y) { y = Relu(x) }'
-        ),
-        path,
-    )
+    path = _relu(tmp_path)
     monkeypatch.setattr(job, "ONE_SESSION_AT_A_TIME_BYTES", 0)
 
     started = []

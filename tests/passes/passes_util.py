@@ -60,6 +60,14 @@ def ort_run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.nda
     return session.run(None, feeds)
 
 
+def ort_outputs(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The outputs under ONNX Runtime's default optimizations (its fused kernels), quietly."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(proto.SerializeToString(), options, ["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
 def assert_same_outputs(
     before: onnx.ModelProto, after: onnx.ModelProto, seed: int = 0, rtol=1e-5, atol=1e-5, **dims
 ):

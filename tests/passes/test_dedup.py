@@ -446,7 +446,6 @@ def test_tensors_equal_across_chunk_boundaries(monkeypatch):
     assert dedup.tensor_digest(a) == dedup.tensor_digest(b) != dedup.tensor_digest(c)
 
 
-
 @pytest.mark.parametrize(
     "array",
     [

@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
-from passes_util import op_types, random_feeds, to_proto
+from passes_util import op_types, ort_outputs, random_feeds, to_proto
 
 from nnopt_graph.pipeline.base import PassContext
 from nnopt_graph.pipeline.grammar import PassSpec
@@ -59,13 +58,6 @@ def _run(proto, target="cpu", **options):
     return model, pass_.run(model, context), pass_, context
 
 
-def _outputs(proto, feed):
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(proto.SerializeToString(), options, ["CPUExecutionProvider"])
-    return session.run(None, feed)
-
-
 def test_matmuls_become_fused_dynamic_int8_with_bounded_error(tmp_path: Path) -> None:
     proto = encoder_block()
     model, result, _, _ = _run(proto)
@@ -80,7 +72,7 @@ def test_matmuls_become_fused_dynamic_int8_with_bounded_error(tmp_path: Path) ->
     assert [o.name for o in out.graph.output] == ["y"]
     for seed in range(3):
         feed = random_feeds(proto, 100 + seed, N=2)
-        (ref,), (got,) = _outputs(proto, feed), _outputs(out, feed)
+        (ref,), (got,) = ort_outputs(proto, feed), ort_outputs(out, feed)
         rel = np.linalg.norm(got - ref) / np.linalg.norm(ref)
         assert 0 < rel < 0.02, rel  # int8 error: present, bounded
     onnx.save(out, tmp_path / "q.onnx")

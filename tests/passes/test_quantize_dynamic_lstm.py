@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
-from passes_util import op_types
+from passes_util import op_types, ort_outputs
 
 from nnopt_graph.pipeline.base import PassContext
 from nnopt_graph.pipeline.grammar import PassSpec
@@ -132,13 +131,6 @@ def _run(proto, target="cpu", **options):
     return model, pass_.run(model, context), pass_, context
 
 
-def _outputs(proto, feed):
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(proto.SerializeToString(), options, ["CPUExecutionProvider"])
-    return session.run(None, feed)
-
-
 def _proto(model):
     proto = ir.serde.serialize_model(model)
     onnx.checker.check_model(proto)
@@ -158,7 +150,7 @@ def _rel_errors(proto, out, cond=True):
     errors = []
     for seed in range(3):
         feed = _feeds(proto, 100 + seed, cond)
-        for ref, got in zip(_outputs(proto, feed), _outputs(out, feed), strict=True):
+        for ref, got in zip(ort_outputs(proto, feed), ort_outputs(out, feed), strict=True):
             errors.append(float(np.linalg.norm(got - ref) / np.linalg.norm(ref)))
     return errors
 

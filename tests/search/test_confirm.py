@@ -14,12 +14,8 @@ from nnopt_graph.errors import CheckFailedError
 from nnopt_graph.search.cache import CACHE_NAME, CandidateCache, candidate_key, file_sha256
 from nnopt_graph.search.confirm import confirm_best, shortlist
 from nnopt_graph.search.run import run_search
+from tests.search.digits import CALIB, HELDOUT, MODEL
 
-ROOT = Path(__file__).resolve().parents[2]
-DIGITS = ROOT / "models" / "digits"
-MODEL = DIGITS / "digits_cnn.onnx"
-CALIB = DIGITS / "digits_calib.npz"
-HELDOUT = DIGITS / "digits_heldout.npz"
 GUARD = "cosine.min>=0.99"
 PRESET = "default,quantize-int8"
 

@@ -12,12 +12,8 @@ import pytest
 from nnopt_graph.search.run import SearchResult, run_search
 from nnopt_graph.search.space import SearchSpace
 from nnopt_graph.search.strategy import objectives
+from tests.search.digits import CALIB, HELDOUT, MODEL
 
-ROOT = Path(__file__).resolve().parents[2]
-DIGITS = ROOT / "models" / "digits"
-MODEL = DIGITS / "digits_cnn.onnx"
-CALIB = DIGITS / "digits_calib.npz"
-HELDOUT = DIGITS / "digits_heldout.npz"
 GUARD = "cosine.min>=0.99"
 # 6 candidates; the warm start asks 4 (the two presets, the corner prune 0.5 + int8, the
 # middle prune 0.2 + int8), so TPE chooses the 5th among the other 2 from the objective

@@ -14,12 +14,8 @@ from nnopt_graph.cli import main
 from nnopt_graph.search.cache import CandidateCache
 from nnopt_graph.search.run import pareto_front, run_search
 from nnopt_graph.search.space import default_space, load_space
+from tests.search.digits import CALIB, HELDOUT, MODEL, ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
-DIGITS = ROOT / "models" / "digits"
-MODEL = DIGITS / "digits_cnn.onnx"
-CALIB = DIGITS / "digits_calib.npz"
-HELDOUT = DIGITS / "digits_heldout.npz"
 GUARD = "cosine.min>=0.99"
 
 

@@ -9,12 +9,7 @@ from pathlib import Path
 import pytest
 
 from nnopt_graph.search.run import run_search
-
-ROOT = Path(__file__).resolve().parents[2]
-DIGITS = ROOT / "models" / "digits"
-MODEL = DIGITS / "digits_cnn.onnx"
-CALIB = DIGITS / "digits_calib.npz"
-HELDOUT = DIGITS / "digits_heldout.npz"
+from tests.search.digits import CALIB, HELDOUT, MODEL
 
 
 def _sha(path: str | Path) -> str:

@@ -12,12 +12,8 @@ from nnopt_graph.search.cache import CACHE_NAME, candidate_key, file_sha256
 from nnopt_graph.search.run import run_search
 from nnopt_graph.search.space import SearchSpace, default_space, load_space
 from nnopt_graph.search.strategy import GridStrategy, OptunaStrategy, make_strategy, warm_start
+from tests.search.digits import CALIB, HELDOUT, MODEL
 
-ROOT = Path(__file__).resolve().parents[2]
-DIGITS = ROOT / "models" / "digits"
-MODEL = DIGITS / "digits_cnn.onnx"
-CALIB = DIGITS / "digits_calib.npz"
-HELDOUT = DIGITS / "digits_heldout.npz"
 GUARD = "cosine.min>=0.99"
 
 P1, P2 = "prune-channels{ratio=0.1}", "prune-channels{ratio=0.2}"
