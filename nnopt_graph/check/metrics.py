@@ -13,6 +13,7 @@ __all__ = [
     "METRICS",
     "OutputFidelity",
     "SampleMetrics",
+    "min_cosine",
     "reduce_values",
     "sample_metrics",
 ]
@@ -116,6 +117,19 @@ def sample_metrics(reference: np.ndarray, candidate: np.ndarray) -> SampleMetric
     else:
         sqnr = 10.0 * math.log10(ref_sq / err_sq)
     return SampleMetrics(cosine, rel_l2, max_abs, sqnr, top1)
+
+
+def min_cosine(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float:
+    """The worst sample's cosine over all outputs (NaN counts as the worst).
+
+    ``reference`` and ``candidate`` hold, per sample, the outputs in the same order.
+    """
+    worst = 1.0
+    for ref, cand in zip(reference, candidate, strict=True):
+        for r, c in zip(ref, cand, strict=True):
+            value = sample_metrics(r, c).cosine
+            worst = min(worst, -1.0 if value != value else value)
+    return worst
 
 
 def reduce_values(values: Sequence[float], reduction: str) -> float:

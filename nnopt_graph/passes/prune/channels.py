@@ -29,6 +29,7 @@ from nnopt_graph.analysis.channels import (
     apply_channel_removal,
 )
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
+from nnopt_graph.check.metrics import min_cosine
 from nnopt_graph.core.constants import const_array
 from nnopt_graph.passes.prune.allocate import (
     allocate_budget,
@@ -49,7 +50,7 @@ from nnopt_graph.passes.prune.importance import (
 )
 from nnopt_graph.passes.prune.latency import WidthChoice, choose_width
 from nnopt_graph.passes.prune.reconstruct import Sink, find_sinks, reconstruct_sinks
-from nnopt_graph.passes.prune.sensitivity import masked_clone, min_cosine, run_outputs
+from nnopt_graph.passes.prune.sensitivity import masked_clone, run_outputs
 from nnopt_graph.passes.prune.shapes import fold_copied_reshape_dims
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 from nnopt_graph.runtime.data import Dataset, input_specs

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["masked_clone", "min_cosine", "run_outputs"]
+__all__ = ["masked_clone", "run_outputs"]
 
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +10,6 @@ import numpy as np
 import onnx_ir as ir
 
 from nnopt_graph.analysis.channels import ROLE_IN, ChannelGroup
-from nnopt_graph.check.metrics import sample_metrics
 from nnopt_graph.core.constants import const_array, set_constant
 from nnopt_graph.runtime.data import Dataset
 
@@ -49,13 +48,3 @@ def masked_clone(model: ir.Model, group: ChannelGroup, keep: np.ndarray) -> ir.M
         array[tuple(index)] = 0
         set_constant(value, array)
     return clone
-
-
-def min_cosine(reference: list[list[np.ndarray]], candidate: list[list[np.ndarray]]) -> float:
-    """The worst sample's cosine over all outputs (NaN counts as the worst)."""
-    worst = 1.0
-    for ref, cand in zip(reference, candidate, strict=True):
-        for r, c in zip(ref, cand, strict=True):
-            value = sample_metrics(r, c).cosine
-            worst = min(worst, -1.0 if value != value else value)
-    return worst

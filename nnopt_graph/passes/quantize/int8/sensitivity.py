@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from nnopt_graph.check.metrics import min_cosine
 from nnopt_graph.core.names import NameScope
 from nnopt_graph.passes.quantize.calib import (
     TensorStats,
@@ -292,18 +293,17 @@ def _worst_cosines(
     reference: list[dict[str, np.ndarray]], candidate: ir.Model, data: Dataset, runtime: Any
 ) -> float:
     """The worst per-sample cosine (over all float outputs) of a candidate's outputs."""
-    worst = 1.0
+    refs, cands = [], []
     for ref_out, (cand_out,) in zip(reference, runtime.outputs([candidate], data), strict=True):
-        for name, ref in ref_out.items():
-            got = cand_out.get(name)
-            if got is None or np.shape(got) != np.shape(ref) or ref.dtype.kind != "f":
-                continue
-            a = np.nan_to_num(np.asarray(ref, np.float64)).ravel()
-            b = np.nan_to_num(np.asarray(got, np.float64)).ravel()
-            norms = float(np.linalg.norm(a) * np.linalg.norm(b))
-            cos = float(a @ b) / norms if norms > 0 else float(np.array_equal(a, b))
-            worst = min(worst, cos)
-    return worst
+        names = [
+            name
+            for name, ref in ref_out.items()
+            if name in cand_out and np.shape(cand_out[name]) == np.shape(ref)
+            if ref.dtype.kind == "f"
+        ]
+        refs.append([ref_out[name] for name in names])
+        cands.append([cand_out[name] for name in names])
+    return min_cosine(refs, cands)
 
 
 def _output_sensitivity(
