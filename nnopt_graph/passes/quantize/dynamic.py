@@ -33,7 +33,7 @@ from nnopt_graph.passes.quantize.common import (
     split_names,
     subgraph_nodes,
 )
-from nnopt_graph.passes.quantize.cost import KEEP_BELOW, QDQ_COST, node_macs
+from nnopt_graph.passes.quantize.cost import KEEP_BELOW, QDQ_COST, first_feed_shapes, node_macs
 from nnopt_graph.passes.quantize.int8.plan import cpu_int8_features
 from nnopt_graph.passes.quantize.lstm import (
     LstmTarget,
@@ -99,7 +99,7 @@ def _measured_macs(
     wanted = {name_of(n.inputs[0]): n for n in nodes if n.name and name_of(n.inputs[0])}
     if not wanted:
         return {}
-    seen = _first_feed_shapes(model, sorted(wanted), data, context, "MatMul")
+    seen = first_feed_shapes(model, sorted(wanted), data, context.runtime.capture, "MatMul input")
     if seen is None:  # advisory: the nodes then count as unknown
         return {}
     out = {}
@@ -151,23 +151,6 @@ def _choose(
     }
 
 
-def _first_feed_shapes(
-    model: ir.Model, names: list[str], data: Any, context: PassContext, what: str
-) -> dict[str, tuple[int, ...]] | None:
-    """Shapes of the named values on one calibration feed; None when capturing fails."""
-    seen: dict[str, tuple[int, ...]] = {}
-
-    def on_batch(batch: dict[str, np.ndarray]) -> None:
-        seen.update((k, tuple(v.shape)) for k, v in batch.items() if k not in seen)
-
-    try:
-        context.runtime.capture(model, names, data.take(1), on_batch)
-    except Exception as exc:
-        logger.debug("capturing %s input shapes failed: %s", what, exc)
-        return None
-    return seen
-
-
 def _lstm_shapes(
     model: ir.Model, targets: list[LstmTarget], data: Any, context: PassContext
 ) -> dict[tuple[int, int], int]:
@@ -175,7 +158,7 @@ def _lstm_shapes(
     wanted = {name_of(t.node.inputs[0]): t for t in targets if t.key[0] == 0}
     if not wanted:
         return {}
-    seen = _first_feed_shapes(model, sorted(wanted), data, context, "LSTM")
+    seen = first_feed_shapes(model, sorted(wanted), data, context.runtime.capture, "LSTM input")
     if seen is None:  # advisory: the LSTMs then count one step
         return {}
     out = {}

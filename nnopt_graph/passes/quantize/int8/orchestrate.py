@@ -40,8 +40,9 @@ from nnopt_graph.passes.quantize.cost import (
     DROP_BELOW,
     KEEP_BELOW,
     CostModel,
+    float_weights,
     largest_activation,
-    node_macs,
+    measured_node_macs,
 )
 from nnopt_graph.passes.quantize.int8.edit import (
     _act_params,
@@ -327,7 +328,9 @@ class QuantizeInt8Pass(RankedBackOffPass):
         costs = None
         if not measure:
             shapes = {k: list(v.shape) for k, v in feed.items()}
-            costs = CostModel(node_macs(base, shapes), bool(cpu_int8_features()["vnni"]))
+            macs, unknown = measured_node_macs(base, shapes, data, self._runtime.capture)
+            vnni = bool(cpu_int8_features()["vnni"])
+            costs = CostModel(macs, vnni, unknown, float_weights(base))
 
         def ratios(candidates: list[_Build]) -> list[float]:
             if costs is not None:
