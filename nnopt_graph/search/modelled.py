@@ -47,6 +47,7 @@ import onnx_ir as ir
 from nnopt_graph.analysis.stats import _node_macs
 from nnopt_graph.passes.quantize.cost import (
     KERNEL_COST,
+    NCHW_FACTOR,
     QDQ_COST,
     _speedup,
     largest_activation,
@@ -64,10 +65,6 @@ INT8_OPS: dict[str, tuple[int, bool]] = {
     "QGemm": (3, False),
 }
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
-# A float Conv ONNX Runtime leaves in NCHW (not blocked): its MACs cost this many times
-# more than in the blocked NCHWc kernels (a round figure, checked against the grids in
-# bench/results/search.md, not fitted per model).
-NCHW_FACTOR = 2.0
 
 
 def _block_size() -> int:

@@ -191,7 +191,7 @@ def test_int8_reports_the_nodes_it_could_not_size(monkeypatch):
 def test_convs_off_the_nchwc_kernels_cost_more_in_float():
     conv_1d = ir.serde.deserialize_model(padded_convs(channels=8, blocks=2))
     conv_2d = ir.serde.deserialize_model(mobile_net(8, 4, 1))
-    assert cost.float_weights(conv_1d) == {"conv0": 2.0, "conv1": 2.0}
+    assert cost.float_weights(conv_1d) == {"conv0": cost.NCHW_FACTOR, "conv1": cost.NCHW_FACTOR}
     assert cost.float_weights(conv_2d) == {}
     model = cost.CostModel({"conv0": 1000, "conv1": 1000}, True, 0, {"conv0": 2.0})
     assert model.float_cost == 3000

@@ -10,8 +10,8 @@ import onnx.parser
 import pytest
 from onnx import helper, numpy_helper
 
-from nnopt_graph.passes.quantize.cost import KERNEL_COST, QDQ_COST
-from nnopt_graph.search.modelled import NCHW_FACTOR, _conv_factor, modelled_cost, modelled_ratio
+from nnopt_graph.passes.quantize.cost import KERNEL_COST, NCHW_FACTOR, QDQ_COST
+from nnopt_graph.search.modelled import _conv_factor, modelled_cost, modelled_ratio
 
 RNG = np.random.default_rng(0)
 

@@ -5,7 +5,7 @@ wrote different files from run to run). The default decision instead compares mo
 costs of the float and the int8 candidate, both read off what ONNX Runtime's CPU EP will
 actually run (its optimized graph, from the fusion check):
 
-    cost(float) = sum of MACs of the Conv/ConvTranspose/Gemm/MatMul nodes (x GENERIC_CONV_COST
+    cost(float) = sum of MACs of the Conv/ConvTranspose/Gemm/MatMul nodes (x NCHW_FACTOR
                   for a Conv that is not 2-D)
     cost(int8)  = sum over those nodes of MACs / speedup (when fused in int8, else as float)
                   + QDQ_COST * elements through every Quantize/Dequantize left standalone
@@ -33,8 +33,8 @@ from __future__ import annotations
 __all__ = [
     "KEEP_BELOW",
     "KERNEL_COST",
+    "NCHW_FACTOR",
     "CostModel",
-    "GENERIC_CONV_COST",
     "first_feed_shapes",
     "float_weights",
     "measured_node_macs",
@@ -64,8 +64,11 @@ QDQ_COST = 32.0
 # about 4-10 us each on rapidocr-cls's small tensors, where float convolutions ran about
 # 12.6 k MACs per us (ORT profile: 1.29 ms of Conv for 16.3 M MACs, 2 threads).
 KERNEL_COST = 50_000.0
-# A float Conv that is not 2-D (no NCHWc kernel) costs this many 2-D MACs per MAC.
-GENERIC_CONV_COST = 2.0
+# A float Conv ONNX Runtime leaves in NCHW (not blocked): its MACs cost this many times
+# more than in the blocked NCHWc kernels (a round figure, checked against the grids in
+# bench/results/search.md and silero-vad's 1-D Convs, not fitted per model). Here every
+# Conv that is not 2-D counts so; search/modelled.py also reads which 2-D ones stay NCHW.
+NCHW_FACTOR = 2.0
 # Drop a node family from int8 when the model says it costs this much less without it.
 DROP_BELOW = 0.97
 
@@ -175,7 +178,7 @@ def float_weights(model: ir.Model) -> dict[str, float]:
         if shape is None and weight is not None and weight.const_value is not None:
             shape = weight.const_value.shape
         if shape is not None and len(shape) not in (0, 4):
-            out[node.name] = GENERIC_CONV_COST
+            out[node.name] = NCHW_FACTOR
     return out
 
 
