@@ -53,7 +53,10 @@ equality.
 `--speed-check model` (default): int8 is kept or dropped by a deterministic cost model (what
 ONNX Runtime fuses, MACs, standalone Quantize/Dequantize traffic, a fixed cost per extra
 kernel call such as the Transposes ORT adds around int8 kernels), so the same command gives
-the same file on a busy machine. `--speed-check measure`: timed, interleaved runs with a 3%
+the same file on a busy machine. MACs are counted at the calibration data's shapes; where
+shape inference cannot size a node (a padding or reshape computed in the graph), one
+calibration sample is run to read its shapes. The report's `nodes-of-unknown-macs` counts
+the nodes still unsized, which the model counts as free. `--speed-check measure`: timed, interleaved runs with a 3%
 margin, recorded in the report.
 """
 
