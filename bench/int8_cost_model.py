@@ -8,7 +8,7 @@ D, D again and F timed under compare_latency's windowed interleaved protocol (2 
 spinning off, >= 30 windows, about 4 s of D). A decision is right when the model says
 keep (ratio < KEEP_BELOW) exactly where F is measured faster than D beyond D'/D's band.
 
-Usage: python bench/int8_cost_model.py [--models a,b] [--calib 48]
+Usage: python bench/int8_cost_model.py [--models a,b] [--calib 48] [--render]
 Writes bench/results/int8_cost_model.{json,md}.
 """
 
@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 from models import fetch  # noqa: E402
 from models.calib import write_calib_npz  # noqa: E402
 from nnopt_graph import optimize  # noqa: E402
+from nnopt_graph.core.io import load  # noqa: E402
 from nnopt_graph.passes.quantize.cost import KEEP_BELOW, KERNEL_COST, QDQ_COST  # noqa: E402
 from nnopt_graph.runtime.data import input_specs, load_dataset  # noqa: E402
-from nnopt_graph.core.io import load  # noqa: E402
 from nnopt_graph.runtime.quant_bench import compare_latency  # noqa: E402
 
 ANYTHING = "cosine>=-1"
@@ -102,12 +102,54 @@ def measure(name: str, src: Path, calib: Path, tmp: Path) -> dict[str, Any]:
     }
 
 
+def write_md(rows: list[dict[str, Any]], commit: str) -> None:
+    """bench/results/int8_cost_model.md from the rows."""
+    res = ROOT / "bench/results"
+    lines = [
+        "# quantize-int8's CPU cost model against measured latency (bench/int8_cost_model.py)",
+        "",
+        f"Commit {commit}; x86_64 (AVX-512 VNNI), 2 cores, shared; ONNX Runtime CPU EP. "
+        f"Constants: KEEP_BELOW {KEEP_BELOW}, KERNEL_COST {KERNEL_COST:.0f} MACs per extra "
+        f"kernel call, QDQ_COST {QDQ_COST:.0f} MACs per standalone Q/DQ element. F = the full "
+        "int8 candidate (no back-off, no speed check), D = the default pipeline's output; "
+        "modelled = the cost model's ratio for F; measured = F/D under the windowed "
+        "interleaved protocol (min / median / max per window, D'/D the noise band). "
+        "float cost = float MACs with NCHW_FACTOR on Convs that are not 2-D. One run per "
+        "model.",
+        "",
+        "| model | float MACs | float cost | int8 compute | Q/DQ elements | extra calls | modelled | "
+        "decision | measured F/D | D'/D | D ms | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        m, lt, aa = r["modelled"] or {}, r["measured"], r["a_vs_a"]
+        lines.append(
+            f"| {r['model']} | {m.get('float-macs', '-')} | {m.get('float-cost', '-')} | "
+            f"{m.get('int8-compute', '-')} | "
+            f"{m.get('standalone-qdq-elements', '-')} | {m.get('extra-kernel-calls', '-')} | "
+            f"{m['ratio']:.3f} | "
+            if m
+            else f"| {r['model']} | - | - | - | - | - | "
+        )
+        lines[-1] += (
+            f"{r['decision']} | {lt['min']:.2f} / **{lt['median']:.3f}** / {lt['max']:.2f} | "
+            f"{aa['min']:.2f} / {aa['median']:.3f} / {aa['max']:.2f} | "
+            f"{r['p50_ms_float']:.3f} | {r['load_1min'][0]} → {r['load_1min'][1]} |"
+        )
+    (res / "int8_cost_model.md").write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     """Run the models and write the tables."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--models")
     parser.add_argument("--calib", type=int, default=48)
+    parser.add_argument("--render", action="store_true", help="rewrite the .md from the .json")
     args = parser.parse_args()
+    if args.render:
+        saved = json.loads((ROOT / "bench/results/int8_cost_model.json").read_text())
+        write_md(saved["rows"], saved["commit"])
+        return
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()
@@ -135,36 +177,7 @@ def main() -> None:
         )
         + "\n"
     )
-    lines = [
-        "# quantize-int8's CPU cost model against measured latency (bench/int8_cost_model.py)",
-        "",
-        f"Commit {commit}; x86_64 (AVX-512 VNNI), 2 cores, shared; ONNX Runtime CPU EP. "
-        f"Constants: KEEP_BELOW {KEEP_BELOW}, KERNEL_COST {KERNEL_COST:.0f} MACs per extra "
-        f"kernel call, QDQ_COST {QDQ_COST:.0f} MACs per standalone Q/DQ element. F = the full "
-        "int8 candidate (no back-off, no speed check), D = the default pipeline's output; "
-        "modelled = the cost model's ratio for F; measured = F/D under the windowed "
-        "interleaved protocol (min / median / max per window, D'/D the noise band). One run "
-        "per model.",
-        "",
-        "| model | float MACs | int8 compute | Q/DQ elements | extra calls | modelled | "
-        "decision | measured F/D | D'/D | D ms | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        m, lt, aa = r["modelled"] or {}, r["measured"], r["a_vs_a"]
-        lines.append(
-            f"| {r['model']} | {m.get('float-macs', '-')} | {m.get('int8-compute', '-')} | "
-            f"{m.get('standalone-qdq-elements', '-')} | {m.get('extra-kernel-calls', '-')} | "
-            f"{m['ratio']:.3f} | "
-            if m
-            else f"| {r['model']} | - | - | - | - | - | "
-        )
-        lines[-1] += (
-            f"{r['decision']} | {lt['min']:.2f} / **{lt['median']:.3f}** / {lt['max']:.2f} | "
-            f"{aa['min']:.2f} / {aa['median']:.3f} / {aa['max']:.2f} | "
-            f"{r['p50_ms_float']:.3f} | {r['load_1min'][0]} → {r['load_1min'][1]} |"
-        )
-    (res / "int8_cost_model.md").write_text("\n".join(lines) + "\n")
+    write_md(rows, commit)
 
 
 if __name__ == "__main__":
