@@ -35,6 +35,7 @@ __all__ = [
     "KERNEL_COST",
     "NCHW_FACTOR",
     "CostModel",
+    "candidate_cost",
     "first_feed_shapes",
     "float_weights",
     "measured_node_macs",
@@ -254,6 +255,23 @@ class CostModel:
             "extra-kernel-calls": calls,
             "nodes-of-unknown-macs": self.unknown,
         }
+
+
+def candidate_cost(
+    costs: CostModel, work: ir.Model, int8_nodes: set[str], fusion: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The modelled int8/float ratio of a built candidate, from its fusion check."""
+    values = {v.name: v for n in work.graph for v in n.outputs}
+    values.update({v.name: v for v in work.graph.inputs})
+    fusion = fusion or {}
+    standalone = [values.get(name) for name in fusion.get("standalone-qdq", [])]
+    return costs.cost(
+        work.graph,
+        int8_nodes,
+        standalone,
+        largest_activation(costs.macs),
+        layout_transposes=fusion.get("layout-transposes", 0),
+    )
 
 
 def largest_activation(macs: Mapping[str, int]) -> int:

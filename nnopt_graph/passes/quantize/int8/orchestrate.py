@@ -40,10 +40,11 @@ from nnopt_graph.passes.quantize.cost import (
     DROP_BELOW,
     KEEP_BELOW,
     CostModel,
+    candidate_cost,
     float_weights,
-    largest_activation,
     measured_node_macs,
 )
+from nnopt_graph.passes.quantize.int8.branches import with_taken_branches
 from nnopt_graph.passes.quantize.int8.edit import (
     _act_params,
     _bias_add_of,
@@ -52,9 +53,7 @@ from nnopt_graph.passes.quantize.int8.edit import (
     _quantize_weight,
     _requantize,
 )
-from nnopt_graph.passes.quantize.int8.fusion import (
-    _fusion_check,
-)
+from nnopt_graph.passes.quantize.int8.fusion import _fusion_check
 from nnopt_graph.passes.quantize.int8.plan import (
     _CONV_OPS,
     _INT32_LIMIT,
@@ -294,20 +293,6 @@ class QuantizeInt8Pass(RankedBackOffPass):
         int8_nodes = {name_of(r.node) for r in editor.weights}
         return _Build(work, stats, fusion, bool(editor.weights) or act_matmuls, int8_nodes)
 
-    def _modelled_ratio(self, candidate: _Build, costs: CostModel) -> dict[str, Any]:
-        """The cost model's int8/float ratio for a built, fusion-checked candidate."""
-        values = {v.name: v for n in candidate.work.graph for v in n.outputs}
-        values.update({v.name: v for v in candidate.work.graph.inputs})
-        fusion = candidate.fusion or {}
-        standalone = [values.get(name) for name in fusion.get("standalone-qdq", [])]
-        return costs.cost(
-            candidate.work.graph,
-            candidate.int8_nodes,
-            standalone,
-            largest_activation(costs.macs),
-            layout_transposes=fusion.get("layout-transposes", 0),
-        )
-
     def _speed_search(
         self,
         model: ir.Model,
@@ -334,7 +319,10 @@ class QuantizeInt8Pass(RankedBackOffPass):
 
         def ratios(candidates: list[_Build]) -> list[float]:
             if costs is not None:
-                return [self._modelled_ratio(c, costs)["ratio"] for c in candidates]
+                return [
+                    candidate_cost(costs, c.work, c.int8_nodes, c.fusion)["ratio"]
+                    for c in candidates
+                ]
             timed = _latency_ratios(
                 [model, *(c.work for c in candidates)],
                 data,
@@ -389,7 +377,7 @@ class QuantizeInt8Pass(RankedBackOffPass):
             if not current.quantized:
                 return None, decision
         if costs is not None:
-            modelled = self._modelled_ratio(current, costs)
+            modelled = candidate_cost(costs, current.work, current.int8_nodes, current.fusion)
             decision["speed-check"] = (
                 "cost model (deterministic): MACs at the calibration feed's shapes over int8 "
                 "speedups per kernel, plus standalone Quantize/Dequantize elements and a "
@@ -476,7 +464,14 @@ class QuantizeInt8Pass(RankedBackOffPass):
         }
 
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
-        """Plan, calibrate, insert QDQ, keep what fuses and is faster; see the README."""
+        """Plan, calibrate, insert QDQ, keep what fuses and is faster; see the README.
+
+        An If branch every calibration sample takes is quantized too (int8/branches.py).
+        """
+        return with_taken_branches(self._quantize, model, context, self.options.samples)
+
+    def _quantize(self, model: ir.Model, context: PassContext) -> PassResult:
+        """The pass on the main graph as it stands."""
         target = context.target or "cpu"
         options = self.options
         self._runtime = context.runtime

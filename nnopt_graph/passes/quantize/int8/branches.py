@@ -1,0 +1,277 @@
+"""The If branch every calibration sample takes, quantized as if it were the main graph.
+
+Exported models put whole networks inside an If on a configuration input (silero-vad:
+its 16 kHz and 8 kHz networks, chosen by ``sr``). ONNX Runtime hands out only main-graph
+values, so calibration could not see inside, and quantize-int8 left such models float.
+When every calibration sample takes the same branch of a main-graph If, the pass works on
+a copy where that branch's nodes stand in the main graph in the If's place (``inline``),
+and the result goes back into the branch (``restore``). The other branch stays float: no
+calibration data reached it. The job's guard measures the restored model.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Inlined", "inline", "restore", "taken_branches", "with_taken_branches"]
+
+import collections
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from nnopt_graph.analysis.walk import STANDARD_DOMAINS
+from nnopt_graph.passes.quantize.common import calibration_data, commit
+from nnopt_graph.pipeline.base import PassContext, PassResult
+
+logger = logging.getLogger(__name__)
+
+_BRANCHES = {True: "then_branch", False: "else_branch"}
+
+
+@dataclasses.dataclass
+class Inlined:
+    """One If whose taken branch now stands in the main graph.
+
+    Nodes and values by name, not object: the pass replaces the graph with a quantized copy.
+    """
+
+    name: str
+    condition: str
+    attributes: list[ir.Attr]  # both branches; the taken one emptied
+    branch: ir.Graph  # the taken branch, to refill
+    branch_nodes: set[str]  # names of the nodes that came from it
+    main_nodes: set[str]  # names of the main graph's own nodes
+    bridges: list[str]  # Identity nodes: branch output i -> the If's output i
+
+
+def taken_branches(model: ir.Model, data: Any, capture: Callable[..., int]) -> dict[str, str]:
+    """Main-graph If nodes whose condition is the same on every calibration sample.
+
+    Returns If name -> the branch attribute taken; empty when capturing fails.
+    """
+    conditions: dict[str, ir.Node] = {}
+    for node in model.graph:
+        if node.op_type != "If" or node.domain not in STANDARD_DOMAINS or not node.name:
+            continue
+        cond = node.inputs[0] if node.inputs else None
+        if cond is not None and cond.name and cond.producer() is not None:
+            conditions.setdefault(cond.name, node)
+    if not conditions:
+        return {}
+    seen: dict[str, set[bool]] = collections.defaultdict(set)
+
+    def on_batch(batch: dict[str, np.ndarray]) -> None:
+        for name, value in batch.items():
+            seen[name].add(bool(np.asarray(value).reshape(-1)[0]))
+
+    try:
+        capture(model, sorted(conditions), data, on_batch)
+    except Exception as exc:  # advisory: the branches then stay float
+        logger.debug("capturing If conditions failed: %s", exc)
+        return {}
+    return {
+        node.name or "": _BRANCHES[next(iter(seen[cond]))]
+        for cond, node in conditions.items()
+        if len(seen.get(cond, ())) == 1
+    }
+
+
+def _branch_fits(branch: ir.Graph, used: set[str]) -> bool:
+    """Every node and used value named, none of them shared with the main graph."""
+    for node in branch:
+        if not node.name or node.name in used:
+            return False
+        for value in node.outputs:
+            if value.name in used or (not value.name and (value.uses() or value.is_graph_output())):
+                return False
+    return not any(name in used for name in branch.initializers)
+
+
+def inline(model: ir.Model, branches: dict[str, str]) -> list[Inlined]:
+    """Put each named If's taken branch in its place in ``model`` (changed in place)."""
+    graph = model.graph
+    done: list[Inlined] = []
+    for node in list(graph):
+        branch_name = branches.get(node.name or "")
+        if node.op_type != "If" or branch_name is None:
+            continue
+        attr = node.attributes.get(branch_name)
+        branch = attr.as_graph() if attr is not None else None
+        if branch is None or not _branch_fits(branch, _main_names(graph)):
+            logger.debug("If '%s': its branch's names clash with the main graph", node.name)
+            continue
+        if len(branch.outputs) != len(node.outputs) or any(v is None for v in node.inputs[:1]):
+            continue
+        main_nodes = {n.name for n in graph if n.name}
+        for name, value in list(branch.initializers.items()):
+            branch.initializers.pop(name)
+            graph.register_initializer(value)
+        moved = list(branch)
+        branch.remove(moved)
+        graph.insert_before(node, moved)
+        outputs = list(branch.outputs)
+        branch.outputs.clear()
+        bridges = [
+            ir.node("Identity", [out], name=f"{node.name}/{branch_name}/output_{i}")
+            for i, out in enumerate(outputs)
+        ]
+        graph.insert_before(node, bridges)
+        for old, bridge in zip(node.outputs, bridges, strict=True):
+            _take_over(old, bridge.outputs[0])
+        condition = node.inputs[0].name if node.inputs[0] is not None else None
+        attributes = list(node.attributes.values())
+        graph.remove(node, safe=True)
+        done.append(
+            Inlined(
+                node.name or "",
+                condition or "",
+                attributes,
+                branch,
+                {n.name for n in moved if n.name},
+                main_nodes,
+                [b.name or "" for b in bridges],
+            )
+        )
+    return done
+
+
+def _main_names(graph: ir.Graph) -> set[str]:
+    """Node and value names of the main graph itself (not of its subgraphs)."""
+    names = {v.name for v in graph.inputs if v.name} | set(graph.initializers)
+    names.update(n.name for n in graph if n.name)
+    names.update(v.name for n in graph for v in n.outputs if v.name)
+    return names
+
+
+def _take_over(old: ir.Value, new: ir.Value) -> None:
+    """``new`` replaces ``old`` everywhere, graph outputs included, under its name."""
+    new.type, new.shape = old.type, old.shape
+    ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
+    name, old.name = old.name, None
+    new.name = name
+
+
+def _branch_side(
+    graph: ir.Graph, item: Inlined, bridge_nodes: list[ir.Node]
+) -> list[ir.Node] | None:
+    """The main-graph nodes that go back into the branch, in order; None if they cannot.
+
+    The branch's own nodes go back, and so do the pass's new nodes (Quantize/Dequantize,
+    weight Dequantize) that read a value of the branch or feed only the branch. Nothing
+    left in the main graph may read a branch value except the bridges.
+    """
+    bridges = {id(b) for b in bridge_nodes}
+    side = {id(n) for n in graph if n.name in item.branch_nodes}
+    new = [
+        n
+        for n in graph
+        if id(n) not in side and id(n) not in bridges and n.name not in item.main_nodes
+    ]
+    changed = True
+    while changed:
+        changed = False
+        for node in new:
+            if id(node) in side:
+                continue
+            reads = any(v is not None and id(v.producer()) in side for v in node.inputs)
+            users = [u for o in node.outputs for u, _ in o.uses()]
+            feeds_only = bool(users) and all(id(u) in side for u in users)
+            feeds_only = feeds_only and not any(o.is_graph_output() for o in node.outputs)
+            if reads or feeds_only:
+                side.add(id(node))
+                changed = True
+    for node in graph:
+        if id(node) in side or id(node) in bridges:
+            continue
+        if any(v is not None and id(v.producer()) in side for v in node.inputs):
+            return None
+    return [n for n in graph if id(n) in side]
+
+
+def restore(model: ir.Model, inlined: list[Inlined]) -> ir.Model | None:
+    """The model with the inlined branches back in their If nodes; None if they cannot go.
+
+    The untaken branches still refer to values of the graph before the pass; a
+    serialization round trip links them to the quantized graph's by name.
+    """
+    graph = model.graph
+    for item in reversed(inlined):
+        nodes_by_name = {n.name: n for n in graph if n.name}
+        bridges = [nodes_by_name.get(name) for name in item.bridges]
+        values = {v.name: v for n in graph for v in n.outputs if v.name}
+        values.update({v.name: v for v in graph.inputs if v.name})
+        condition = values.get(item.condition)
+        if condition is None or any(b is None for b in bridges):
+            return None
+        bridge_nodes = [b for b in bridges if b is not None]
+        nodes = _branch_side(graph, item, bridge_nodes)
+        if nodes is None:
+            logger.debug("If '%s': the quantized branch cannot go back", item.name)
+            return None
+        outputs = [b.inputs[0] for b in bridge_nodes]
+        node = ir.node(
+            "If",
+            [condition],
+            {a.name: a for a in item.attributes},
+            num_outputs=len(bridge_nodes),
+            name=item.name,
+        )
+        bridge_outs = {id(b.outputs[0]) for b in bridge_nodes}
+        first_user = next(
+            (
+                n
+                for n in graph
+                if id(n) not in {id(b) for b in bridge_nodes}
+                and any(v is not None and id(v) in bridge_outs for v in n.inputs)
+            ),
+            None,
+        )
+        if first_user is None:
+            graph.append(node)
+        else:
+            graph.insert_before(first_user, node)
+        for bridge, out in zip(bridge_nodes, node.outputs, strict=True):
+            _take_over(bridge.outputs[0], out)
+        graph.remove(bridge_nodes, safe=True)
+        graph.remove(nodes)
+        item.branch.extend(nodes)
+        item.branch.outputs.extend(v for v in outputs if v is not None)
+    return ir.serde.deserialize_model(ir.serde.serialize_model(model))
+
+
+def with_taken_branches(
+    quantize: Callable[[ir.Model, PassContext], PassResult],
+    model: ir.Model,
+    context: PassContext,
+    samples: int,
+) -> PassResult:
+    """``quantize`` the model, with the branches all calibration samples take inlined."""
+    if context.target == "cuda" or not any(n.op_type == "If" for n in model.graph):
+        return quantize(model, context)
+    data = calibration_data(model, context, samples)
+    branches = taken_branches(model, data, context.runtime.capture)
+    work = model.clone()
+    inlined = inline(work, branches) if branches else []
+    if not inlined:
+        return quantize(model, context)
+    result = quantize(work, context)
+    taken = {item.name: branches[item.name] for item in inlined}
+    result.decisions.append(
+        {
+            "if-branches": "quantized inlined: the branch every calibration sample takes "
+            "(the other stays float)",
+            "taken": taken,
+        }
+    )
+    if not result.modified:
+        return result
+    restored = restore(work, inlined)
+    if restored is None:
+        result.stats = {"nodes-quantized": 0, "skipped-branch-not-restorable": len(taken)}
+        result.notes.append("int8 kept float: the quantized If branch could not go back")
+        return result
+    commit(model, restored)
+    return result
