@@ -11,6 +11,7 @@ from onnx import TensorProto, helper
 from passes_util import op_types, ort_outputs, to_proto
 from test_quantize_int8 import _run, _vi, _w
 
+import nnopt_graph.passes.quantize.int8.branches as branches_module
 from nnopt_graph.passes.quantize.int8.branches import inline, restore, taken_branches
 from nnopt_graph.runtime.data import Dataset
 from nnopt_graph.runtime.services import RuntimeServices
@@ -37,15 +38,21 @@ def _convs(prefix, blocks=3):
     return nodes, f"{prefix}out"
 
 
-def branchy(else_name="e_out", clash=False):
+def branchy(else_name="e_out", clash=False, pass_through=False):
     """y = If(rate == 16000) then convs(x) else x * 0.5 (silero-vad's shape of model)."""
     then_nodes, then_out = _convs("t_")
     if clash:  # a then-branch node named like the main graph's (values cannot be: SSA)
         then_nodes[1].name = "is_16k"
     else_nodes = [helper.make_node("Mul", ["x", "half"], [else_name], name="e_mul")]
     shape = [1, CHANNELS, SIZE, SIZE]
-    then_graph = helper.make_graph(then_nodes, "then", [], [_vi(then_out, shape)])
-    else_graph = helper.make_graph(else_nodes, "else", [], [_vi(else_name, shape)])
+    then_outputs, then_inits = [_vi(then_out, shape)], []
+    if pass_through:  # a second output that is the branch's own initializer, no node's
+        then_outputs.append(_vi("t_zero", []))
+        then_inits.append(helper.make_tensor("t_zero", TensorProto.FLOAT, [], [0.0]))
+        else_nodes.append(helper.make_node("ReduceMax", ["x"], ["e_x"], name="e_max", keepdims=0))
+    then_graph = helper.make_graph(then_nodes, "then", [], then_outputs, initializer=then_inits)
+    else_outputs = [_vi(else_name, shape)] + ([_vi("e_x", [])] if pass_through else [])
+    else_graph = helper.make_graph(else_nodes, "else", [], else_outputs)
     inits = [helper.make_tensor("rate16k", TensorProto.INT64, [], [16000])]
     inits.append(helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]))
     for i in range(3):
@@ -53,14 +60,19 @@ def branchy(else_name="e_out", clash=False):
     nodes = [
         helper.make_node("Equal", ["rate", "rate16k"], ["cond"], name="is_16k"),
         helper.make_node(
-            "If", ["cond"], ["y"], name="by_rate", then_branch=then_graph, else_branch=else_graph
+            "If",
+            ["cond"],
+            ["y", "y_x"] if pass_through else ["y"],
+            name="by_rate",
+            then_branch=then_graph,
+            else_branch=else_graph,
         ),
     ]
     graph = helper.make_graph(
         nodes,
         "g",
         [_vi("x", shape), _vi("rate", [], TensorProto.INT64)],
-        [_vi("y", shape)],
+        [_vi("y", shape)] + ([_vi("y_x", [])] if pass_through else []),
         initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
@@ -159,3 +171,19 @@ def test_inline_then_restore_gives_back_the_same_model():
     # inlined, ORT may pick other kernels (NCHWc) than inside the If: equal to rounding
     flat_out, ref = ort_outputs(flat, _feeds(16000))[0], ort_outputs(proto, _feeds(16000))[0]
     np.testing.assert_allclose(flat_out, ref, rtol=1e-5, atol=1e-4)
+
+
+def test_branch_output_that_no_node_produces_is_not_inlined():
+    proto = branchy(pass_through=True)
+    model, result, _, _ = _run(proto, data=_data([16000] * 8), speed_check=True)
+    assert not result.modified and op_types(model) == op_types(proto)
+    assert not any("if-branches" in d for d in result.decisions)
+
+
+def test_branch_that_cannot_go_back_leaves_the_model_float_and_says_so(monkeypatch):
+    monkeypatch.setattr(branches_module, "_branch_side", lambda *args: None)
+    proto = branchy()
+    model, result, _, _ = _run(proto, data=_data([16000] * 8), speed_check=True)
+    assert not result.modified and op_types(model) == op_types(proto)
+    assert result.stats == {"nodes-quantized": 0, "skipped-branch-not-restorable": 1}
+    assert any("could not go back" in note for note in result.notes)

@@ -80,7 +80,9 @@ def taken_branches(model: ir.Model, data: Any, capture: Callable[..., int]) -> d
 
 
 def _branch_fits(branch: ir.Graph, used: set[str]) -> bool:
-    """Every node and used value named, none of them shared with the main graph."""
+    """Every node and used value named, none shared with the main graph; outputs its own."""
+    if any(v.producer() is None or v.producer().graph is not branch for v in branch.outputs):
+        return False  # an output passed through from the outer scope: nothing to put back
     for node in branch:
         if not node.name or node.name in used:
             return False
@@ -101,7 +103,7 @@ def inline(model: ir.Model, branches: dict[str, str]) -> list[Inlined]:
         attr = node.attributes.get(branch_name)
         branch = attr.as_graph() if attr is not None else None
         if branch is None or not _branch_fits(branch, _main_names(graph)):
-            logger.debug("If '%s': its branch's names clash with the main graph", node.name)
+            logger.debug("If '%s': its branch cannot stand in the main graph", node.name)
             continue
         if len(branch.outputs) != len(node.outputs) or any(v is None for v in node.inputs[:1]):
             continue
