@@ -4,8 +4,9 @@ Per model: the lossless default pipeline's output D; the full int8 candidate F (
 node the plan quantizes, no back-off: `quantize-int8{speed-check=false}` under a guard
 that accepts anything) and the cost model's view of the same candidate (its 'modelled'
 decision: float MACs, int8 compute, standalone Q/DQ elements, extra kernel calls). Then
-D, D again and F timed under compare_latency's windowed interleaved protocol (2 threads,
-spinning off, >= 30 windows, about 4 s of D). A decision is right when the model says
+D, D again and F timed as bench/target_cpu.py times its rows (time_against_input:
+compare_latency's windowed interleaved protocol, 2 threads, spinning off, >= 30 windows,
+about 4 s of D). A decision is right when the model says
 keep (ratio < KEEP_BELOW) exactly where F is measured faster than D beyond D'/D's band.
 
 Usage: python bench/int8_cost_model.py [--models a,b] [--calib 48] [--render]
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,13 +26,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from target_cpu import time_against_input  # noqa: E402
+
 from models import fetch  # noqa: E402
 from models.calib import write_calib_npz  # noqa: E402
 from nnopt_graph import optimize  # noqa: E402
 from nnopt_graph.core.io import load  # noqa: E402
 from nnopt_graph.passes.quantize.cost import KEEP_BELOW, KERNEL_COST, QDQ_COST  # noqa: E402
 from nnopt_graph.runtime.data import input_specs, load_dataset  # noqa: E402
-from nnopt_graph.runtime.quant_bench import compare_latency  # noqa: E402
 
 ANYTHING = "cosine>=-1"
 
@@ -78,27 +79,17 @@ def measure(name: str, src: Path, calib: Path, tmp: Path) -> dict[str, Any]:
     rec = _int8_record(modelled)
     data = load_dataset(calib, input_specs(load(base)))
     feed = next(data.batches(1))
-    load_before = os.getloadavg()[0]
-    lat = compare_latency(
-        [base, base, full],
-        feed,
-        runs=30,
-        warmup=5,
-        threads=2,
-        min_seconds=4.0,
-        max_runs=400,
-        window_seconds=0.05,
-    )
+    timed = time_against_input(base, full, feed)
     return {
         "model": name,
         "forced_outcome": _int8_record(forced).outcome,
         "decision": rec.outcome,
         "modelled": _modelled(rec),
-        "measured": lat.ratio[2],
-        "a_vs_a": lat.ratio[1],
-        "p50_ms_float": lat.p50_ms[0],
-        "windows": lat.runs,
-        "load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "measured": timed["latency"],
+        "a_vs_a": timed["a_vs_a"],
+        "p50_ms_float": timed["p50_ms_in"],
+        "windows": timed["windows"],
+        "load_1min": timed["load_1min"],
     }
 
 
