@@ -175,10 +175,10 @@ def float_weights(model: ir.Model) -> dict[str, float]:
         if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or not node.name:
             continue
         weight = node.inputs[1] if len(node.inputs) > 1 else None
-        shape = None if weight is None else weight.shape
-        if shape is None and weight is not None and weight.const_value is not None:
-            shape = weight.const_value.shape
-        if shape is not None and len(shape) not in (0, 4):
+        rank = None if weight is None or weight.shape is None else len(weight.shape)
+        if rank is None and weight is not None and weight.const_value is not None:
+            rank = len(weight.const_value.shape)
+        if rank is not None and rank not in (0, 4):
             out[node.name] = NCHW_FACTOR
     return out
 

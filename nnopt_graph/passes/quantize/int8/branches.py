@@ -81,8 +81,9 @@ def taken_branches(model: ir.Model, data: Any, capture: Callable[..., int]) -> d
 
 def _branch_fits(branch: ir.Graph, used: set[str]) -> bool:
     """Every node and used value named, none shared with the main graph; outputs its own."""
-    if any(v.producer() is None or v.producer().graph is not branch for v in branch.outputs):
-        return False  # an output passed through from the outer scope: nothing to put back
+    producers = [v.producer() for v in branch.outputs]
+    if any(p is None or p.graph is not branch for p in producers):
+        return False  # an output no node of the branch makes: nothing to put back
     for node in branch:
         if not node.name or node.name in used:
             return False
