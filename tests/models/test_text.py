@@ -58,3 +58,14 @@ def test_trained_encoder_ranks_a_paraphrase_above_an_unrelated_sentence():
     unit = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
     sim = unit @ unit.T
     assert sim[0, 1] > 0.6 > 0.3 > sim[0, 2]
+
+
+@pytest.mark.realmodels
+def test_poems_give_thousands_of_sentences_without_titles_or_numerals():
+    from models.text import verse
+
+    found = verse.sentences()
+    assert len(found) > 1900 and sum(len(s.split()) for s in found) > 30_000
+    assert all(6 <= len(s.split()) <= 60 for s in found)
+    assert found[0].startswith("From fairest creatures we desire increase,")
+    assert not any(s.startswith(("THE SONNETS", "CLIV ")) for s in found)
