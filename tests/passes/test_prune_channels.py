@@ -647,3 +647,28 @@ def test_zoo_cnn_without_cleanup_prunes_to_a_valid_model():
 
 def test_zoo_yolo_block_split_concat_resize_prunes_to_a_valid_model():
     _assert_kept_channels_match(zoo.build_yolo_block(), ratio=0.3, protect_first=False)
+
+
+def _annotated(proto: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """value_info of intermediate values (initializers' entries are constants to ORT)."""
+    weights = {t.name for t in proto.graph.initializer}
+    return {v.name: v for v in proto.graph.value_info if v.name not in weights}
+
+
+def test_pruning_adds_no_value_info_the_input_lacked():
+    proto = _mlp(0, [16, 16], [False, False])
+    assert not proto.graph.value_info
+    model, result = _prune(proto, _data(proto), ratio=0.5, protect_first=False)
+    assert result.stats["channels-removed"] > 0
+    assert _annotated(_valid(model)) == {}  # ORT fuses differently on an annotated graph
+
+
+def test_pruning_keeps_input_annotations_with_their_new_shapes():
+    proto = _mlp(0, [16, 16], [False, False])
+    proto.graph.value_info.append(helper.make_tensor_value_info("h0", TensorProto.FLOAT, ["N", 16]))
+    model, result = _prune(proto, _data(proto), ratio=0.5, protect_first=False)
+    assert result.stats["channels-removed"] > 0
+    annotated = _annotated(_valid(model))
+    assert list(annotated) == ["h0"]
+    width = annotated["h0"].type.tensor_type.shape.dim[1].dim_value
+    assert width == model.graph.initializers["w1"].const_value.shape[0] < 16

@@ -10,13 +10,10 @@ __all__ = [
     "InferShapesPass",
     "LiftConstantsPass",
     "SortTopologicallyPass",
-    "annotations_kept",
 ]
 
-import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterator
 
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
@@ -28,6 +25,7 @@ from nnopt_graph.analysis.walk import (
     count_nodes,
     model_graphs,
 )
+from nnopt_graph.core.annotations import annotations_kept
 from nnopt_graph.core.constants import constant_bool
 from nnopt_graph.passes.cleanup.screens import (
     already_sorted,
@@ -39,55 +37,6 @@ from nnopt_graph.passes.cleanup.screens import (
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
 logger = logging.getLogger(__name__)
-
-
-def _all_values(model: ir.Model) -> Iterator[ir.Value]:
-    """Every value of every graph and function: inputs, initializers and node outputs."""
-    for graph in all_graphs(model):
-        yield from graph.inputs
-        if isinstance(graph, ir.Graph):
-            yield from graph.initializers.values()
-        for node in graph:
-            yield from node.outputs
-
-
-def _graph_boundary(graph: ir.Graph | ir.Function) -> set[int]:
-    ids = {id(v) for v in graph.inputs}
-    ids.update(id(v) for v in graph.outputs)
-    if isinstance(graph, ir.Graph):
-        ids.update(id(v) for v in graph.initializers.values())
-    return ids
-
-
-@contextlib.contextmanager
-def annotations_kept(model: ir.Model) -> Iterator[None]:
-    """Let the block annotate values with inferred shapes, then put the old annotations back.
-
-    Every value that existed before gets its type and shape back (none where it had
-    none), so the written file carries the value_info the input had and no more: ONNX
-    Runtime fuses differently on an annotated graph, and annotations grow the file.
-    Values made inside the block keep theirs only if they are graph inputs, outputs or
-    initializers.
-    """
-    saved: dict[int, tuple[ir.Value, ir.TypeProtocol | None, ir.Shape | None]] = {}
-    for value in _all_values(model):
-        shape = value.shape.copy() if value.shape is not None else None
-        saved[id(value)] = (value, value.type, shape)
-    try:
-        yield
-    finally:
-        for graph in all_graphs(model):
-            boundary = _graph_boundary(graph)
-            for value in [*graph.inputs, *graph.outputs, *(o for n in graph for o in n.outputs)]:
-                entry = saved.get(id(value))
-                if entry is None or entry[0] is not value:
-                    if id(value) not in boundary:
-                        value.type, value.shape = None, None
-                    continue
-                _, old_type, old_shape = entry
-                if old_type is None and old_shape is None and id(value) in boundary:
-                    continue  # graph inputs and outputs may keep a type a pass gave them
-                value.type, value.shape = old_type, old_shape
 
 
 def _node_names(model: ir.Model) -> dict[int, tuple[ir.Node, str | None]]:

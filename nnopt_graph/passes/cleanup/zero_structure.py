@@ -23,9 +23,9 @@ from nnopt_graph.analysis.channels import (
     find_channel_groups,
 )
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS, graph_nodes_recursive, model_graphs
+from nnopt_graph.core.annotations import annotations_kept
 from nnopt_graph.core.constants import const_array
 from nnopt_graph.core.names import NameScope
-from nnopt_graph.passes.cleanup.simplify import annotations_kept
 from nnopt_graph.passes.cleanup.zero_ops import (
     WEIGHT_OPS,
     replace_zero_op,

@@ -30,6 +30,7 @@ from nnopt_graph.analysis.channels import (
 )
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
 from nnopt_graph.check.metrics import min_cosine
+from nnopt_graph.core.annotations import annotations_not_added
 from nnopt_graph.core.constants import const_array
 from nnopt_graph.passes.prune.allocate import (
     allocate_budget,
@@ -457,6 +458,10 @@ class PruneChannelsPass(Pass):
 
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
         """Plan, remove the chosen units group by group, then refit the consumers."""
+        with annotations_not_added(model):  # no value_info the input lacked (ORT fuses on it)
+            return self._run(model, context)
+
+    def _run(self, model: ir.Model, context: PassContext) -> PassResult:
         options = self.options
         stats = dict.fromkeys(_STATS, 0)
         stats["skipped-functions"] = len(model.functions)

@@ -28,6 +28,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
+from nnopt_graph.core.annotations import annotations_not_added
 from nnopt_graph.passes.prune.slice_match import Chain, match_chain
 from nnopt_graph.passes.prune.slice_refit import refit_chain, token_rows
 from nnopt_graph.passes.prune.slice_rewrite import Basis, apply_slice, planned_params
@@ -186,6 +187,10 @@ class SliceHiddenPass(Pass):
 
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
         """Match the chain, measure its PCA bases on calibration data, rewrite it."""
+        with annotations_not_added(model):  # no value_info the input lacked (ORT fuses on it)
+            return self._run(model, context)
+
+    def _run(self, model: ir.Model, context: PassContext) -> PassResult:
         options = self.options
         stats = dict.fromkeys(_STATS, 0)
         # Main graph only: LayerNorms in If/Loop/Scan bodies and functions are left alone.
