@@ -1,0 +1,93 @@
+"""Pruned encoders' latency under the windowed protocol with the A-vs-A band.
+
+prune_transformer.py times A/B in alternating rounds, whose per-round ratios on a 0.2 ms
+model spread 0.08-9x. Here each encoder is pruned as in its search row
+(`prune-channels{ratio=0.25 search=true protect-last=false}`, guard `cosine>=0.95`) and
+timed as bench/target_cpu.py times its rows (time_against_input: input A, A again, pruned
+B, rotating windows of about 50 ms of A, 2 threads, spinning off, >= 30 windows), three
+times in a row.
+
+Usage: python bench/prune_transformer_windowed.py [--models bert-encoder,minilm-l3-paraphrase]
+Writes bench/results/prune_transformer_windowed.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import prune_transformer as pt  # noqa: E402
+from target_cpu import time_against_input  # noqa: E402
+
+from nnopt_graph import optimize  # noqa: E402
+from nnopt_graph.core.io import load  # noqa: E402
+from nnopt_graph.runtime.data import input_specs, load_dataset  # noqa: E402
+
+PIPELINE = "prune-channels{ratio=0.25 search=true protect-last=false}"
+GUARD = "cosine>=0.95"
+
+
+def main() -> None:
+    """Prune, time three times per model, write the tables."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", default="bert-encoder,minilm-l3-paraphrase")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for name in args.models.split(","):
+            src, cal, held = pt._inputs(name, tmp)
+            base = tmp / f"{name}.base.onnx"
+            optimize(str(src), base, None, calib=str(cal), check=False)
+            out = tmp / f"{name}.pruned.onnx"
+            optimize(str(base), out, PIPELINE, calib=str(cal), guard=GUARD, check=False)
+            weights = pt._weights(out, True) / pt._weights(base, True)
+            feed = next(load_dataset(held, input_specs(load(base))).batches(1))
+            for repeat in range(args.repeats):
+                timed = time_against_input(base, out, feed)
+                row = {"model": name, "repeat": repeat, "weights": round(weights, 4), **timed}
+                row["commit"] = commit
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    res = ROOT / "bench/results"
+    (res / "prune_transformer_windowed.json").write_text(
+        json.dumps({"commit": commit, "pipeline": PIPELINE, "guard": GUARD, "rows": rows}, indent=2)
+        + "\n"
+    )
+    lines = [
+        "# Pruned encoders, windowed latency (bench/prune_transformer_windowed.py)",
+        "",
+        f"Commit {commit}; x86_64, 2 cores, shared; onnxruntime CPU EP, 2 threads, spinning "
+        f"off. `{PIPELINE}` under `{GUARD}`, then input A, A again (A'/A: the noise band) "
+        "and pruned B in rotating windows of about 50 ms of A (>= 30 windows, a model's "
+        "window time its fastest run there); min / median / max of per-window B/A and the "
+        "median's 95% CI. Weights: MatMul/Gemm weight params after / before.",
+        "",
+        "| model | repeat | weights | B/A min / median / max | median 95% CI | A'/A median | "
+        "windows | A ms | load |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lt = r["latency"]
+        lines.append(
+            f"| {r['model']} | {r['repeat']} | {r['weights']:.3f} | {lt['min']:.2f} / "
+            f"**{lt['median']:.3f}** / {lt['max']:.2f} | [{lt['ci95_low']:.3f}, "
+            f"{lt['ci95_high']:.3f}] | {r['a_vs_a']['median']:.3f} | {r['windows']} | "
+            f"{r['p50_ms_in']:.3f} | {r['load_1min'][0]} → {r['load_1min'][1]} |"
+        )
+    (res / "prune_transformer_windowed.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
