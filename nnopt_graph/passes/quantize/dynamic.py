@@ -22,6 +22,7 @@ import numpy as np
 import onnx_ir as ir
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
+from nnopt_graph.core.annotations import annotations_not_added
 from nnopt_graph.core.constants import const_array
 from nnopt_graph.core.names import NameScope
 from nnopt_graph.core.rewrite import replace_output
@@ -258,6 +259,10 @@ class QuantizeDynamicInt8Pass(Pass):
 
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
         """Pick the MatMuls and LSTMs the cost model says run faster in int8, rewrite them."""
+        with annotations_not_added(model):  # no value_info the input lacked (ORT fuses on it)
+            return self._run(model, context)
+
+    def _run(self, model: ir.Model, context: PassContext) -> PassResult:
         options = self.options
         result = PassResult()
         graph = model.graph

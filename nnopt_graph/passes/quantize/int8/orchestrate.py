@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from nnopt_graph.core.annotations import annotations_not_added
 from nnopt_graph.core.names import NameScope
 from nnopt_graph.passes.quantize.calib import (
     collect_histograms,
@@ -468,7 +469,8 @@ class QuantizeInt8Pass(RankedBackOffPass):
 
         An If branch every calibration sample takes is quantized too (int8/branches.py).
         """
-        return with_taken_branches(self._quantize, model, context, self.options.samples)
+        with annotations_not_added(model):  # no value_info the input lacked (ORT fuses on it)
+            return with_taken_branches(self._quantize, model, context, self.options.samples)
 
     def _quantize(self, model: ir.Model, context: PassContext) -> PassResult:
         """The pass on the main graph as it stands."""
