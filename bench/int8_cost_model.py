@@ -42,13 +42,10 @@ def _sources(tmp: Path, calib: int, names: list[str] | None) -> dict[str, tuple[
     digits = ROOT / "models/digits"
     out = {"digits-cnn": (digits / "digits_cnn.onnx", digits / "digits_calib.npz")}
     for name in fetch.REAL_MODELS:
-        out[name] = (fetch.fetch(name), Path())
-    keep = {k: v for k, v in out.items() if not names or k in names}
-    for name in keep:
-        if name != "digits-cnn":
+        if not names or name in names:  # fetch only what is asked for
             c = write_calib_npz(name, tmp / f"{name}.calib.npz", samples=calib, seed=0)
-            keep[name] = (keep[name][0], c)
-    return keep
+            out[name] = (fetch.fetch(name), c)
+    return {k: v for k, v in out.items() if not names or k in names}
 
 
 def _int8_record(result: Any) -> Any:

@@ -222,12 +222,13 @@ def restore(model: ir.Model, inlined: list[Inlined]) -> ir.Model | None:
             num_outputs=len(bridge_nodes),
             name=item.name,
         )
+        bridge_ids = {id(b) for b in bridge_nodes}
         bridge_outs = {id(b.outputs[0]) for b in bridge_nodes}
         first_user = next(
             (
                 n
                 for n in graph
-                if id(n) not in {id(b) for b in bridge_nodes}
+                if id(n) not in bridge_ids
                 and any(v is not None and id(v) in bridge_outs for v in n.inputs)
             ),
             None,
@@ -250,12 +251,18 @@ def with_taken_branches(
     model: ir.Model,
     context: PassContext,
     samples: int,
+    cache: Any,
 ) -> PassResult:
-    """``quantize`` the model, with the branches all calibration samples take inlined."""
+    """``quantize`` the model, with the branches all calibration samples take inlined.
+
+    The branches are found once per job: back-off attempts reuse ``cache.branches``.
+    """
     if context.target == "cuda" or not any(n.op_type == "If" for n in model.graph):
         return quantize(model, context)
-    data = calibration_data(model, context, samples)
-    branches = taken_branches(model, data, context.runtime.capture)
+    if cache.branches is None:
+        data = calibration_data(model, context, samples)
+        cache.branches = taken_branches(model, data, context.runtime.capture)
+    branches = cache.branches
     work = model.clone()
     inlined = inline(work, branches) if branches else []
     if not inlined:

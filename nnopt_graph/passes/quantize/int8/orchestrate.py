@@ -470,7 +470,9 @@ class QuantizeInt8Pass(RankedBackOffPass):
         An If branch every calibration sample takes is quantized too (int8/branches.py).
         """
         with annotations_not_added(model):  # no value_info the input lacked (ORT fuses on it)
-            return with_taken_branches(self._quantize, model, context, self.options.samples)
+            return with_taken_branches(
+                self._quantize, model, context, self.options.samples, self._cache
+            )
 
     def _quantize(self, model: ir.Model, context: PassContext) -> PassResult:
         """The pass on the main graph as it stands."""
