@@ -187,3 +187,147 @@ def test_branch_that_cannot_go_back_leaves_the_model_float_and_says_so(monkeypat
     assert not result.modified and op_types(model) == op_types(proto)
     assert result.stats == {"nodes-quantized": 0, "skipped-branch-not-restorable": 1}
     assert any("could not go back" in note for note in result.notes)
+
+
+def _conv_relu(prefix, src):
+    """One Conv 3x3 + Relu on ``src``; its nodes and output name."""
+    nodes = [
+        helper.make_node(
+            "Conv", [src, f"{prefix}w", f"{prefix}b"], [f"{prefix}c"], name=f"{prefix}conv",
+            pads=[1, 1, 1, 1],
+        ),
+        helper.make_node("Relu", [f"{prefix}c"], [f"{prefix}r"], name=f"{prefix}relu"),
+    ]
+    return nodes, f"{prefix}r"
+
+
+def main_conv_then_if(nested=False):
+    """r = relu(conv(x)); y = If(rate == 16000) then conv(r) else r * 0.5.
+
+    silero-vad's decoder: the untaken branch reads the main graph's Conv output in float.
+    With ``nested`` the If stands inside the taken branch of an outer If on the rate.
+    """
+    shape = [1, CHANNELS, SIZE, SIZE]
+    main_nodes, r = _conv_relu("m_", "x")
+    then_nodes, then_out = _conv_relu("t_", r)
+    then_nodes.append(helper.make_node("Identity", [then_out], ["t_out"], name="t_identity"))
+    inner = helper.make_node(
+        "If",
+        ["cond"],
+        ["y_inner" if nested else "y"],
+        name="by_rate",
+        then_branch=helper.make_graph(then_nodes, "then", [], [_vi("t_out", shape)]),
+        else_branch=helper.make_graph(
+            [helper.make_node("Mul", [r, "half"], ["e_out"], name="e_mul")],
+            "else",
+            [],
+            [_vi("e_out", shape)],
+        ),
+    )
+    inits = [helper.make_tensor("rate16k", TensorProto.INT64, [], [16000])]
+    inits.append(helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]))
+    for prefix in ("m_", "t_"):
+        inits += [_w(f"{prefix}w", CHANNELS, CHANNELS, 3, 3), _w(f"{prefix}b", CHANNELS)]
+    nodes = [helper.make_node("Equal", ["rate", "rate16k"], ["cond"], name="is_16k")]
+    if nested:
+        body = main_nodes + [
+            inner,
+            helper.make_node("Identity", ["y_inner"], ["o_out"], name="o_identity"),
+        ]
+        nodes.append(
+            helper.make_node(
+                "If",
+                ["cond"],
+                ["y"],
+                name="outer",
+                then_branch=helper.make_graph(body, "outer_then", [], [_vi("o_out", shape)]),
+                else_branch=helper.make_graph(
+                    [helper.make_node("Identity", ["x"], ["oe_out"], name="oe_identity")],
+                    "outer_else",
+                    [],
+                    [_vi("oe_out", shape)],
+                ),
+            )
+        )
+    else:
+        nodes += main_nodes + [inner]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [_vi("x", shape), _vi("rate", [], TensorProto.INT64)],
+        [_vi("y", shape)],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _float_convs(proto, tmp_path):
+    """Conv kernels ONNX Runtime runs in float, in the graph or any branch."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    found = []
+
+    def walk(graph):
+        for node in graph.node:
+            if node.op_type in ("Conv", "FusedConv"):
+                found.append(node.name)
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g)
+
+    walk(onnx.load(str(tmp_path / "opt.onnx")).graph)
+    return found
+
+
+def _within_5_percent(proto, after, rates=(16000, 8000)):
+    for rate in rates:
+        for seed in range(3):
+            feeds = _feeds(rate, seed)
+            ref, out = ort_outputs(proto, feeds)[0], ort_outputs(after, feeds)[0]
+            assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.05
+
+
+def test_untaken_branch_reads_the_quantized_main_value_so_its_conv_fuses(tmp_path):
+    proto = main_conv_then_if()
+    assert len(_float_convs(proto, tmp_path)) == 2
+    model, result, _, _ = _run(proto, data=_data([16000] * 8), speed_check=True)
+    assert result.modified and result.stats["nodes-quantized"] == 2
+    after = to_proto(model)
+    assert _branch_ops(after, "else_branch") == ["DequantizeLinear", "Mul"]
+    assert _float_convs(after, tmp_path) == []  # both run as QLinearConv
+    _within_5_percent(proto, after)  # the 8 kHz path too: it reads the same tensor
+
+
+def test_quantize_of_a_main_value_stays_in_the_main_graph():
+    model, _, _, _ = _run(main_conv_then_if(), data=_data([16000] * 8), speed_check=True)
+    after = to_proto(model)
+    relu_users = [n.op_type for n in after.graph.node if "m_r" in n.input]
+    assert relu_users == ["QuantizeLinear"]  # the float value's one consumer
+    if_node = next(n for n in after.graph.node if n.op_type == "If")
+    then = next(a.g for a in if_node.attribute if a.name == "then_branch")
+    assert not [n for n in then.node if "m_r" in n.input]  # it reads the Dequantize
+
+
+def test_if_inside_the_taken_branch_is_followed(tmp_path):
+    proto = main_conv_then_if(nested=True)
+    model, result, _, _ = _run(proto, data=_data([16000] * 8), speed_check=True)
+    assert result.modified and result.stats["nodes-quantized"] == 2
+    taken = next(d for d in result.decisions if "if-branches" in d)["taken"]
+    assert taken == {"outer": "then_branch", "by_rate": "then_branch"}
+    after = to_proto(model)
+    assert _branch_ops(after, "else_branch") == ["Identity"]  # the outer untaken: float
+    assert _float_convs(after, tmp_path) == []
+    _within_5_percent(proto, after, rates=(16000,))
+    other = _feeds(8000)
+    np.testing.assert_array_equal(ort_outputs(after, other)[0], other["x"])
+
+
+def test_nested_if_is_idempotent():
+    model, first, _, _ = _run(main_conv_then_if(nested=True), data=_data([16000] * 8))
+    assert first.modified
+    again, second, _, _ = _run(to_proto(model), data=_data([16000] * 8))
+    assert not second.modified and op_types(again) == op_types(model)

@@ -5,8 +5,10 @@ its 16 kHz and 8 kHz networks, chosen by ``sr``). ONNX Runtime hands out only ma
 values, so calibration could not see inside, and quantize-int8 left such models float.
 When every calibration sample takes the same branch of a main-graph If, the pass works on
 a copy where that branch's nodes stand in the main graph in the If's place (``inline``),
-and the result goes back into the branch (``restore``). The other branch stays float: no
-calibration data reached it. The job's guard measures the restored model.
+and the result goes back into the branch (``restore``). An If inside a taken branch is
+followed the same way. The other branch stays float (no calibration data reached it), but
+reads the quantized form of the main-graph tensors the pass quantized, so that ONNX Runtime
+can still fuse their producers. The job's guard measures the restored model.
 """
 
 from __future__ import annotations
@@ -182,6 +184,7 @@ def _branch_side(
             reads = any(v is not None and id(v.producer()) in side for v in node.inputs)
             users = [u for o in node.outputs for u, _ in o.uses()]
             feeds_only = bool(users) and all(id(u) in side for u in users)
+            feeds_only = feeds_only and not _quantizes_main_value(node, side)
             feeds_only = feeds_only and not any(o.is_graph_output() for o in node.outputs)
             if reads or feeds_only:
                 side.add(id(node))
@@ -192,6 +195,85 @@ def _branch_side(
         if any(v is not None and id(v.producer()) in side for v in node.inputs):
             return None
     return [n for n in graph if id(n) in side]
+
+
+def _quantizes_main_value(node: ir.Node, side: set[int]) -> bool:
+    """A QuantizeLinear of a main-graph value: it stays beside that value's producer.
+
+    ONNX Runtime fuses Conv (+ Relu) + QuantizeLinear into QLinearConv only when both
+    stand in one graph; the Dequantize that feeds the branch goes in with the branch.
+    """
+    if node.op_type != "QuantizeLinear" or not node.inputs or node.inputs[0] is None:
+        return False
+    producer = node.inputs[0].producer()
+    return producer is not None and id(producer) not in side
+
+
+def _dequantize_in_untaken(graph: ir.Graph, item: Inlined) -> None:
+    """The untaken branches read the quantized form of the values the pass quantized.
+
+    They still read those values in float. ONNX Runtime then sees a second consumer of a
+    Conv's float output, beside its QuantizeLinear, and leaves that Conv float with its
+    weights dequantized on every run (silero-vad's decoder If). Each such read now goes
+    through a DequantizeLinear of the main graph's quantized value, inside the branch.
+    Only node outputs: the calibration saw those tensors whatever the branch; a graph
+    input the untaken branch reads may range differently there (another sample rate).
+    """
+    quantizers = {
+        n.inputs[0].name: n
+        for n in graph
+        if n.op_type == "QuantizeLinear"
+        and n.inputs
+        and n.inputs[0] is not None
+        and n.inputs[0].producer() is not None
+    }
+    if not quantizers:
+        return
+    taken = {id(item.branch)}
+    for attr in item.attributes:
+        if attr.type != ir.AttributeType.GRAPH or id(attr.as_graph()) in taken:
+            continue
+        branch = attr.as_graph()
+        own = _names_within(branch)
+        added: dict[str, ir.Value] = {}
+        for node in list(ir.traversal.RecursiveGraphIterator(branch)):
+            for i, value in enumerate(node.inputs):
+                name = value.name if value is not None else None
+                if name is None or name in own or name not in quantizers:
+                    continue
+                if name not in added:
+                    added[name] = _dequantize_first(branch, quantizers[name], attr.name)
+                node.replace_input_with(i, added[name])
+
+
+def _names_within(branch: ir.Graph) -> set[str]:
+    """Every value name a branch (or a graph inside it) defines itself."""
+    names = {v.name for v in branch.inputs if v.name} | set(branch.initializers)
+    for node in ir.traversal.RecursiveGraphIterator(branch):
+        names.update(v.name for v in node.outputs if v.name)
+        if node.graph is not None:
+            names.update(node.graph.initializers)
+    return names
+
+
+def _dequantize_first(branch: ir.Graph, quantize: ir.Node, branch_name: str) -> ir.Value:
+    """A DequantizeLinear of ``quantize``'s output at the top of ``branch``; its output."""
+    name = f"{quantize.outputs[0].name}_{branch_name}_dequantized"
+    node = ir.node(
+        "DequantizeLinear",
+        [quantize.outputs[0], *quantize.inputs[1:]],
+        {a.name: a for a in quantize.attributes.values() if a.name == "axis"},
+        name=f"{quantize.name}/{branch_name}/dequantize",
+    )
+    node.outputs[0].name = name
+    source = quantize.inputs[0]
+    if source is not None:
+        node.outputs[0].type, node.outputs[0].shape = source.type, source.shape
+    if len(branch):
+        branch.insert_before(next(iter(branch)), node)
+    else:
+        branch.append(node)
+    return node.outputs[0]
 
 
 def restore(model: ir.Model, inlined: list[Inlined]) -> ir.Model | None:
@@ -243,7 +325,26 @@ def restore(model: ir.Model, inlined: list[Inlined]) -> ir.Model | None:
         graph.remove(nodes)
         item.branch.extend(nodes)
         item.branch.outputs.extend(v for v in outputs if v is not None)
+        _dequantize_in_untaken(graph, item)
     return ir.serde.deserialize_model(ir.serde.serialize_model(model))
+
+
+_MAX_DEPTH = 4  # nested Ifs followed (silero-vad: a shape test inside the rate's branch)
+
+
+def _levels(model: ir.Model, data: Any, capture: Callable[..., int]) -> list[dict[str, str]]:
+    """The taken branches level by level: an If inside a taken branch is found once that
+    branch stands in the main graph (on a scratch copy)."""
+    probe = model.clone()
+    levels: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for _ in range(_MAX_DEPTH):
+        level = {k: v for k, v in taken_branches(probe, data, capture).items() if k not in seen}
+        seen.update(level)
+        if not level or not inline(probe, level):
+            break
+        levels.append(level)
+    return levels
 
 
 def with_taken_branches(
@@ -255,20 +356,23 @@ def with_taken_branches(
 ) -> PassResult:
     """``quantize`` the model, with the branches all calibration samples take inlined.
 
-    The branches are found once per job: back-off attempts reuse ``cache.branches``.
+    The branches are found once per job: back-off attempts reuse ``cache.branches``
+    (one dict per nesting level).
     """
     if context.target == "cuda" or not any(n.op_type == "If" for n in model.graph):
         return quantize(model, context)
     if cache.branches is None:
         data = calibration_data(model, context, samples)
-        cache.branches = taken_branches(model, data, context.runtime.capture)
-    branches = cache.branches
+        cache.branches = _levels(model, data, context.runtime.capture)
     work = model.clone()
-    inlined = inline(work, branches) if branches else []
+    inlined: list[Inlined] = []
+    for level in cache.branches:
+        inlined += inline(work, level)
     if not inlined:
         return quantize(model, context)
     result = quantize(work, context)
-    taken = {item.name: branches[item.name] for item in inlined}
+    every = {k: v for level in cache.branches for k, v in level.items()}
+    taken = {item.name: every[item.name] for item in inlined}
     result.decisions.append(
         {
             "if-branches": "quantized inlined: the branch every calibration sample takes "

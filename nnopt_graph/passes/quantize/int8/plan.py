@@ -474,5 +474,5 @@ class _Cache:
     kind_names: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     # sensitivity=output ranks only when the guard first fails: the arguments of _rank
     pending_rank: tuple[Any, ...] | None = None
-    # If name -> the branch every calibration sample takes (int8/branches.py)
-    branches: dict[str, str] | None = None
+    # per nesting level, If name -> the branch every calibration sample takes (int8/branches.py)
+    branches: list[dict[str, str]] | None = None
