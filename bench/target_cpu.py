@@ -179,8 +179,9 @@ def main() -> None:
         "there), 2 threads, spinning off, >= 30 windows and about 4 s of A; min / median / max "
         "of per-window ratios and the median's 95% CI. A'/A is the input against itself: the "
         "noise band. Load: 1-minute load average before → after the timing. 'dynamic int8' is "
-        "quantize-dynamic-int8's outcome (the target-cpu preset runs it after quantize-int8, "
-        "on the MatMuls left in float, where its cost model says it pays).",
+        "quantize-dynamic-int8's outcome (the target-cpu preset runs it before quantize-int8, "
+        "on the MatMuls and LSTMs where its cost model says it pays; static int8 then takes "
+        "the rest).",
         "",
         "| model | int8 outcome | modelled cost | dynamic int8 | worst-sample cosine | "
         "latency B/A | B/A median 95% CI | A'/A | windows × runs | load | size |",

@@ -395,7 +395,7 @@ def test_percentile_and_entropy_clip_outliers():
 
 def test_target_presets_are_registered():
     Pipeline.parse("default")
-    assert PRESETS["target-cpu"].endswith("quantize-int8,quantize-dynamic-int8")
+    assert PRESETS["target-cpu"].endswith("quantize-dynamic-int8,quantize-int8")
     assert PRESETS["target-tensorrt"].endswith("quantize-int8")
 
 

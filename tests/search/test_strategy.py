@@ -67,18 +67,18 @@ def test_neighbours_step_one_stage_at_a_time() -> None:
 def test_default_warm_start_is_presets_corner_middle_then_the_corner_variants() -> None:
     space = default_space("cpu")
     texts = [space.pipeline(c) for c in warm_start(space)]
-    dyn = ",quantize-dynamic-int8"
+    dyn = "quantize-dynamic-int8,"
     corner = "default,prune-channels{ratio=0.5},sparsify{pattern=2:4}"
     assert texts == [
-        f"default,quantize-int8{dyn}",
+        f"default,{dyn}quantize-int8",
         "default",
         # The corner: lossiest prune ratio and 2:4, with the preset's int8 variant.
-        f"{corner},quantize-int8{dyn}",
+        f"{corner},{dyn}quantize-int8",
         # The middle: prune 0.2 of 0-0.5, 2:4 off (the less lossy of its two), preset int8.
-        f"default,prune-channels{{ratio=0.2}},quantize-int8{dyn}",
+        f"default,prune-channels{{ratio=0.2}},{dyn}quantize-int8",
         # The corner's other int8 variants.
-        f"{corner},quantize-int8{{per-channel=false}}{dyn}",
-        f"{corner},quantize-int8{{calibrator=entropy}}{dyn}",
+        f"{corner},{dyn}quantize-int8{{per-channel=false}}",
+        f"{corner},{dyn}quantize-int8{{calibrator=entropy}}",
     ]
 
 
