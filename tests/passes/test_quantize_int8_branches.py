@@ -193,7 +193,10 @@ def _conv_relu(prefix, src):
     """One Conv 3x3 + Relu on ``src``; its nodes and output name."""
     nodes = [
         helper.make_node(
-            "Conv", [src, f"{prefix}w", f"{prefix}b"], [f"{prefix}c"], name=f"{prefix}conv",
+            "Conv",
+            [src, f"{prefix}w", f"{prefix}b"],
+            [f"{prefix}c"],
+            name=f"{prefix}conv",
             pads=[1, 1, 1, 1],
         ),
         helper.make_node("Relu", [f"{prefix}c"], [f"{prefix}r"], name=f"{prefix}relu"),

@@ -32,7 +32,7 @@ _ALPHA, _BETA = 1 / 6, 0.5
 
 
 def _rules() -> Any:
-    """onnxscript's two hard-swish patterns, both rewritten as ``x * HardSigmoid(x)``."""
+    """The two hard-swish patterns of onnxscript, both rewritten as ``x * HardSigmoid(x)``."""
     from onnxscript.rewriter import RewriteRuleSet
     from onnxscript.rewriter.rules.common import _fuse_hardswish as hs
 

@@ -333,8 +333,11 @@ _MAX_DEPTH = 4  # nested Ifs followed (silero-vad: a shape test inside the rate'
 
 
 def _levels(model: ir.Model, data: Any, capture: Callable[..., int]) -> list[dict[str, str]]:
-    """The taken branches level by level: an If inside a taken branch is found once that
-    branch stands in the main graph (on a scratch copy)."""
+    """The taken branches, level by level.
+
+    An If inside a taken branch is found once that branch stands in the main graph (on a
+    scratch copy).
+    """
     probe = model.clone()
     levels: list[dict[str, str]] = []
     seen: set[str] = set()
