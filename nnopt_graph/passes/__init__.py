@@ -9,6 +9,7 @@ __all__ = ["MODULES"]
 MODULES = (
     "nnopt_graph.passes.cleanup.simplify",
     "nnopt_graph.passes.cleanup.zero_structure",
+    "nnopt_graph.passes.cleanup.affine",
     "nnopt_graph.passes.cleanup.activations",
     "nnopt_graph.passes.prune.channels",
     "nnopt_graph.passes.prune.slice_hidden",

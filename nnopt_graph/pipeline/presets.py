@@ -20,14 +20,17 @@ DEFAULT_PIPELINE = (
 PRESETS: dict[str, str] = {
     "default": DEFAULT_PIPELINE,
     # --target cpu / tensorrt alone: lossless cleanup, then int8 for that target (the pass
-    # reads the target from the job, so one preset text serves both). On CPU, hard-swish
-    # spelled out in four ops first becomes HardSigmoid + Mul (rapidocr-cls: 0.67 of its
-    # latency, in float; a rounding-level change, guarded). Then dynamic
+    # reads the target from the job, so one preset text serves both). On CPU, constant
+    # per-channel Mul/Add after a Conv first fold into it, and hard-swish spelled out in
+    # four ops becomes HardSigmoid + Mul (rapidocr-cls: 0.67 of its latency, rapidocr-det
+    # 0.77, in float; rounding-level changes, guarded). Then dynamic
     # int8 takes the MatMuls and LSTMs where its cost model says it pays (a
     # transformer's wide projections), then static int8 the Convs and what is left: on
     # minilm 0.586-0.608 of the input's latency against 0.637-0.639 the other way round
     # (bench/results/target_cpu.md).
-    "target-cpu": f"{DEFAULT_PIPELINE},fuse-hardswish,quantize-dynamic-int8,quantize-int8",
+    "target-cpu": (
+        f"{DEFAULT_PIPELINE},fold-conv-affine,fuse-hardswish,quantize-dynamic-int8,quantize-int8"
+    ),
     "target-tensorrt": f"{DEFAULT_PIPELINE},quantize-int8",
     # CUDA's EP has no int8 Conv/MatMul kernels: float16 activations, int4 MatMul weights.
     "target-cuda": f"{DEFAULT_PIPELINE},quantize-fp16,quantize-int4",
