@@ -86,3 +86,38 @@ def op_types(model: ir.Model | onnx.ModelProto) -> list[str]:
 def check_idempotent(model: ir.Model, name: str, **options) -> None:
     second = PassSpec.create(name, **options).instantiate().run(model, PassContext())
     assert not second.modified, f"second run of {name} changed the model: {second.stats}"
+
+
+def in_an_if(inner: onnx.ModelProto) -> onnx.ModelProto:
+    """``inner``'s nodes as the then-branch of an If on a ``flag`` input; else x passes.
+
+    ``inner`` reads one input ``x`` and writes one output ``y`` of x's type; its
+    initializers move to the main graph, so the branch reads them from the outer scope.
+    """
+    graph = inner.graph
+    x = graph.input[0]
+    then = onnx.helper.make_graph(list(graph.node), "then", [], list(graph.output))
+    other = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["e"], name="pass")],
+        "else",
+        [],
+        [onnx.helper.make_tensor_value_info("e", x.type.tensor_type.elem_type, None)],
+    )
+    other.output[0].type.CopyFrom(x.type)
+    flag = onnx.helper.make_tensor_value_info("flag", onnx.TensorProto.BOOL, [])
+    outer = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node(
+                "If", ["flag"], ["y"], name="if", then_branch=then, else_branch=other
+            )
+        ],
+        "g",
+        [x, flag],
+        [graph.output[0]],
+        initializer=list(graph.initializer),
+    )
+    model = onnx.helper.make_model(
+        outer, opset_imports=list(inner.opset_import), ir_version=inner.ir_version
+    )
+    onnx.checker.check_model(model, full_check=True)
+    return model

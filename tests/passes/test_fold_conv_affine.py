@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from passes_util import check_idempotent, op_types, ort_outputs, run_pass, to_proto
+from passes_util import check_idempotent, in_an_if, op_types, ort_outputs, run_pass, to_proto
 
 from nnopt_graph.check.equality import LOSSLESS, array_problems
 from nnopt_graph.pipeline.presets import PRESETS
@@ -112,25 +112,7 @@ def test_depthwise_conv_scales_its_output_channels():
 
 
 def test_inside_an_if_branch():
-    inner = affine_net().graph
-    then = helper.make_graph(list(inner.node), "then", [], list(inner.output))
-    els = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["e"], name="pass")],
-        "else",
-        [],
-        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, C, S, S])],
-    )
-    graph = helper.make_graph(
-        [helper.make_node("If", ["flag"], ["y"], name="if", then_branch=then, else_branch=els)],
-        "g",
-        [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, S, S]),
-            helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
-        ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, S, S])],
-        initializer=list(inner.initializer),
-    )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    proto = in_an_if(affine_net())
     model, result = run_pass(proto, "fold-conv-affine")
     assert result.stats["affine-nodes-folded"] == 2
     assert sorted(op_types(model)) == ["Conv", "Identity", "If", "Relu"]

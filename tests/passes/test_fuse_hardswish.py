@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from passes_util import check_idempotent, op_types, ort_outputs, run_pass, to_proto
+from passes_util import check_idempotent, in_an_if, op_types, ort_outputs, run_pass, to_proto
 
 from nnopt_graph.check.equality import LOSSLESS, array_problems
 from nnopt_graph.pipeline.presets import PRESETS
@@ -65,31 +65,6 @@ def hardswish_net(
     return model
 
 
-def in_a_branch():
-    """The Paddle form inside an If's then-branch; the else-branch passes x through."""
-    inner = hardswish_net().graph
-    then = helper.make_graph(list(inner.node), "then", [], list(inner.output))
-    els = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["e"], name="pass")],
-        "else",
-        [],
-        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, C, S, S])],
-    )
-    graph = helper.make_graph(
-        [helper.make_node("If", ["flag"], ["y"], name="if", then_branch=then, else_branch=els)],
-        "g",
-        [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, S, S]),
-            helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
-        ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, S, S])],
-        initializer=list(inner.initializer),
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)], ir_version=7)
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
 def _feeds(seed, **extra):
     x = (np.random.default_rng(seed).standard_normal([1, C, S, S]) * 3).astype(np.float32)
     return {"x": x, **extra}
@@ -128,7 +103,7 @@ def test_torch_form_becomes_the_same_pair():
 
 
 def test_inside_an_if_branch():
-    proto = in_a_branch()
+    proto = in_an_if(hardswish_net())
     model, result = run_pass(proto, "fuse-hardswish")
     assert result.stats == {"hardswish-fused": 1}
     assert sorted(op_types(model)) == ["Conv", "Conv", "HardSigmoid", "Identity", "If", "Mul"]

@@ -47,39 +47,30 @@ def _rules() -> Any:
 
         return checked
 
-    class Swish(hs.HardSwishFusion):
-        """``Clip(x + 3, 0, 6) * x / 6``."""
+    def rewritten(base: Any, times_x: bool) -> Any:
+        """``base``'s matching (float32 only), rewritten as HardSigmoid (times x)."""
 
-        check = float32_only(hs.HardSwishFusion.check)
+        class Rule(base):  # type: ignore[misc, valid-type]  (a base chosen at run time)
+            check = float32_only(base.check)
 
-        def rewrite(  # the rule passes every bound value; only x is used
-            self,
-            op: Any,
-            x: ir.Value,
-            clip_min: ir.Value,
-            clip_max: ir.Value,
-            bias: ir.Value,
-            divisor: ir.Value,
-        ) -> ir.Value:
-            return op.Mul(x, op.HardSigmoid(x, alpha=_ALPHA, beta=_BETA))
+            def rewrite(  # the rule passes every bound value; only x is used
+                self,
+                op: Any,
+                x: ir.Value,
+                clip_min: ir.Value,
+                clip_max: ir.Value,
+                bias: ir.Value,
+                divisor: ir.Value,
+            ) -> ir.Value:
+                sigmoid = op.HardSigmoid(x, alpha=_ALPHA, beta=_BETA)
+                return op.Mul(x, sigmoid) if times_x else sigmoid
 
-    class Sigmoid(hs.HardSigmoidFusion):
-        """``Clip(x + 3, 0, 6) / 6``, whose product with ``x`` is then the same pair."""
+        return Rule().rule()
 
-        check = float32_only(hs.HardSigmoidFusion.check)
-
-        def rewrite(  # the rule passes every bound value; only x is used
-            self,
-            op: Any,
-            x: ir.Value,
-            clip_min: ir.Value,
-            clip_max: ir.Value,
-            bias: ir.Value,
-            divisor: ir.Value,
-        ) -> ir.Value:
-            return op.HardSigmoid(x, alpha=_ALPHA, beta=_BETA)
-
-    return RewriteRuleSet([Swish().rule(), Sigmoid().rule()], commute=True)
+    # Clip(x + 3, 0, 6) * x / 6; and Clip(x + 3, 0, 6) / 6, whose product with x is then
+    # the same pair.
+    rules = [rewritten(hs.HardSwishFusion, True), rewritten(hs.HardSigmoidFusion, False)]
+    return RewriteRuleSet(rules, commute=True)
 
 
 def _count(model: ir.Model) -> tuple[int, int]:
