@@ -50,7 +50,8 @@ def _rules() -> Any:
     def rewritten(base: Any, times_x: bool) -> Any:
         """``base``'s matching (float32 only), rewritten as HardSigmoid (times x)."""
 
-        class Rule(base):  # type: ignore[misc, valid-type]  (a base chosen at run time)
+        # a base chosen at run time: mypy cannot check it
+        class Rule(base):  # type: ignore[misc, valid-type]
             check = float32_only(base.check)
 
             def rewrite(  # the rule passes every bound value; only x is used
