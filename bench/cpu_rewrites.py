@@ -20,9 +20,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -31,6 +28,7 @@ from target_cpu import time_against_input  # noqa: E402
 from models import fetch  # noqa: E402
 from models.calib import write_calib_npz  # noqa: E402
 from nnopt_graph import optimize  # noqa: E402
+from nnopt_graph.check.compare import compare_models  # noqa: E402
 from nnopt_graph.core.io import load  # noqa: E402
 from nnopt_graph.runtime.data import input_specs, load_dataset  # noqa: E402
 
@@ -43,19 +41,12 @@ VARIANTS = {
 
 def _worst(a: Path, b: Path, held: Path) -> dict[str, float]:
     """Worst held-out sample's relative L2 error and cosine of B against A, all outputs."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    sa = ort.InferenceSession(str(a), options, providers=["CPUExecutionProvider"])
-    sb = ort.InferenceSession(str(b), options, providers=["CPUExecutionProvider"])
-    rel, cos, samples = 0.0, 1.0, 0
-    for feed in load_dataset(held, input_specs(load(a))).batches(1):
-        samples += 1
-        for x, y in zip(sa.run(None, feed), sb.run(None, feed), strict=True):
-            x64, y64 = np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel()
-            rel = max(rel, float(np.linalg.norm(x64 - y64) / max(np.linalg.norm(x64), 1e-30)))
-            norm = float(np.linalg.norm(x64) * np.linalg.norm(y64))
-            cos = min(cos, float(x64 @ y64 / norm) if norm else 1.0)
-    return {"worst_rel_l2": rel, "worst_cosine": cos, "samples": samples}
+    fid = compare_models(a, b, load_dataset(held, input_specs(load(a))))
+    return {
+        "worst_rel_l2": fid.metric("rel_l2"),
+        "worst_cosine": fid.metric("cosine"),
+        "samples": fid.samples,
+    }
 
 
 def main() -> None:

@@ -34,14 +34,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from nnopt_graph.pipeline.presets import CPU_BEFORE_INT8  # noqa: E402
 from nnopt_graph.runtime.data import input_specs, load_dataset  # noqa: E402
 from nnopt_graph.runtime.quant_bench import compare_latency  # noqa: E402
 from nnopt_graph.search.run import ASK_BATCH, run_search  # noqa: E402
 from nnopt_graph.search.space import SearchSpace, default_space  # noqa: E402
 
 GUARD = "cosine.min>=0.99"
-PRESET = "default,fold-conv-affine,fuse-hardswish,quantize-dynamic-int8,quantize-int8"
-INT8 = "fold-conv-affine,fuse-hardswish,quantize-dynamic-int8,quantize-int8"  # the cpu space's and preset's int8 choice
+INT8 = f"{CPU_BEFORE_INT8},quantize-int8"  # the cpu space's and preset's int8 choice
+PRESET = f"default,{INT8}"
 # Real models: 4 calibration and 4 held-out samples (models.calib's generated inputs), and
 # the space without 2:4 and the int8 variants (8 candidates): their grids cost 5-60 s a
 # candidate on the shared machine. digits: its calibration split, 360 held-out images,
@@ -495,7 +496,7 @@ def _markdown(out: dict) -> list[str]:
         "",
         "Spaces: digits = the default cpu space (48: prune-channels ratio 0/0.1/0.2/0.3/0.4/0.5 "
         "x sparsify 2:4 off/on x quantize none / quantize-int8 defaults / per-channel=false / "
-        "calibrator=entropy, each int8 after fold-conv-affine,fuse-hardswish,quantize-dynamic-int8); the real models = "
+        f"calibrator=entropy, each int8 after {CPU_BEFORE_INT8}); the real models = "
         f"prune 0/0.1/0.25/0.4 x {INT8} off/on (8), with {REAL_SAMPLES} calibration + "
         f"{REAL_SAMPLES} held-out samples (models.calib), to fit the machine.",
         "",

@@ -6,7 +6,7 @@ presets are what ``--target T`` alone runs.
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_PIPELINE", "PRESETS"]
+__all__ = ["CPU_BEFORE_INT8", "DEFAULT_PIPELINE", "PRESETS"]
 
 # BatchNormalization is folded before dedup: folding refuses weights that dedup made shared.
 # Zero structure is looked for after folding, which can create it. Passes that infer
@@ -16,6 +16,10 @@ DEFAULT_PIPELINE = (
     "lift-constants,eliminate-no-ops,fold-constants,fold-batchnorm,eliminate-zero-structure,"
     "dedup,cse,eliminate-dead-code,sort-topologically"
 )
+
+# What target-cpu runs between the lossless default and static int8 (see below); the cpu
+# search space puts it before each of its int8 choices.
+CPU_BEFORE_INT8 = "fold-conv-affine,fuse-hardswish,quantize-dynamic-int8"
 
 PRESETS: dict[str, str] = {
     "default": DEFAULT_PIPELINE,
@@ -28,9 +32,7 @@ PRESETS: dict[str, str] = {
     # transformer's wide projections), then static int8 the Convs and what is left: on
     # minilm 0.586-0.608 of the input's latency against 0.637-0.639 the other way round
     # (bench/results/target_cpu.md).
-    "target-cpu": (
-        f"{DEFAULT_PIPELINE},fold-conv-affine,fuse-hardswish,quantize-dynamic-int8,quantize-int8"
-    ),
+    "target-cpu": f"{DEFAULT_PIPELINE},{CPU_BEFORE_INT8},quantize-int8",
     "target-tensorrt": f"{DEFAULT_PIPELINE},quantize-int8",
     # CUDA's EP has no int8 Conv/MatMul kernels: float16 activations, int4 MatMul weights.
     "target-cuda": f"{DEFAULT_PIPELINE},quantize-fp16,quantize-int4",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nnopt_graph.errors import BadInputError
+from nnopt_graph.pipeline.presets import CPU_BEFORE_INT8
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ def default_space(target: str) -> SearchSpace:
         # On CPU, as in the target-cpu preset: Conv affine folds, hard-swish as
         # HardSigmoid + Mul, dynamic int8 (MatMul, LSTM) where its cost model says it
         # pays, then each static int8 variant on what it left in float.
-        head = "fold-conv-affine,fuse-hardswish,quantize-dynamic-int8," if target == "cpu" else ""
+        head = f"{CPU_BEFORE_INT8}," if target == "cpu" else ""
         choices = tuple(f"{head}{c}" for c in INT8_CHOICES)
         quant: tuple[str, tuple[str, ...]] = ("quantize", ("", *choices))
         preset = choices[0]

@@ -88,9 +88,7 @@ def _name_new_nodes(model: ir.Model, old: set[int]) -> None:
 
     The rules name them ``node_HardSigmoid_<n>`` and ``val_<n>``, which say nothing.
     """
-    scope = NameScope.for_model(model)
-    for graph in model.graphs():
-        scope.used.update(n.name for n in graph if n.name)
+    scope = NameScope.for_graph(model.graph)  # node and value names, subgraphs included
     for node in all_nodes(model):
         if id(node) in old or not node.inputs or node.inputs[0] is None:
             continue

@@ -20,17 +20,14 @@ import onnx_ir as ir
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS
 from nnopt_graph.core.annotations import annotations_not_added
+from nnopt_graph.core.constants import const_array
 from nnopt_graph.core.names import NameScope
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
-_FLOATS = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE})
-
 
 def _constant(value: ir.Value | None) -> np.ndarray | None:
-    """The value's array when it is an initializer with data, else None."""
-    if value is None or not value.is_initializer() or value.const_value is None:
-        return None
-    return value.const_value.numpy()
+    """The value's array when it is an initializer (the pass drops it once unused)."""
+    return const_array(value) if value is not None and value.is_initializer() else None
 
 
 def _per_channel(array: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
@@ -64,8 +61,10 @@ def _affine_chain(
         if len(user.inputs) != 2 or len(others) != 1 or user.graph is not conv.graph:
             break
         array = _constant(others[0])
-        factor = _per_channel(array, channels, rank) if array is not None else None
-        if factor is None or array is None or array.dtype.kind != "f":
+        if array is None or array.dtype.kind != "f":
+            break
+        factor = _per_channel(array, channels, rank)
+        if factor is None:
             break
         if user.op_type == "Mul":
             scale, shift = scale * factor, shift * factor
