@@ -3,8 +3,8 @@
 # One module (~580 lines): the pass's options, its plan (groups, protection, scores,
 # allocation, widths) and the run that applies one plan share the PrunePlan and the
 # per-pass sensitivity cache that back-offs reuse. Each measurement or solver it calls
-# lives in its own module here: importance, allocate, sensitivity, latency, reconstruct,
-# compensate, shapes.
+# lives in its own module here: importance, allocate, group_ratios, select, sensitivity,
+# latency, reconstruct, compensate, shapes.
 
 from __future__ import annotations
 
@@ -36,11 +36,17 @@ from nnopt_graph.passes.prune.allocate import (
     allocate_budget,
     allocate_units,
     global_ratios,
+    removed_params,
     sensitivity_levels,
     total_weight_params,
     unit_param_costs,
 )
 from nnopt_graph.passes.prune.compensate import BiasDelta, apply_bias_deltas, bias_deltas
+from nnopt_graph.passes.prune.group_ratios import (
+    match_group_ratios,
+    parse_group_ratios,
+    scale_group_ratios,
+)
 from nnopt_graph.passes.prune.importance import (
     IMPORTANCE_KINDS,
     ChannelStats,
@@ -51,6 +57,7 @@ from nnopt_graph.passes.prune.importance import (
 )
 from nnopt_graph.passes.prune.latency import WidthChoice, choose_width
 from nnopt_graph.passes.prune.reconstruct import Sink, find_sinks, reconstruct_sinks
+from nnopt_graph.passes.prune.select import removal_count, select_units
 from nnopt_graph.passes.prune.sensitivity import masked_clone, run_outputs
 from nnopt_graph.passes.prune.shapes import fold_copied_reshape_dims
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
@@ -115,6 +122,8 @@ class PruneChannelsOptions:
         min_ratio: back-off stops below this ratio.
         fold_shapes: first rewrite Reshape targets computed from the input's own dims
             (PyTorch attention exports) as constants, so attention heads become prunable.
+        group_ratios: ``glob=ratio,...``: these groups take the given ratio; the others
+            are allocated as above (with ``search``, from the budget left).
     """
 
     ratio: float = dataclasses.field(default=0.25, metadata={"range": (0.0, 1.0, True, False)})
@@ -137,6 +146,15 @@ class PruneChannelsOptions:
     latency_aware: bool = False
     min_ratio: float = dataclasses.field(default=0.05, metadata={"range": (0.0, 1.0, True, False)})
     fold_shapes: bool = False
+    group_ratios: str = ""
+
+    def problem(self) -> str | None:
+        """Why the text options are invalid, or None."""
+        try:
+            parse_group_ratios(self.group_ratios)
+        except ValueError as exc:
+            return str(exc)
+        return None
 
 
 def _dataset_shapes(dataset: Dataset | None) -> dict[str, list[int]]:
@@ -187,52 +205,6 @@ def _protection(
     if options.protect_last and sinks and all(id(n) in last for n in sinks):
         return "last layer"
     return None
-
-
-def _unit_counts(group: ChannelGroup) -> np.ndarray:
-    """[spaces, units]: indices each unit holds in each space."""
-    return np.stack([np.bincount(s.unit_of, minlength=group.num_units) for s in group.spaces])
-
-
-def _removal_count(group: ChannelGroup, ratio: float, options: PruneChannelsOptions) -> int:
-    units = group.num_units
-    max_remove = min(
-        int(math.floor(options.max_layer_ratio * units + 1e-9)), len(group.prunable_units)
-    )
-    remove = min(int(math.floor(ratio * units + 0.5)), max_remove)
-    step = options.round_to
-    if step > 1 and group.unit_width == 1 and remove > 0:
-        kept = int(math.floor((units - remove) / step + 0.5)) * step
-        kept = min(max(kept, step), units)
-        if units - kept > max_remove:
-            kept = min(units, int(math.ceil((units - max_remove) / step)) * step)
-        remove = units - kept
-    return max(remove, 0)
-
-
-def _select(group: ChannelGroup, scores: np.ndarray, remove: int) -> np.ndarray:
-    """Keep-indices after removing up to ``remove`` free units of lowest score.
-
-    Every space keeps at least one index.
-    """
-    if remove <= 0:
-        return np.arange(group.num_units)
-    counts = _unit_counts(group)
-    remaining = counts.sum(axis=1)
-    free = group.prunable_units
-    order = free[np.argsort(scores[free], kind="stable")]
-    removed: list[int] = []
-    for unit in order:
-        if len(removed) >= remove:
-            break
-        after = remaining - counts[:, unit]
-        if (after <= 0).any():
-            continue
-        remaining = after
-        removed.append(int(unit))
-    keep = np.ones(group.num_units, dtype=bool)
-    keep[removed] = False
-    return np.nonzero(keep)[0]
 
 
 @dataclasses.dataclass
@@ -293,7 +265,11 @@ class PruneChannelsPass(Pass):
         ratio = self.options.ratio / 2
         if ratio < self.options.min_ratio:
             return None
-        weaker = PruneChannelsPass(self.options, ratio=round(ratio, 6))
+        weaker = PruneChannelsPass(
+            self.options,
+            ratio=round(ratio, 6),
+            group_ratios=scale_group_ratios(self.options.group_ratios, 0.5),
+        )
         weaker._sensitivity = self._sensitivity
         return weaker
 
@@ -317,7 +293,11 @@ class PruneChannelsPass(Pass):
         ]
         reference = run_outputs(runtime, model, subset) if todo else []
         for group, level in todo:
-            keep = _select(group, scores[group.id], _removal_count(group, level, self.options))
+            keep = select_units(
+                group,
+                scores[group.id],
+                removal_count(group, level, self.options.max_layer_ratio, self.options.round_to),
+            )
             if len(keep) == group.num_units:
                 continue
             outputs = run_outputs(runtime, masked_clone(model, group, keep), subset)
@@ -350,7 +330,10 @@ class PruneChannelsPass(Pass):
     ) -> None:
         """Fill ``plan.ratios`` (and sensitivities, reasons, budget) for the candidates."""
         options = self.options
-        candidates = plan.candidates
+        fixed = self._fixed_ratios(plan)
+        candidates = [g for g in plan.candidates if g.id not in fixed]
+        plan.ratios = {gid: ratio for gid, (ratio, _) in fixed.items()}
+        plan.reasons = {gid: reason for gid, (_, reason) in fixed.items()}
         if options.search and dataset is not None:
             cap = options.max_layer_ratio
             if options.budget == "params":
@@ -367,20 +350,37 @@ class PruneChannelsPass(Pass):
             }
             if options.budget == "params":
                 plan.budget = int(round(options.ratio * total_weight_params(model)))
-                chosen = allocate_budget(candidates, plan.curves, plan.budget, cap)
-                plan.ratios = {gid: a.ratio for gid, a in chosen.items()}
-                plan.reasons = {gid: a.reason for gid, a in chosen.items()}
+                left = plan.budget - removed_params(plan.candidates, plan.ratios)
+                chosen = allocate_budget(candidates, plan.curves, max(0.0, left), cap)
+                plan.ratios.update({gid: a.ratio for gid, a in chosen.items()})
+                plan.reasons.update({gid: a.reason for gid, a in chosen.items()})
                 return
-            plan.ratios = allocate_units(candidates, plan.sensitivity, options.ratio, cap)
-            plan.reasons = dict.fromkeys(plan.ratios, "units: inversely to sensitivity")
+            ratios = allocate_units(candidates, plan.sensitivity, options.ratio, cap)
+            reason = "units: inversely to sensitivity"
         elif options.scope == "global":
-            plan.ratios = global_ratios(
-                candidates, plan.scores, options.ratio, options.max_layer_ratio
-            )
-            plan.reasons = dict.fromkeys(plan.ratios, "global ranking of importances")
+            ratios = global_ratios(candidates, plan.scores, options.ratio, options.max_layer_ratio)
+            reason = "global ranking of importances"
         else:
-            plan.ratios = {g.id: options.ratio for g in candidates}
-            plan.reasons = dict.fromkeys(plan.ratios, "uniform ratio")
+            ratios = {g.id: options.ratio for g in candidates}
+            reason = "uniform ratio"
+        plan.ratios.update(ratios)
+        plan.reasons.update(dict.fromkeys(ratios, reason))
+
+    def _fixed_ratios(self, plan: PrunePlan) -> dict[int, tuple[float, str]]:
+        """Per candidate matched by ``group-ratios``: (ratio, reason); warns of unused ones."""
+        entries = parse_group_ratios(self.options.group_ratios)
+        if not entries:
+            return {}
+        names = sorted({g.name for g in plan.analysis.groups} if plan.analysis else set())
+        matched, unused = match_group_ratios(entries, names)
+        for pattern in unused:
+            logger.warning("prune-channels: group-ratios pattern '%s' matches no group", pattern)
+            plan.decisions.append({"group_ratios_unmatched": pattern})
+        return {
+            g.id: (matched[g.name].ratio, f"group-ratios: '{matched[g.name].pattern}'")
+            for g in plan.candidates
+            if g.name in matched
+        }
 
     def plan(self, model: ir.Model, context: PassContext) -> PrunePlan:
         """Decide what to remove without changing the model.
@@ -434,7 +434,9 @@ class PruneChannelsPass(Pass):
         self._allocate(model, plan, dataset, context)
         ep = context.runtime.ep_for(context.target)
         for group in candidates:
-            remove = _removal_count(group, plan.ratios[group.id], options)
+            remove = removal_count(
+                group, plan.ratios[group.id], options.max_layer_ratio, options.round_to
+            )
             if options.latency_aware and remove > 0 and group.unit_width == 1:
                 step = max(options.round_to, 8)
                 cap = min(
@@ -453,7 +455,7 @@ class PruneChannelsPass(Pass):
                 if choice is not None:
                     plan.widths[group.id] = choice
                     remove = group.num_units - choice.width
-            plan.keep[group.id] = _select(group, plan.scores[group.id], remove)
+            plan.keep[group.id] = select_units(group, plan.scores[group.id], remove)
         return plan
 
     def run(self, model: ir.Model, context: PassContext) -> PassResult:
