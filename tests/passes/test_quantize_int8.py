@@ -473,16 +473,35 @@ def test_streaming_stats_keep_per_channel_sums_bounded():
     assert stats.low < -5 < 5 < stats.high
 
 
-@pytest.mark.slow
-def test_speed_check_keeps_int8_only_when_measured_faster():
+def _measured(monkeypatch, ratio):
+    """Run quantize-int8 with speed-check=measure and every timed ratio set to ``ratio``."""
+    from nnopt_graph.passes.quantize.int8 import orchestrate
+
+    def timed(models, *args, **kwargs):
+        same = {"median": 1.0, "min": 1.0, "max": 1.0}
+        return [same] + [{"median": ratio, "min": ratio, "max": ratio}] * (len(models) - 1)
+
+    monkeypatch.setattr(orchestrate, "_latency_ratios", timed)
     proto = conv_net()
-    model, result, _, _ = _run(proto, speed_check=True)
-    speed = next(d for d in result.decisions if "speed-check" in d)
-    ratio = speed["latency-ratio"]["median"]
-    if result.modified:
-        assert ratio < 0.97
-    else:
-        assert op_types(model) == op_types(proto) and result.stats["skipped-not-faster-or-unfused"]
+    model = ir.serde.deserialize_model(proto)
+    context = PassContext(target="cpu", calibration=_data(proto), speed_check="measure")
+    pass_ = PassSpec.create("quantize-int8", fallback=False, speed_check=True).instantiate()
+    result = pass_.run(model, context)
+    return proto, model, result, next(d for d in result.decisions if "speed-check" in d)
+
+
+def test_measured_speed_check_keeps_int8_when_it_times_faster(monkeypatch):
+    _, model, result, speed = _measured(monkeypatch, 0.8)
+    assert result.modified and "QuantizeLinear" in op_types(model)
+    assert speed["speed-check"].startswith("measured") and speed["latency-ratio"]["median"] == 0.8
+    assert "result" not in speed
+
+
+def test_measured_speed_check_keeps_float_when_int8_is_not_faster(monkeypatch):
+    proto, model, result, speed = _measured(monkeypatch, 0.99)
+    assert not result.modified and op_types(model) == op_types(proto)
+    assert result.stats["skipped-not-faster-or-unfused"] == 1
+    assert speed["result"].startswith("int8 not faster (median latency ratio 0.990")
 
 
 def amplified_channel_net():
