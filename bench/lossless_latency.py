@@ -184,7 +184,7 @@ def _measure(
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     out = work / f"{name.replace('/', '_')}.out.onnx"
-    settings = {"commit": _commit(), "min_windows": args.rounds, "window_seconds": args.window}
+    settings = {"commit": args.commit, "min_windows": args.rounds, "window_seconds": args.window}
     result = optimize(path, out, calib=calib, check=True)
     in_nodes = len(onnx.load(str(path), load_external_data=False).graph.node)
     out_nodes = len(onnx.load(str(out), load_external_data=False).graph.node)
@@ -328,12 +328,14 @@ def _write_latency(rows: list[dict[str, Any]], args: argparse.Namespace, meta: d
             for (c, w), models in runs.items()
         ]
     medians = [r["out_vs_in"]["median"] for r in rows]
+    loads = [v for r in rows for v in r["load_1min"]]
     outside = [r["model"] for r in rows if r["out_vs_in"]["median"] > 1.0 + _band(r, spread)]
     lines += [
         "",
         "Outside their band (goal not met in this run): "
         + (", ".join(outside) if outside else "none")
-        + ". The machine was shared by several jobs while this ran (see the load column).",
+        + f". 1-minute load average over the rows: {min(loads):.2f} to {max(loads):.2f} "
+        "(2 cores; see the load column).",
         "",
         f"Output/input medians: min {min(medians):.3f}, median {statistics.median(medians):.3f}, "
         f"max {max(medians):.3f}; geomean {float(np.exp(np.mean(np.log(medians)))):.3f}.",
@@ -421,6 +423,7 @@ def main() -> None:
         "--rewrite", action="store_true", help="rewrite the tables from the saved JSON"
     )
     args = parser.parse_args()
+    args.commit = _commit()  # once: a commit landing during the run does not split its rows
     if args.rewrite:
         saved = json.loads((RESULTS / "lossless_latency.json").read_text())
         args.rounds, args.seconds = saved["min_windows"], saved["min_seconds"]
