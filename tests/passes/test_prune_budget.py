@@ -7,6 +7,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from passes_util import ffn_chain as _ffn
 from passes_util import ort_run
 
 from nnopt_graph.analysis.channels import analyze_channels
@@ -22,59 +23,6 @@ from nnopt_graph.passes.prune.allocate import (
 from nnopt_graph.passes.prune.channels import PruneChannelsPass
 from nnopt_graph.pipeline.base import PassContext
 from nnopt_graph.runtime.data import Dataset
-
-
-def _ffn(
-    seed: int,
-    widths: list[int],
-    *,
-    din: int = 6,
-    dout: int = 4,
-    constant_units: int = 0,
-    bias: bool = True,
-    op: str = "MatMul",
-) -> onnx.ModelProto:
-    """x [N, din] -> (MatMul + Add -> Relu) per width -> MatMul + Add -> y [N, dout].
-
-    The first ``constant_units`` units of the first hidden layer read no input (zero
-    weight column) and have bias 3: after Relu they are the constant 3 (mean 3, no
-    variance). ``op='Gemm'`` makes every layer a Gemm with its bias as C.
-    """
-    rng = np.random.default_rng(seed)
-    nodes, inits = [], []
-    x, d = "x", din
-    for i, w in enumerate([*widths, dout]):
-        wt = (rng.standard_normal([d, w]) / np.sqrt(d)).astype(np.float32)
-        b = (rng.standard_normal([w]) * 0.1).astype(np.float32)
-        if i == 0 and constant_units:
-            wt[:, :constant_units] = 0
-            b[:constant_units] = 3.0
-        inits.append(numpy_helper.from_array(wt, f"w{i}"))
-        last = i == len(widths)
-        out = "y" if last else f"l{i}"
-        if op == "Gemm":
-            inits.append(numpy_helper.from_array(b, f"b{i}"))
-            nodes.append(helper.make_node("Gemm", [x, f"w{i}", f"b{i}"], [out]))
-        elif bias:
-            inits.append(numpy_helper.from_array(b, f"b{i}"))
-            nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"]))
-            nodes.append(helper.make_node("Add", [f"m{i}", f"b{i}"], [out]))
-        else:
-            nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [out]))
-        if not last:
-            nodes.append(helper.make_node("Relu", [out], [f"h{i}"]))
-            x = f"h{i}"
-        d = w
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", din])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", dout])],
-        inits,
-    )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(proto, full_check=True)
-    return proto
 
 
 def _data(samples: int = 32, din: int = 6, seed: int = 0) -> Dataset:

@@ -6,8 +6,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-from passes_util import in_an_if, ort_run
+from passes_util import ffn_chain, in_an_if, ort_run
 
 from nnopt_graph.check.equality import LOSSLESS, array_problems
 from nnopt_graph.errors import BadInputError
@@ -27,38 +26,7 @@ DIN, DOUT = 6, 4
 
 
 def _mlp(widths=(32, 32), seed=0) -> onnx.ModelProto:
-    """x [N,6] -> (MatMul 'block{i}.fc' + Add -> Relu) per width -> MatMul 'head' + Add."""
-    rng = np.random.default_rng(seed)
-    nodes, inits = [], []
-    x, d = "x", DIN
-    for i, w in enumerate([*widths, DOUT]):
-        last = i == len(widths)
-        name = "head" if last else f"block{i}.fc"
-        inits.append(
-            numpy_helper.from_array(
-                (rng.standard_normal([d, w]) / np.sqrt(d)).astype(np.float32), f"w{i}"
-            )
-        )
-        inits.append(
-            numpy_helper.from_array((rng.standard_normal(w) * 0.1).astype(np.float32), f"b{i}")
-        )
-        out = "y" if last else f"a{i}"
-        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"m{i}"], name=name))
-        nodes.append(helper.make_node("Add", [f"m{i}", f"b{i}"], [out], name=f"{name}.bias"))
-        if not last:
-            nodes.append(helper.make_node("Relu", [out], [f"h{i}"], name=f"{name}.relu"))
-            x = f"h{i}"
-        d = w
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", DIN])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", DOUT])],
-        inits,
-    )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(proto, full_check=True)
-    return proto
+    return ffn_chain(seed, list(widths), din=DIN, dout=DOUT)
 
 
 def _data(samples=32, seed=0) -> Dataset:
