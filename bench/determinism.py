@@ -22,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchutil import commit_id  # noqa: E402
+
 from models import fetch  # noqa: E402
 from models.calib import write_calib_npz  # noqa: E402
 
@@ -112,9 +114,7 @@ def main() -> None:
             distinct = sorted({r["sha256"] for r in runs})
             rows.append({"case": case, "runs": runs, "distinct": len(distinct)})
             print(json.dumps(rows[-1]), flush=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
+    commit = commit_id()
     out = ROOT / "bench/results"
     name = "determinism" if not args.only else "determinism_partial"
     (out / f"{name}.json").write_text(

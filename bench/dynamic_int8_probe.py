@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +29,7 @@ import onnx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchutil import commit_id  # noqa: E402
 from target_cpu import time_against_input  # noqa: E402
 
 from models import fetch, zoo  # noqa: E402
@@ -109,9 +109,7 @@ def main() -> None:
             row = _probe(name, Path(tmp), args.eval)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
+    commit = commit_id()
     res = ROOT / "bench/results"
     meta = {"commit": commit, "machine": "x86_64, 2 cores, shared", "eval": args.eval}
     (res / "dynamic_int8_probe.json").write_text(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +23,8 @@ import onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchutil import commit_id  # noqa: E402
 
 from models import fetch, zoo  # noqa: E402
 from models.calib import write_calib_npz  # noqa: E402
@@ -83,9 +84,7 @@ def main() -> None:
             row = {"model": name, **_measure(path, calib, tmp)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
+    commit = commit_id()
     result = {
         "commit": commit,
         "machine": "x86_64, 2 cores, shared",

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +29,8 @@ import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchutil import commit_id  # noqa: E402
 
 from models import fetch  # noqa: E402
 from models.calib import write_calib_npz  # noqa: E402
@@ -158,9 +159,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [_attribute(n, Path(tmp), args.samples) for n in args.models.split(",")]
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
+    commit = commit_id()
     res = ROOT / "bench/results"
     (res / "quantize_cpu_attribution.json").write_text(
         json.dumps({"commit": commit, "samples": args.samples, "rows": rows}, indent=2) + "\n"

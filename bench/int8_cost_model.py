@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchutil import commit_id  # noqa: E402
 from target_cpu import time_against_input  # noqa: E402
 
 from models import fetch  # noqa: E402
@@ -138,9 +138,7 @@ def main() -> None:
         saved = json.loads((ROOT / "bench/results/int8_cost_model.json").read_text())
         write_md(saved["rows"], saved["commit"])
         return
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
+    commit = commit_id()
     names = args.models.split(",") if args.models else None
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:

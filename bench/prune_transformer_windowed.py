@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import prune_transformer as pt  # noqa: E402
+from benchutil import commit_id  # noqa: E402
 from target_cpu import time_against_input  # noqa: E402
 
 from nnopt_graph import optimize  # noqa: E402
@@ -40,9 +40,7 @@ def main() -> None:
     parser.add_argument("--models", default="bert-encoder,minilm-l3-paraphrase")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
+    commit = commit_id()
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

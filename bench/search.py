@@ -25,7 +25,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchutil import commit_id  # noqa: E402
 
 from nnopt_graph.pipeline.presets import CPU_BEFORE_INT8  # noqa: E402
 from nnopt_graph.runtime.data import input_specs, load_dataset  # noqa: E402
@@ -681,9 +682,7 @@ def main() -> None:
     if args.merge:
         _merge([Path(p) for p in args.merge.split(",")], res)
         return
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
+    commit = commit_id()
     if args.replay:
         if not (args.work and args.part):
             parser.error("--replay needs --work (the grids' folder) and --part (the output)")

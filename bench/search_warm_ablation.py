@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import search as bs  # noqa: E402
+from benchutil import commit_id  # noqa: E402
 
 import nnopt_graph.search.strategy as strategy_mod  # noqa: E402
 
@@ -79,9 +79,7 @@ def main() -> None:
         part, work, *flag = spec.split(":")
         for r in json.loads(Path(part).read_text())["results"]:
             sets.append((Path(part).name, Path(work), bool(flag and flag[0] == "full"), r))
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
+    commit = commit_id()
     load_start = " ".join(f"{x:.2f}" for x in __import__("os").getloadavg())
     rows = []
     original = strategy_mod.warm_start

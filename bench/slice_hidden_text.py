@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +26,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchutil import commit_id  # noqa: E402
 from prune_transformer import _weights  # noqa: E402
 from slice_hidden import _per_output  # noqa: E402
 
@@ -61,9 +61,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="64,512,2022")
     parser.add_argument("--guard", default="cosine>=-1")
     args = parser.parse_args()
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
+    commit = commit_id()
     vocab = tokenize.load_vocab(fetch.fetch_file("bert-uncased-vocab"))
     found = verse.sentences()
     order = np.random.default_rng(0).permutation(len(found))
