@@ -8,7 +8,8 @@ B, rotating windows of about 50 ms of A, 2 threads, spinning off, >= 30 windows)
 times in a row.
 
 Usage: python bench/prune_transformer_windowed.py [--models bert-encoder,minilm-l3-paraphrase]
-Writes bench/results/prune_transformer_windowed.{json,md}.
+    [--pipeline TEXT] [--name NAME]
+Writes bench/results/NAME.{json,md} (default prune_transformer_windowed).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default="bert-encoder,minilm-l3-paraphrase")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pipeline", default=PIPELINE)
+    parser.add_argument("--name", default="prune_transformer_windowed", help="results file name")
     args = parser.parse_args()
     commit = commit_id()
     rows = []
@@ -49,8 +52,9 @@ def main() -> None:
             base = tmp / f"{name}.base.onnx"
             optimize(str(src), base, None, calib=str(cal), check=False)
             out = tmp / f"{name}.pruned.onnx"
-            optimize(str(base), out, PIPELINE, calib=str(cal), guard=GUARD, check=False)
-            weights = pt._weights(out, True) / pt._weights(base, True)
+            optimize(str(base), out, args.pipeline, calib=str(cal), guard=GUARD, check=False)
+            encoder = name in pt.ENCODERS
+            weights = pt._weights(out, encoder) / pt._weights(base, encoder)
             feed = next(load_dataset(held, input_specs(load(base))).batches(1))
             for repeat in range(args.repeats):
                 timed = time_against_input(base, out, feed)
@@ -59,18 +63,21 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     res = ROOT / "bench/results"
-    (res / "prune_transformer_windowed.json").write_text(
-        json.dumps({"commit": commit, "pipeline": PIPELINE, "guard": GUARD, "rows": rows}, indent=2)
+    (res / f"{args.name}.json").write_text(
+        json.dumps(
+            {"commit": commit, "pipeline": args.pipeline, "guard": GUARD, "rows": rows}, indent=2
+        )
         + "\n"
     )
     lines = [
         "# Pruned encoders, windowed latency (bench/prune_transformer_windowed.py)",
         "",
         f"Commit {commit}; x86_64, 2 cores, shared; onnxruntime CPU EP, 2 threads, spinning "
-        f"off. `{PIPELINE}` under `{GUARD}`, then input A, A again (A'/A: the noise band) "
+        f"off. `{args.pipeline}` under `{GUARD}`, then input A, A again (A'/A: the noise band) "
         "and pruned B in rotating windows of about 50 ms of A (>= 30 windows, a model's "
         "window time its fastest run there); min / median / max of per-window B/A and the "
-        "median's 95% CI. Weights: MatMul/Gemm weight params after / before.",
+        "median's 95% CI. Weights: weight params after / before (MatMul/Gemm on encoders, "
+        "also Conv on CNNs).",
         "",
         "| model | repeat | weights | B/A min / median / max | median 95% CI | A'/A median | "
         "windows | A ms | load |",
@@ -84,7 +91,7 @@ def main() -> None:
             f"{lt['ci95_high']:.3f}] | {r['a_vs_a']['median']:.3f} | {r['windows']} | "
             f"{r['p50_ms_in']:.3f} | {r['load_1min'][0]} → {r['load_1min'][1]} |"
         )
-    (res / "prune_transformer_windowed.md").write_text("\n".join(lines) + "\n")
+    (res / f"{args.name}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
