@@ -253,7 +253,7 @@ def _band(row: dict[str, Any], spread: float = 0.0) -> float:
 def _write(rows: list[dict[str, Any]], args: argparse.Namespace, commit: str | None = None) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {
-        "commit": commit or _commit(),
+        "commit": commit or args.commit,
         "machine": _machine(),
         "onnxruntime": ort.__version__,
         "threads": 2,
