@@ -293,10 +293,13 @@ class PruneChannelsPass(Pass):
         ]
         reference = run_outputs(runtime, model, subset) if todo else []
         for group, level in todo:
+            options = self.options
             keep = select_units(
                 group,
                 scores[group.id],
-                removal_count(group, level, self.options.max_layer_ratio, self.options.round_to),
+                removal_count(group, level, options.max_layer_ratio, options.round_to),
+                options.round_to,
+                options.max_layer_ratio,
             )
             if len(keep) == group.num_units:
                 continue
@@ -455,7 +458,9 @@ class PruneChannelsPass(Pass):
                 if choice is not None:
                     plan.widths[group.id] = choice
                     remove = group.num_units - choice.width
-            plan.keep[group.id] = select_units(group, plan.scores[group.id], remove)
+            plan.keep[group.id] = select_units(
+                group, plan.scores[group.id], remove, options.round_to, options.max_layer_ratio
+            )
         return plan
 
     def run(self, model: ir.Model, context: PassContext) -> PassResult:

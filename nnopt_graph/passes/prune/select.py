@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["removal_count", "select_units", "unit_counts"]
+__all__ = ["align_keep", "removal_count", "select_units", "unit_classes", "unit_counts"]
 
 import math
 
@@ -31,10 +31,17 @@ def removal_count(group: ChannelGroup, ratio: float, max_layer_ratio: float, rou
     return max(remove, 0)
 
 
-def select_units(group: ChannelGroup, scores: np.ndarray, remove: int) -> np.ndarray:
+def select_units(
+    group: ChannelGroup,
+    scores: np.ndarray,
+    remove: int,
+    round_to: int = 1,
+    max_layer_ratio: float = 1.0,
+) -> np.ndarray:
     """Keep-indices after removing up to ``remove`` free units of lowest score.
 
-    Every space keeps at least one index.
+    Every space keeps at least one index. With ``round_to`` > 1 the choice is then
+    aligned (``align_keep``) so that every tensor axis keeps a multiple of it.
     """
     if remove <= 0:
         return np.arange(group.num_units)
@@ -53,4 +60,68 @@ def select_units(group: ChannelGroup, scores: np.ndarray, remove: int) -> np.nda
         removed.append(int(unit))
     keep = np.ones(group.num_units, dtype=bool)
     keep[removed] = False
-    return np.nonzero(keep)[0]
+    kept = np.nonzero(keep)[0]
+    if round_to > 1 and group.unit_width == 1:
+        return align_keep(group, scores, kept, round_to, max_layer_ratio)
+    return kept
+
+
+def unit_classes(group: ChannelGroup) -> list[np.ndarray]:
+    """Units partitioned by the set of spaces holding them.
+
+    A Concat or Split puts each producer's channels in their own class; a space's width
+    is the sum of its classes' kept counts, so aligning every class aligns every space.
+    """
+    present = unit_counts(group) > 0
+    classes: dict[bytes, list[int]] = {}
+    for unit in range(group.num_units):
+        classes.setdefault(present[:, unit].tobytes(), []).append(unit)
+    return [np.asarray(units) for units in classes.values()]
+
+
+def align_keep(
+    group: ChannelGroup,
+    scores: np.ndarray,
+    kept: np.ndarray,
+    step: int,
+    max_layer_ratio: float,
+) -> np.ndarray:
+    """``kept`` with each unit class's count rounded to a multiple of ``step``.
+
+    Why: a width-level rounding of the whole group leaves the segments of a Concat or
+    Split at any count (63, 117, ...), and ONNX Runtime's blocked CPU Conv (NCHWc, 8 or
+    16 channels a block) then pads the outputs or falls back to the plain kernel with
+    layout reorders around it: the removed channels save no time. Within a class the
+    lowest-scoring free units go first; a class smaller than ``step``, or one whose
+    frozen units or ``max_layer_ratio`` cap forbid every multiple, keeps its count.
+    """
+    is_kept = np.zeros(group.num_units, dtype=bool)
+    is_kept[kept] = True
+    frozen = group.unit_frozen
+    result = np.zeros(group.num_units, dtype=bool)
+    for units in unit_classes(group):
+        size = len(units)
+        now = int(is_kept[units].sum())
+        lowest = max(
+            int(frozen[units].sum()), size - int(math.floor(max_layer_ratio * size + 1e-9))
+        )
+        target = _aligned_count(now, size, step, max(lowest, 1))
+        if target == size:
+            result[units] = True
+            continue
+        order = units[np.argsort(-np.where(frozen[units], np.inf, scores[units]), kind="stable")]
+        result[order[:target]] = True
+    return np.nonzero(result)[0]
+
+
+def _aligned_count(now: int, size: int, step: int, lowest: int) -> int:
+    """The multiple of ``step`` nearest ``now`` in [lowest, size], else ``now`` itself.
+
+    An untouched class (``now == size``) stays whole: its width is the input's.
+    """
+    if now == size:
+        return size
+    choices = [k for k in range(step, size + 1, step) if k >= lowest]
+    if not choices:
+        return now
+    return min(choices, key=lambda k: (abs(k - now), -k))
