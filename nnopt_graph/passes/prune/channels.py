@@ -294,8 +294,8 @@ class PruneChannelsPass(Pass):
             if self._key(g, level) not in self._sensitivity
         ]
         reference = run_outputs(runtime, model, subset) if todo else []
+        options = self.options
         for group, level in todo:
-            options = self.options
             keep = select_units(
                 group,
                 scores[group.id],

@@ -106,9 +106,6 @@ def align_keep(
             int(frozen[units].sum()), size - int(math.floor(max_layer_ratio * size + 1e-9))
         )
         target = _aligned_count(now, size, step, max(lowest, 1))
-        if target == size:
-            result[units] = True
-            continue
         order = units[np.argsort(-np.where(frozen[units], np.inf, scores[units]), kind="stable")]
         result[order[:target]] = True
     return np.nonzero(result)[0]
