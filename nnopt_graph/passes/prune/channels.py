@@ -51,8 +51,7 @@ from nnopt_graph.passes.prune.importance import (
     IMPORTANCE_KINDS,
     ChannelStats,
     Tap,
-    activation_taps,
-    collect_channel_stats,
+    collect_importance_data,
     group_importance,
 )
 from nnopt_graph.passes.prune.latency import WidthChoice, choose_width
@@ -422,19 +421,15 @@ class PruneChannelsPass(Pass):
         if not plan.candidates or options.ratio <= 0:
             return plan
         candidates = plan.candidates
-        kind = options.importance
-        if kind in ("activation", "fluctuation") or options.compensate:
-            if dataset is None:
-                logger.info("prune-channels: importance=%s needs calibration data; using l2", kind)
-            else:
-                plan.channel_stats = collect_channel_stats(
-                    context.runtime, model, activation_taps(candidates, model.graph), dataset
-                )
+        plan.channel_stats, grams = collect_importance_data(
+            context.runtime, model, candidates, dataset, options.importance, options.compensate
+        )
         means = {t: v.mean_abs for t, v in plan.channel_stats.items()} or None
         variances = {t: v.var for t, v in plan.channel_stats.items()} or None
         for group in candidates:
+            limit = removal_count(group, options.max_layer_ratio, options.max_layer_ratio, 1)
             plan.scores[group.id], plan.kinds[group.id] = group_importance(
-                group, kind, means, variances
+                group, options.importance, means, variances, grams, limit
             )
         self._allocate(model, plan, dataset, context)
         ep = context.runtime.ep_for(context.target)

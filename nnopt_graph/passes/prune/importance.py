@@ -1,5 +1,8 @@
 """Importance of the units of channel groups: weight magnitude, BN scale, activations.
 
+``obs`` (passes/prune/obs.py) scores a unit by the output error the least-squares refit
+cannot recover when it goes, from the Gram matrices of the sinks' inputs.
+
 ``fluctuation`` follows FLAP (An et al. 2024, "Fluctuation-based Adaptive Structured
 Pruning for Large Language Models"): an input channel of a sink weight matters by how much
 it varies around its mean over the calibration data (its mean can be moved into the bias)
@@ -14,6 +17,7 @@ __all__ = [
     "activation_taps",
     "collect_activation_means",
     "collect_channel_stats",
+    "collect_importance_data",
     "group_importance",
 ]
 
@@ -33,6 +37,7 @@ from nnopt_graph.analysis.channels import (
     ChannelSpace,
 )
 from nnopt_graph.core.constants import const_array
+from nnopt_graph.passes.prune.obs import collect_grams, gram_taps, obs_scores
 from nnopt_graph.runtime.data import Dataset
 
 if TYPE_CHECKING:
@@ -40,7 +45,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-IMPORTANCE_KINDS = ("l1", "l2", "bn-scale", "activation", "fluctuation")
+IMPORTANCE_KINDS = ("l1", "l2", "bn-scale", "activation", "fluctuation", "obs")
+_DATA_KINDS = ("activation", "fluctuation", "obs")
 
 # (value name, axis) of an activation whose per-channel mean |x| is measured.
 Tap = tuple[str, int]
@@ -160,11 +166,33 @@ def collect_activation_means(
     return {tap: value.mean_abs for tap, value in stats.items()}
 
 
+def collect_importance_data(
+    runtime: RuntimeServices,
+    model: ir.Model,
+    groups: Sequence[ChannelGroup],
+    dataset: Dataset | None,
+    kind: str,
+    compensate: bool,
+) -> tuple[dict[Tap, ChannelStats], dict[Tap, np.ndarray]]:
+    """The calibration statistics ``kind`` (and bias compensation) need: (stats, Grams)."""
+    if dataset is None or (kind not in _DATA_KINDS and not compensate):
+        if kind in _DATA_KINDS:
+            logger.info("prune-channels: importance=%s needs calibration data; using l2", kind)
+        return {}, {}
+    stats = collect_channel_stats(runtime, model, activation_taps(groups, model.graph), dataset)
+    grams = {}
+    if kind == "obs":
+        grams = collect_grams(runtime, model, gram_taps(groups, model.graph), dataset)
+    return stats, grams
+
+
 def group_importance(
     group: ChannelGroup,
     kind: str,
     activation_means: dict[Tap, np.ndarray] | None = None,
     variances: dict[Tap, np.ndarray] | None = None,
+    grams: dict[Tap, np.ndarray] | None = None,
+    limit: int | None = None,
 ) -> tuple[np.ndarray, str]:
     """Importance of each unit of a group, and the kind actually used.
 
@@ -176,7 +204,14 @@ def group_importance(
     (``l2`` for groups without measured sinks). ``fluctuation`` (FLAP): for each sink,
     the variance of its input channel times the squared L2 norm of the weight slice
     reading it, summed per unit (``variances`` needed; ``l2`` without them).
+    ``obs``: the greedy structured-OBS order over at most ``limit`` units (``grams``
+    needed; ``activation`` for groups whose sinks it does not cover).
     """
+    if kind == "obs":
+        scores = obs_scores(group, grams, limit) if grams else None
+        if scores is not None:
+            return scores, kind
+        kind = "activation"
     if kind == "fluctuation":
         return _data_weighted(group, variances, squared=True, kind=kind)
     if kind == "activation":
