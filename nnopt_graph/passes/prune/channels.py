@@ -429,7 +429,7 @@ class PruneChannelsPass(Pass):
         for group in candidates:
             limit = removal_count(group, options.max_layer_ratio, options.max_layer_ratio, 1)
             plan.scores[group.id], plan.kinds[group.id] = group_importance(
-                group, options.importance, means, variances, grams, limit
+                group, options.importance, means, variances, grams, limit, options.ridge
             )
         self._allocate(model, plan, dataset, context)
         ep = context.runtime.ep_for(context.target)

@@ -193,6 +193,7 @@ def group_importance(
     variances: dict[Tap, np.ndarray] | None = None,
     grams: dict[Tap, np.ndarray] | None = None,
     limit: int | None = None,
+    ridge: float = 1e-3,
 ) -> tuple[np.ndarray, str]:
     """Importance of each unit of a group, and the kind actually used.
 
@@ -205,10 +206,11 @@ def group_importance(
     the variance of its input channel times the squared L2 norm of the weight slice
     reading it, summed per unit (``variances`` needed; ``l2`` without them).
     ``obs``: the greedy structured-OBS order over at most ``limit`` units (``grams``
-    needed; ``activation`` for groups whose sinks it does not cover).
+    needed; ``activation`` for groups whose sinks it does not cover), its costs those of
+    the refit with ``ridge``.
     """
     if kind == "obs":
-        scores = obs_scores(group, grams, limit) if grams else None
+        scores = obs_scores(group, grams, limit, ridge) if grams else None
         if scores is not None:
             return scores, kind
         kind = "activation"

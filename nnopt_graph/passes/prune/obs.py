@@ -36,9 +36,9 @@ if TYPE_CHECKING:
 
 # Widest sink input whose Gram matrix is kept (4096² float64 = 128 MiB).
 MAX_FEATURES = 4096
-# Dampening of H as a fraction of its mean diagonal (SparseGPT's default): keeps H
-# invertible when a channel is dead or channels are collinear.
-_DAMP = 0.01
+# Least dampening of H (relative to its mean diagonal): keeps H invertible when a
+# channel is dead or channels are collinear, even with ridge=0.
+_MIN_DAMP = 1e-8
 # Units removed together per greedy step: 1/64 of those alive (one at a time below 128).
 _STEP_DIVISOR = 64
 
@@ -81,7 +81,11 @@ def gram_taps(groups: Sequence[ChannelGroup], main_graph: ir.Graph) -> list[Tap]
 def collect_grams(
     runtime: RuntimeServices, model: ir.Model, taps: Sequence[Tap], dataset: Dataset
 ) -> dict[Tap, np.ndarray]:
-    """XᵀX (float64) of each tapped activation over the calibration data, rows = positions."""
+    """[X 1]ᵀ[X 1] (float64) of each tapped activation over the calibration data.
+
+    Rows are positions; the column of ones stands for the bias the refit may change, so
+    a unit whose contribution is constant costs nothing.
+    """
     grams: dict[Tap, np.ndarray] = {}
 
     def on_batch(batch: dict[str, np.ndarray]) -> None:
@@ -90,6 +94,7 @@ def collect_grams(
             if array is None or array.ndim != axis + 1:  # a 2-D weight contracts the last axis
                 continue
             rows = np.moveaxis(array, axis, -1).reshape(-1, array.shape[axis]).astype(np.float64)
+            rows = np.concatenate([rows, np.ones((len(rows), 1))], axis=1)  # the refit's bias
             gram = rows.T @ rows
             if (name, axis) in grams:
                 grams[(name, axis)] += gram
@@ -103,22 +108,30 @@ def collect_grams(
 
 
 class _Sink:
-    """One sink's live weight rows W [R, outputs], inverse Gram and unit per row."""
+    """One sink's live weight rows W [R, outputs], inverse Gram and unit per row.
 
-    def __init__(self, weight: np.ndarray, gram: np.ndarray, unit_of: np.ndarray) -> None:
-        gram = gram + _DAMP * max(float(np.mean(np.diag(gram))), 1e-12) * np.eye(len(gram))
+    The last row is the bias feature (unit id ``units``): it is never removed, and
+    removals move onto it what is constant in the removed units' contribution.
+    """
+
+    def __init__(
+        self, weight: np.ndarray, gram: np.ndarray, unit_of: np.ndarray, damp: float
+    ) -> None:
+        weight = np.concatenate([weight, np.zeros((1, weight.shape[1]))])
+        gram = gram + damp * max(float(np.mean(np.diag(gram))), 1e-12) * np.eye(len(gram))
         self.energy = float(np.einsum("fo,fg,go->", weight, gram, weight))
         self.weight = weight
         self.hinv = np.linalg.inv(gram)
-        self.unit_of = np.asarray(unit_of)
+        self.unit_of = np.append(np.asarray(unit_of), 1 << 30)
 
     def costs(self, units: np.ndarray, num_units: int) -> np.ndarray:
         """Per unit, the squared output error its removal alone adds (the rest re-fitted)."""
-        per_unit = np.bincount(self.unit_of, minlength=num_units)
+        rows = self.unit_of < num_units
+        per_unit = np.bincount(self.unit_of[rows], minlength=num_units)
         if per_unit.max(initial=0) <= 1:  # one row per unit (neurons): the diagonal suffices
             out = np.zeros(num_units)
-            diag = np.maximum(np.diag(self.hinv), 1e-300)
-            out[self.unit_of] = np.sum(np.square(self.weight), axis=1) / diag
+            diag = np.maximum(np.diag(self.hinv)[rows], 1e-300)
+            out[self.unit_of[rows]] = np.sum(np.square(self.weight[rows]), axis=1) / diag
             return out[units]
         return np.array([self._joint_cost(np.nonzero(self.unit_of == u)[0]) for u in units])
 
@@ -149,7 +162,7 @@ class _Sink:
         return float(np.sum(w * np.linalg.solve(self.hinv[np.ix_(idx, idx)], w)))
 
 
-def _sinks(group: ChannelGroup, grams: dict[Tap, np.ndarray]) -> list[_Sink] | None:
+def _sinks(group: ChannelGroup, grams: dict[Tap, np.ndarray], damp: float) -> list[_Sink] | None:
     sinks: list[_Sink] = []
     for space in group.sinks:
         taps = _sink_taps(group, space)
@@ -159,14 +172,17 @@ def _sinks(group: ChannelGroup, grams: dict[Tap, np.ndarray]) -> list[_Sink] | N
         weight = np.moveaxis(array.astype(np.float64), space.axis, 0).reshape(space.size, -1)
         for tap in taps:
             gram = grams.get(tap)
-            if gram is None or gram.shape[0] != space.size:
+            if gram is None or gram.shape[0] != space.size + 1:
                 return None
-            sinks.append(_Sink(weight.copy(), gram, space.unit_of))
+            sinks.append(_Sink(weight.copy(), gram, space.unit_of, damp))
     return sinks or None
 
 
 def obs_scores(
-    group: ChannelGroup, grams: dict[Tap, np.ndarray], limit: int | None = None
+    group: ChannelGroup,
+    grams: dict[Tap, np.ndarray],
+    limit: int | None = None,
+    ridge: float = 1e-3,
 ) -> np.ndarray | None:
     """Per unit, the cumulative share of output energy lost when the greedy removes it.
 
@@ -175,9 +191,10 @@ def obs_scores(
     in the order of their single costs. ``limit`` bounds the units removed (the most
     the pass may take); those left score above every removed one, by their single
     cost. Frozen units score +inf. None when a sink is not a supported MatMul/Gemm or
-    lacks its Gram.
+    lacks its Gram. ``ridge`` dampens H as the refit does (relative to its mean
+    diagonal), so the costs are those of the refit that follows.
     """
-    sinks = _sinks(group, grams)
+    sinks = _sinks(group, grams, max(ridge, _MIN_DAMP))
     if sinks is None:
         return None
     energy = max(sum(s.energy for s in sinks), 1e-300)
