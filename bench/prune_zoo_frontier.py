@@ -10,7 +10,9 @@ against the unpruned model (bench/target_cpu.time_against_input: input A, A agai
 pruned B, rotating windows, 2 threads) `--repeats` times. The same pipeline is also run
 under `cosine>=0.95` to show the guard's verdict on its own held-out calibration slice.
 Two rows below the budget (weights 0.43 and 0.15) show where width pruning's latency
-ends up when fidelity is ignored.
+ends up when fidelity is ignored. The `obs:` rows score units by structured OBS
+(`importance=obs`); their hand allocations are the best of a grid over heads (0-2 per
+layer) and FFN neurons (0-160 per layer, steps of 32) by held-out cosine.
 
 Usage: python bench/prune_zoo_frontier.py [--repeats 3]
 Writes bench/results/prune_zoo_frontier.{json,md}.
@@ -56,6 +58,21 @@ CANDIDATES = {
     "2 heads in layer 0, 1 in layer 1": (
         'prune-channels{group-ratios="*layer.0.attn*=0.5,*layer.1.attn*=0.25,'
         f'*layer.0.ffn*=0.125,*layer.1.ffn*=0.25" {FREE}}}'
+    ),
+    "obs: search (params budget)": (
+        "prune-channels{ratio=0.25 search=true protect-last=false importance=obs}"
+    ),
+    "obs: search, budget=units": (
+        "prune-channels{ratio=0.25 search=true budget=units protect-last=false importance=obs}"
+    ),
+    "obs: uniform 0.25": f"prune-channels{{ratio=0.25 {FREE} importance=obs}}",
+    "obs: 1 head per layer, 32 + 96 neurons": (
+        'prune-channels{group-ratios="*.attn.*=0.25,*layer.0.ffn*=0.125,*layer.1.ffn*=0.375" '
+        f"{FREE} importance=obs}}"
+    ),
+    "obs: 2 heads in layer 1, 64 + 96 neurons (weights 0.708)": (
+        'prune-channels{group-ratios="*layer.0.attn*=0,*layer.1.attn*=0.5,*layer.0.ffn*=0.25,'
+        f'*layer.1.ffn*=0.375" {FREE} importance=obs}}'
     ),
     "below the budget: uniform 0.6": f"prune-channels{{ratio=0.6 {FREE}}}",
     "below the budget: uniform 0.9 (width floor)": f"prune-channels{{ratio=0.9 {FREE}}}",
