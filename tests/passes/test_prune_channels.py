@@ -438,7 +438,7 @@ def test_bert_heads_and_ffn_are_pruned_and_run():
 
 
 def test_activation_importance_without_data_falls_back_to_l2(caplog):
-    caplog.set_level(logging.INFO, logger="nnopt_graph.passes.prune.channels")
+    caplog.set_level(logging.INFO, logger="nnopt_graph.passes.prune")  # channels, importance
     _, result = _prune(
         _cnn(8, [8, 8]), None, ratio=0.5, importance="activation", protect_first=False
     )
