@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 from passes_util import ort_run, random_feeds, run_pass, to_proto
 
@@ -120,3 +121,43 @@ def test_aligned_count_class_smaller_than_step_keeps_its_count():
 def test_aligned_count_respects_the_floor():
     """Negative: frozen units or the layer cap forbid going below ``lowest``."""
     assert _aligned_count(9, 32, 8, 17) == 24
+
+
+def test_default_round_to_aligns_groups_of_64_channels_to_16():
+    """round-to=0 (the default, auto): a 2 x 48 Concat group keeps multiples of 16."""
+    model, result = run_pass(
+        _concat_model(width=48), "prune-channels", ratio=0.3, protect_first=False
+    )
+    widths = _conv_widths(model)
+    assert result.modified
+    assert widths["conv_a"][0] % 16 == 0 and widths["conv_b"][0] % 16 == 0
+    assert widths["conv_c"][1] == widths["conv_a"][0] + widths["conv_b"][0] < 96
+
+
+def test_default_round_to_leaves_small_groups_unaligned():
+    """Negative: under 64 channels a step of 16 would decide most of the ratio; none is applied."""
+    model, _ = run_pass(_concat_model(width=24), "prune-channels", ratio=0.3, protect_first=False)
+    widths = _conv_widths(model)
+    assert widths["conv_a"][0] % 8 != 0 or widths["conv_b"][0] % 8 != 0
+
+
+def test_round_to_one_turns_the_alignment_off():
+    """Negative: an explicit round-to=1 keeps the unaligned selection on a 96-channel group."""
+    model, _ = run_pass(
+        _concat_model(width=48), "prune-channels", ratio=0.3, round_to=1, protect_first=False
+    )
+    widths = _conv_widths(model)
+    assert widths["conv_a"][0] % 16 != 0 or widths["conv_b"][0] % 16 != 0
+
+
+def test_round_step_is_auto_only_for_wide_single_channel_groups():
+    from nnopt_graph.analysis.channels import analyze_channels
+    from nnopt_graph.passes.prune.select import AUTO_STEP, round_step
+
+    model = ir.serde.deserialize_model(_concat_model(width=48))
+    (group,) = [g for g in analyze_channels(model, None).groups if g.num_units == 96]
+    assert round_step(group, 0) == AUTO_STEP
+    assert round_step(group, 8) == 8
+    small = ir.serde.deserialize_model(_concat_model(width=24))
+    (group,) = [g for g in analyze_channels(small, None).groups if g.num_units == 48]
+    assert round_step(group, 0) == 1

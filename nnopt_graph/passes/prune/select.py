@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
-__all__ = ["align_keep", "removal_count", "select_units", "unit_classes", "unit_counts"]
+__all__ = [
+    "AUTO_MIN_UNITS",
+    "AUTO_STEP",
+    "align_keep",
+    "removal_count",
+    "round_step",
+    "select_units",
+    "unit_classes",
+    "unit_counts",
+]
 
 import math
 
 import numpy as np
 
 from nnopt_graph.analysis.channels import ChannelGroup
+
+
+# round-to=0 (auto): 16 channels, ONNX Runtime's NCHWc Conv block with AVX-512 (a multiple
+# of AVX2's 8) and of MLAS's GEMM panels, for groups of at least AUTO_MIN_UNITS single
+# channels; smaller groups are left unaligned, where a step of 16 would be most of them.
+AUTO_STEP = 16
+AUTO_MIN_UNITS = 64
+
+
+def round_step(group: ChannelGroup, round_to: int) -> int:
+    """The alignment step for a group: ``round_to``, or with 0 the automatic choice."""
+    if round_to > 0:
+        return round_to
+    return AUTO_STEP if group.unit_width == 1 and group.num_units >= AUTO_MIN_UNITS else 1
 
 
 def unit_counts(group: ChannelGroup) -> np.ndarray:
@@ -21,7 +44,7 @@ def removal_count(group: ChannelGroup, ratio: float, max_layer_ratio: float, rou
     units = group.num_units
     max_remove = min(int(math.floor(max_layer_ratio * units + 1e-9)), len(group.prunable_units))
     remove = min(int(math.floor(ratio * units + 0.5)), max_remove)
-    step = round_to
+    step = round_step(group, round_to)
     if step > 1 and group.unit_width == 1 and remove > 0:
         kept = int(math.floor((units - remove) / step + 0.5)) * step
         kept = min(max(kept, step), units)
@@ -61,8 +84,9 @@ def select_units(
     keep = np.ones(group.num_units, dtype=bool)
     keep[removed] = False
     kept = np.nonzero(keep)[0]
-    if round_to > 1 and group.unit_width == 1:
-        return align_keep(group, scores, kept, round_to, max_layer_ratio)
+    step = round_step(group, round_to)
+    if step > 1 and group.unit_width == 1:
+        return align_keep(group, scores, kept, step, max_layer_ratio)
     return kept
 
 
