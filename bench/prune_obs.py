@@ -31,8 +31,6 @@ from slice_hidden import _per_output  # noqa: E402
 from target_cpu import time_against_input  # noqa: E402
 
 from nnopt_graph import optimize  # noqa: E402
-from nnopt_graph.core.io import load  # noqa: E402
-from nnopt_graph.runtime.data import input_specs, load_dataset  # noqa: E402
 
 GUARD = "cosine>=0.95"
 ALLOCATIONS = {
@@ -76,10 +74,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for name in args.models.split(","):
-            src, cal, held = pt._inputs(name, tmp)
-            base = tmp / f"{name}.base.onnx"
-            optimize(str(src), base, None, calib=str(cal), check=False)
-            feed = next(load_dataset(held, input_specs(load(base))).batches(1))
+            base, cal, held, feed = pt.baseline(name, tmp)
             for allocation in ALLOCATIONS:
                 for kind in KINDS:
                     out, row = _row(name, allocation, kind, base, cal, held, tmp)

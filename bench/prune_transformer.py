@@ -90,6 +90,20 @@ def _inputs(name: str, tmp: Path) -> tuple[Path, Path, Path]:
     raise KeyError(name)
 
 
+def baseline(name: str, tmp: Path) -> tuple[Path, Path, Path, dict[str, np.ndarray]]:
+    """(default-pipeline model, calibration, held-out, the first held-out feed) of a model.
+
+    The default pipeline's output is the baseline every pruned model is compared with.
+    """
+    from nnopt_graph.runtime.data import input_specs, load_dataset
+
+    src, cal, held = _inputs(name, tmp)
+    base = tmp / f"{name}.base.onnx"
+    optimize(str(src), base, None, calib=str(cal), check=False)
+    feed = next(load_dataset(held, input_specs(io.load(base))).batches(1))
+    return base, cal, held, feed
+
+
 def _zoo(name: str) -> Any:
     import onnx_ir as ir
 

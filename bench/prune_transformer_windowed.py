@@ -28,8 +28,6 @@ from benchutil import commit_id  # noqa: E402
 from target_cpu import time_against_input  # noqa: E402
 
 from nnopt_graph import optimize  # noqa: E402
-from nnopt_graph.core.io import load  # noqa: E402
-from nnopt_graph.runtime.data import input_specs, load_dataset  # noqa: E402
 
 PIPELINE = "prune-channels{ratio=0.25 search=true protect-last=false}"
 GUARD = "cosine>=0.95"
@@ -48,14 +46,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for name in args.models.split(","):
-            src, cal, held = pt._inputs(name, tmp)
-            base = tmp / f"{name}.base.onnx"
-            optimize(str(src), base, None, calib=str(cal), check=False)
+            base, cal, held, feed = pt.baseline(name, tmp)
             out = tmp / f"{name}.pruned.onnx"
             optimize(str(base), out, args.pipeline, calib=str(cal), guard=GUARD, check=False)
             encoder = name in pt.ENCODERS
             weights = pt._weights(out, encoder) / pt._weights(base, encoder)
-            feed = next(load_dataset(held, input_specs(load(base))).batches(1))
             for repeat in range(args.repeats):
                 timed = time_against_input(base, out, feed)
                 row = {"model": name, "repeat": repeat, "weights": round(weights, 4), **timed}

@@ -97,10 +97,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        src, cal, held = pt._inputs("bert-encoder", tmp)
-        base = tmp / "base.onnx"
-        optimize(str(src), base, None, calib=str(cal), check=False)
-        feed = next(load_dataset(held, input_specs(load(base))).batches(1))
+        base, cal, held, feed = pt.baseline("bert-encoder", tmp)
         for index, (label, pipeline) in enumerate(CANDIDATES.items()):
             out = tmp / f"candidate{index}.onnx"
             optimize(str(base), out, pipeline, calib=str(cal), guard="cosine>=-1", check=False)
