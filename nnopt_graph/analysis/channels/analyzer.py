@@ -239,6 +239,51 @@ class _Analyzer(_ComputeOps, _LayoutOps):
         return members[0]
 
 
+# Outer-scope constants up to this many elements are copied into the subgraphs that read
+# them before shape inference: shape data (axes, pads, targets), not weights.
+_LOCALIZED_MAX_ELEMENTS = 4096
+
+
+def _localize_outer_constants(clone: ir.Model) -> int:
+    """Give each subgraph its own copy of the small outer-scope constants it reads.
+
+    ONNX shape inference does not read an outer graph's initializer values inside a
+    subgraph. Where the constants of identical If branches were shared into the outer
+    graph (dedup), an Unsqueeze's axes or a Reshape's target there is unknown, so every
+    later shape in the branch is too and all its groups freeze. Only the clone the
+    shapes are inferred on is changed. Returns the inputs rewired.
+    """
+    rewired = 0
+    for graph in clone.graphs():
+        if graph is clone.graph:
+            continue
+        local: dict[int, ir.Value] = {}
+        for node in graph:
+            for index, value in enumerate(node.inputs):
+                tensor = None if value is None else value.const_value
+                if (
+                    value is None
+                    or tensor is None
+                    or value.producer() is not None
+                    or value.graph is None
+                    or value.graph is graph
+                    or tensor.size > _LOCALIZED_MAX_ELEMENTS
+                ):
+                    continue
+                if id(value) not in local:
+                    copy = ir.Value(
+                        name=f"{value.name}.local{len(local)}.{graph.name or 'subgraph'}",
+                        shape=value.shape,
+                        type=value.type,
+                        const_value=tensor,
+                    )
+                    graph.register_initializer(copy)
+                    local[id(value)] = copy
+                node.replace_input_with(index, local[id(value)])
+                rewired += 1
+    return rewired
+
+
 def _inferred_shapes(
     model: ir.Model, input_shapes: Mapping[str, Sequence[int]] | None = None
 ) -> dict[str, _Dims]:
@@ -248,6 +293,7 @@ def _inferred_shapes(
     are known; the model itself keeps its dynamic inputs.
     """
     clone = model.clone()
+    _localize_outer_constants(clone)
     fixed = False
     for value in clone.graph.inputs:
         if input_shapes and value.name and value.name in input_shapes:
