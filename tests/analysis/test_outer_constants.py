@@ -101,3 +101,12 @@ def test_branch_groups_prune_and_the_model_runs():
     for flag in (True, False):
         (y,) = session.run(None, {"x": x[:1], "c": np.array(flag)})
         assert y.shape == (1, 4, 1, 6)
+
+
+def test_analysis_leaves_the_source_proto_intact():
+    """Negative: the copies get their own tensors; the proto the model came from is unchanged."""
+    proto = _model()
+    before = proto.SerializeToString()
+    analyze_channels(ir.serde.deserialize_model(proto), {"x": [2, 3, 8]})
+    assert proto.SerializeToString() == before
+    ir.serde.deserialize_model(proto).clone()  # every input still resolves

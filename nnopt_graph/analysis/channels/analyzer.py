@@ -271,11 +271,14 @@ def _localize_outer_constants(clone: ir.Model) -> int:
                 ):
                     continue
                 if id(value) not in local:
+                    name = f"{value.name}.local{len(local)}.{graph.name or 'subgraph'}"
+                    # A new tensor: sharing the outer one would rename it (and the
+                    # TensorProto the model was read from) to the copy's name.
                     copy = ir.Value(
-                        name=f"{value.name}.local{len(local)}.{graph.name or 'subgraph'}",
+                        name=name,
                         shape=value.shape,
                         type=value.type,
-                        const_value=tensor,
+                        const_value=ir.tensor(tensor.numpy(), name=name),
                     )
                     graph.register_initializer(copy)
                     local[id(value)] = copy
