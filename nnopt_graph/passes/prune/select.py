@@ -19,7 +19,6 @@ import numpy as np
 
 from nnopt_graph.analysis.channels import ChannelGroup
 
-
 # round-to=0 (auto): 16 channels, ONNX Runtime's NCHWc Conv block with AVX-512 (a multiple
 # of AVX2's 8) and of MLAS's GEMM panels, for groups of at least AUTO_MIN_UNITS single
 # channels; smaller groups are left unaligned, where a step of 16 would be most of them.
