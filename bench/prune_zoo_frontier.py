@@ -38,12 +38,15 @@ from nnopt_graph.check.compare import compare_models  # noqa: E402
 from nnopt_graph.core.io import load  # noqa: E402
 from nnopt_graph.runtime.data import input_specs, load_dataset  # noqa: E402
 
-FREE = "max-layer-ratio=1 protect-first=false protect-last=false"
+FREE_OBS = "max-layer-ratio=1 protect-first=false protect-last=false importance=obs"
+FREE = "max-layer-ratio=1 protect-first=false protect-last=false importance=activation"
 CANDIDATES = {
     "search (params budget; the #13 row)": (
-        "prune-channels{ratio=0.25 search=true protect-last=false}"
+        "prune-channels{ratio=0.25 search=true protect-last=false importance=activation}"
     ),
-    "search, budget=units": "prune-channels{ratio=0.25 search=true budget=units protect-last=false}",
+    "search, budget=units": (
+        "prune-channels{ratio=0.25 search=true budget=units protect-last=false importance=activation}"
+    ),
     "uniform 0.25 (1 head + 64 neurons per layer)": f"prune-channels{{ratio=0.25 {FREE}}}",
     "FFN only (96 neurons per layer)": (
         f'prune-channels{{group-ratios="*.ffn.*=0.375,*.attn.*=0" {FREE}}}'
@@ -65,14 +68,14 @@ CANDIDATES = {
     "obs: search, budget=units": (
         "prune-channels{ratio=0.25 search=true budget=units protect-last=false importance=obs}"
     ),
-    "obs: uniform 0.25": f"prune-channels{{ratio=0.25 {FREE} importance=obs}}",
+    "obs: uniform 0.25": f"prune-channels{{ratio=0.25 {FREE_OBS}}}",
     "obs: 1 head per layer, 32 + 96 neurons": (
         'prune-channels{group-ratios="*.attn.*=0.25,*layer.0.ffn*=0.125,*layer.1.ffn*=0.375" '
-        f"{FREE} importance=obs}}"
+        f"{FREE_OBS}}}"
     ),
     "obs: 2 heads in layer 1, 64 + 96 neurons (weights 0.708)": (
         'prune-channels{group-ratios="*layer.0.attn*=0,*layer.1.attn*=0.5,*layer.0.ffn*=0.25,'
-        f'*layer.1.ffn*=0.375" {FREE} importance=obs}}'
+        f'*layer.1.ffn*=0.375" {FREE_OBS}}}'
     ),
     "below the budget: uniform 0.6": f"prune-channels{{ratio=0.6 {FREE}}}",
     "below the budget: uniform 0.9 (width floor)": f"prune-channels{{ratio=0.9 {FREE}}}",

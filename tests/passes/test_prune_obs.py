@@ -1,4 +1,4 @@
-"""prune-channels importance=obs: structured OBS scores from the sinks' input Grams."""
+"""prune-channels importance: obs (structured OBS from the sinks' input Grams) and auto."""
 
 from __future__ import annotations
 
@@ -247,3 +247,48 @@ def test_scores_follow_the_greedy_order_and_frozen_units_score_inf():
     )
     frozen = obs.obs_scores(group, grams)
     assert frozen is not None and frozen[0] == np.inf and np.isfinite(frozen[1:]).all()
+
+
+def test_auto_importance_is_fluctuation_for_dense_groups():
+    """The default (auto) scores FFN-style groups, read only by MatMul, by FLAP fluctuation."""
+    proto = _duplicated_mlp()
+    model = ir.serde.deserialize_model(proto)
+    plan = PruneChannelsPass(ratio=0.25, protect_first=False, protect_last=False).plan(
+        model, PassContext(calibration=_calib(proto))
+    )
+    assert [plan.kinds[g.id] for g in plan.candidates] == ["fluctuation"]
+
+
+def test_auto_importance_is_activation_for_conv_groups():
+    """Negative: a group a Conv reads keeps activation importance."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal([8, 3, 3, 3]).astype(np.float32), "wa"),
+        numpy_helper.from_array(rng.standard_normal([4, 8, 3, 3]).astype(np.float32), "wb"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Conv", ["r", "wb"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])],
+        inits,
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = rng.standard_normal((8, 3, 6, 6)).astype(np.float32)
+    plan = PruneChannelsPass(ratio=0.25, protect_first=False, protect_last=False).plan(
+        ir.serde.deserialize_model(proto), PassContext(calibration=Dataset({"x": x}, "t"))
+    )
+    assert [plan.kinds[g.id] for g in plan.candidates] == ["activation"]
+
+
+def test_auto_importance_without_data_uses_l2():
+    """Negative: no calibration data, no statistics: the weight magnitude decides."""
+    plan = PruneChannelsPass(ratio=0.25, protect_first=False, protect_last=False).plan(
+        ir.serde.deserialize_model(_duplicated_mlp()), PassContext()
+    )
+    assert [plan.kinds[g.id] for g in plan.candidates] == ["l2"]

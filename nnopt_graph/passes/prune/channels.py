@@ -102,11 +102,12 @@ class PruneChannelsOptions:
             each Concat/Split segment included, so that the removed channels save time
             on the CPU's NCHWc Conv block (16 with AVX-512, 8 with AVX2). 0 (auto): 16
             for groups of at least 64 channels, none for smaller ones; 1: none.
-        importance: activation (mean |activation| x weight norm on calibration data;
-            l2 without data), fluctuation (FLAP: activation variance x squared weight
-            norm; l2 without data), obs (structured Optimal Brain Surgeon: the error the
-            refit cannot recover, from MatMul/Gemm sinks' input Grams; activation for
-            Conv sinks), l1 | l2 (weight magnitude over the group), bn-scale.
+        importance: auto (fluctuation for groups only MatMul/Gemm read, i.e. FFN neurons
+            and heads; activation for the rest), activation (mean |activation| x weight
+            norm on calibration data; l2 without data), fluctuation (FLAP: activation
+            variance x squared weight norm; l2 without data), obs (structured Optimal
+            Brain Surgeon: the error the refit cannot recover, from MatMul/Gemm sinks'
+            input Grams; activation for Conv sinks), l1 | l2 (weight magnitude), bn-scale.
         scope: local (the same ratio in every group) or global (one ranking of
             normalized importances across groups).
         max_layer_ratio: never remove more than this fraction of a group.
@@ -132,9 +133,7 @@ class PruneChannelsOptions:
 
     ratio: float = dataclasses.field(default=0.25, metadata={"range": (0.0, 1.0, True, False)})
     round_to: int = dataclasses.field(default=0, metadata={"range": (0, None, True, True)})
-    importance: str = dataclasses.field(
-        default="activation", metadata={"choices": IMPORTANCE_KINDS}
-    )
+    importance: str = dataclasses.field(default="auto", metadata={"choices": IMPORTANCE_KINDS})
     scope: str = dataclasses.field(default="local", metadata={"choices": ("local", "global")})
     max_layer_ratio: float = dataclasses.field(
         default=0.75, metadata={"range": (0.0, 1.0, True, True)}
