@@ -111,8 +111,8 @@ def collect_grams(
 class _Sink:
     """One sink's live weight rows W [R, outputs], inverse Gram and unit per row.
 
-    The last row is the bias feature (unit id ``units``): it is never removed, and
-    removals move onto it what is constant in the removed units' contribution.
+    The last row is the bias feature (unit id 2**30, past every real unit): it is never
+    removed, and removals move onto it what is constant in the removed units' output.
     """
 
     def __init__(
