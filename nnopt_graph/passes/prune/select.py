@@ -39,7 +39,7 @@ def unit_counts(group: ChannelGroup) -> np.ndarray:
 
 
 def removal_count(group: ChannelGroup, ratio: float, max_layer_ratio: float, round_to: int) -> int:
-    """Units to remove from a group at ``ratio``, capped and rounded to ``round_to`` widths."""
+    """Units to remove at ``ratio``, capped and rounded to widths of ``round_step``'s step."""
     units = group.num_units
     max_remove = min(int(math.floor(max_layer_ratio * units + 1e-9)), len(group.prunable_units))
     remove = min(int(math.floor(ratio * units + 0.5)), max_remove)
@@ -62,8 +62,9 @@ def select_units(
 ) -> np.ndarray:
     """Keep-indices after removing up to ``remove`` free units of lowest score.
 
-    Every space keeps at least one index. With ``round_to`` > 1 the choice is then
-    aligned (``align_keep``) so that every tensor axis keeps a multiple of it.
+    Every space keeps at least one index. Where ``round_step`` gives a step > 1 (``round_to``
+    > 1, or 0 on a wide group), the choice is then aligned (``align_keep``) so that every
+    tensor axis keeps a multiple of it.
     """
     if remove <= 0:
         return np.arange(group.num_units)
