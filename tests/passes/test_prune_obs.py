@@ -165,8 +165,8 @@ def test_second_obs_run_at_ratio_zero_keeps_the_widths():
     assert not again.modified
 
 
-def test_conv_sinks_fall_back_to_activation():
-    """Negative: a Conv's im2col features are not its channels, so OBS does not score it."""
+def _conv_chain() -> tuple[onnx.ModelProto, Dataset]:
+    """Conv 3->8 -> Relu -> Conv 8->4, and eight calibration images."""
     rng = np.random.default_rng(0)
     inits = [
         numpy_helper.from_array(rng.standard_normal([8, 3, 3, 3]).astype(np.float32), "wa"),
@@ -186,11 +186,20 @@ def test_conv_sinks_fall_back_to_activation():
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     x = rng.standard_normal((8, 3, 6, 6)).astype(np.float32)
-    model = ir.serde.deserialize_model(proto)
-    plan = PruneChannelsPass(
-        ratio=0.25, importance="obs", protect_first=False, protect_last=False
-    ).plan(model, PassContext(calibration=Dataset({"x": x}, "t")))
-    assert [plan.kinds[g.id] for g in plan.candidates] == ["activation"]
+    return proto, Dataset({"x": x}, "t")
+
+
+def _kinds(proto: onnx.ModelProto, data: Dataset | None, **options) -> list[str]:
+    """The importance kind the plan used for each candidate group."""
+    plan = PruneChannelsPass(protect_first=False, protect_last=False, **options).plan(
+        ir.serde.deserialize_model(proto), PassContext(calibration=data)
+    )
+    return [plan.kinds[g.id] for g in plan.candidates]
+
+
+def test_conv_sinks_fall_back_to_activation():
+    """Negative: a Conv's im2col features are not its channels, so OBS does not score it."""
+    assert _kinds(*_conv_chain(), ratio=0.25, importance="obs") == ["activation"]
 
 
 def test_obs_without_calibration_data_uses_l2():
@@ -261,29 +270,7 @@ def test_auto_importance_is_fluctuation_for_dense_groups():
 
 def test_auto_importance_is_activation_for_conv_groups():
     """Negative: a group a Conv reads keeps activation importance."""
-    rng = np.random.default_rng(0)
-    inits = [
-        numpy_helper.from_array(rng.standard_normal([8, 3, 3, 3]).astype(np.float32), "wa"),
-        numpy_helper.from_array(rng.standard_normal([4, 8, 3, 3]).astype(np.float32), "wb"),
-    ]
-    nodes = [
-        helper.make_node("Conv", ["x", "wa"], ["a"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["a"], ["r"]),
-        helper.make_node("Conv", ["r", "wb"], ["y"], pads=[1, 1, 1, 1]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])],
-        inits,
-    )
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    x = rng.standard_normal((8, 3, 6, 6)).astype(np.float32)
-    plan = PruneChannelsPass(ratio=0.25, protect_first=False, protect_last=False).plan(
-        ir.serde.deserialize_model(proto), PassContext(calibration=Dataset({"x": x}, "t"))
-    )
-    assert [plan.kinds[g.id] for g in plan.candidates] == ["activation"]
+    assert _kinds(*_conv_chain(), ratio=0.25) == ["activation"]
 
 
 def test_auto_importance_without_data_uses_l2():

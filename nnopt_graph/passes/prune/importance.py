@@ -16,6 +16,7 @@ __all__ = [
     "ChannelStats",
     "activation_taps",
     "auto_kind",
+    "channel_stats_collector",
     "collect_activation_means",
     "collect_channel_stats",
     "collect_importance_data",
@@ -24,7 +25,7 @@ __all__ = [
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -38,7 +39,7 @@ from nnopt_graph.analysis.channels import (
     ChannelSpace,
 )
 from nnopt_graph.core.constants import const_array
-from nnopt_graph.passes.prune.obs import collect_grams, gram_taps, obs_scores
+from nnopt_graph.passes.prune.obs import gram_collector, gram_taps, obs_scores
 from nnopt_graph.runtime.data import Dataset
 
 if TYPE_CHECKING:
@@ -133,17 +134,12 @@ class ChannelStats:
     count: int
 
 
-def collect_channel_stats(
-    runtime: RuntimeServices,
-    model: ir.Model,
+def channel_stats_collector(
     taps: Sequence[Tap],
-    dataset: Dataset,
-    batch_size: int = 1,
-) -> dict[Tap, ChannelStats]:
-    """Mean |x|, mean and variance per channel of each tapped activation."""
+) -> tuple[Callable[[dict[str, np.ndarray]], None], Callable[[], dict[Tap, ChannelStats]]]:
+    """(on_batch, finish): feed captured batches to on_batch, then finish() gives the stats."""
     sums: dict[Tap, list[np.ndarray]] = {}
     counts: dict[Tap, int] = {}
-    names = sorted({name for name, _ in taps})
 
     def on_batch(batch: dict[str, np.ndarray]) -> None:
         for name, axis in taps:
@@ -158,15 +154,31 @@ def collect_channel_stats(
                 sums[(name, axis)] = parts
             counts[(name, axis)] = counts.get((name, axis), 0) + moved.shape[1]
 
+    def finish() -> dict[Tap, ChannelStats]:
+        stats: dict[Tap, ChannelStats] = {}
+        for tap, (abs_sum, total, squares) in sums.items():
+            n = max(counts[tap], 1)
+            mean = total / n
+            var = np.maximum(squares / n - np.square(mean), 0.0) * (n / max(n - 1, 1))
+            stats[tap] = ChannelStats(abs_sum / n, mean, var, counts[tap])
+        return stats
+
+    return on_batch, finish
+
+
+def collect_channel_stats(
+    runtime: RuntimeServices,
+    model: ir.Model,
+    taps: Sequence[Tap],
+    dataset: Dataset,
+    batch_size: int = 1,
+) -> dict[Tap, ChannelStats]:
+    """Mean |x|, mean and variance per channel of each tapped activation."""
+    on_batch, finish = channel_stats_collector(taps)
+    names = sorted({name for name, _ in taps})
     if names:
         runtime.capture(model, names, dataset, on_batch, batch_size=batch_size, threads=None)
-    stats: dict[Tap, ChannelStats] = {}
-    for tap, (abs_sum, total, squares) in sums.items():
-        n = max(counts[tap], 1)
-        mean = total / n
-        var = np.maximum(squares / n - np.square(mean), 0.0) * (n / max(n - 1, 1))
-        stats[tap] = ChannelStats(abs_sum / n, mean, var, counts[tap])
-    return stats
+    return finish()
 
 
 def collect_activation_means(
@@ -194,11 +206,20 @@ def collect_importance_data(
         if kind in _DATA_KINDS:
             logger.info("prune-channels: importance=%s needs calibration data; using l2", kind)
         return {}, {}
-    stats = collect_channel_stats(runtime, model, activation_taps(groups, model.graph), dataset)
-    grams = {}
-    if kind == "obs":
-        grams = collect_grams(runtime, model, gram_taps(groups, model.graph), dataset)
-    return stats, grams
+    stat_taps = activation_taps(groups, model.graph)
+    stats_on_batch, finish = channel_stats_collector(stat_taps)
+    grams_taps = gram_taps(groups, model.graph) if kind == "obs" else []
+    grams_on_batch, grams = gram_collector(grams_taps)
+
+    def on_batch(batch: dict[str, np.ndarray]) -> None:
+        stats_on_batch(batch)
+        grams_on_batch(batch)
+
+    # One run over the calibration data for both (the model is the costly part).
+    names = sorted({name for name, _ in [*stat_taps, *grams_taps]})
+    if names:
+        runtime.capture(model, names, dataset, on_batch, threads=None)
+    return finish(), grams
 
 
 def group_importance(

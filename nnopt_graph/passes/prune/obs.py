@@ -19,9 +19,9 @@ features are channels x kernel positions) return None: the caller falls back to
 
 from __future__ import annotations
 
-__all__ = ["MAX_FEATURES", "collect_grams", "gram_taps", "obs_scores"]
+__all__ = ["MAX_FEATURES", "collect_grams", "gram_collector", "gram_taps", "obs_scores"]
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -45,7 +45,7 @@ _STEP_DIVISOR = 64
 Tap = tuple[str, int]
 
 
-def _sink_taps(group: ChannelGroup, space: ChannelSpace) -> list[Tap] | None:
+def _sink_taps(space: ChannelSpace) -> list[Tap] | None:
     """The data input (name, axis) of each MatMul/Gemm reading ``space``; None if any other."""
     taps: list[Tap] = []
     for role in space.roles:
@@ -71,20 +71,21 @@ def gram_taps(groups: Sequence[ChannelGroup], main_graph: ir.Graph) -> list[Tap]
         if group.graph is not main_graph:
             continue
         for space in group.sinks:
-            found = _sink_taps(group, space)
+            found = _sink_taps(space)
             if found is None or space.size > MAX_FEATURES:
                 continue
             taps.extend(t for t in found if t not in taps)
     return taps
 
 
-def collect_grams(
-    runtime: RuntimeServices, model: ir.Model, taps: Sequence[Tap], dataset: Dataset
-) -> dict[Tap, np.ndarray]:
-    """[X 1]ᵀ[X 1] (float64) of each tapped activation over the calibration data.
+def gram_collector(
+    taps: Sequence[Tap],
+) -> tuple[Callable[[dict[str, np.ndarray]], None], dict[Tap, np.ndarray]]:
+    """(on_batch, grams): feed captured batches to on_batch; grams fills with [X 1]ᵀ[X 1].
 
     Rows are positions; the column of ones stands for the bias the refit may change, so
-    a unit whose contribution is constant costs nothing.
+    a unit whose contribution is constant costs nothing. Float64 sums of per-batch
+    float32 products.
     """
     grams: dict[Tap, np.ndarray] = {}
 
@@ -102,6 +103,14 @@ def collect_grams(
             else:
                 grams[(name, axis)] = gram
 
+    return on_batch, grams
+
+
+def collect_grams(
+    runtime: RuntimeServices, model: ir.Model, taps: Sequence[Tap], dataset: Dataset
+) -> dict[Tap, np.ndarray]:
+    """[X 1]ᵀ[X 1] (float64) of each tapped activation over the calibration data."""
+    on_batch, grams = gram_collector(taps)
     names = sorted({name for name, _ in taps})
     if names:
         runtime.capture(model, names, dataset, on_batch, threads=None)
@@ -166,7 +175,7 @@ class _Sink:
 def _sinks(group: ChannelGroup, grams: dict[Tap, np.ndarray], damp: float) -> list[_Sink] | None:
     sinks: list[_Sink] = []
     for space in group.sinks:
-        taps = _sink_taps(group, space)
+        taps = _sink_taps(space)
         array = const_array(space.value)
         if taps is None or array is None or not np.issubdtype(array.dtype, np.floating):
             return None
