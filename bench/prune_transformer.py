@@ -46,14 +46,16 @@ MODELS = ["minilm-l3-paraphrase", "bert-encoder", "nudenet-320n-static"]
 ENCODERS = {"minilm-l3-paraphrase", "bert-encoder"}
 _SEARCH = "prune-channels{ratio=0.25 search=true protect-last=false%s}"
 # Default pipelines per model: the uniform ratio, the sensitivity search under the
-# weight-parameter budget (activation and FLAP fluctuation importance), and for the
-# encoders the refit-free recoveries (none; FLAP bias compensation); for the detector
-# the search's earlier unit-average budget for comparison.
+# weight-parameter budget (the default importance, auto, is FLAP fluctuation on encoder
+# groups; activation, the earlier default, and structured OBS for comparison), and for
+# the encoders the refit-free recoveries (none; FLAP bias compensation); for the
+# detector the search's earlier unit-average budget for comparison.
 PIPELINES = {
     "encoder": [
         "prune-channels{ratio=0.25}",
         _SEARCH % "",
-        _SEARCH % " importance=fluctuation",
+        _SEARCH % " importance=activation",
+        _SEARCH % " importance=obs",
         _SEARCH % " reconstruct=false",
         _SEARCH % " reconstruct=false compensate=true importance=fluctuation",
     ],
