@@ -47,6 +47,7 @@ from nnopt_graph.passes.prune.group_ratios import (
     parse_group_ratios,
     scale_group_ratios,
 )
+from nnopt_graph.passes.prune.head_refit import find_attention_blocks, refit_heads
 from nnopt_graph.passes.prune.importance import (
     IMPORTANCE_KINDS,
     ChannelStats,
@@ -74,6 +75,7 @@ _STATS = (
     "channels-removed",
     "params-removed",
     "layers-reconstructed",
+    "attention-blocks-refit",
     "layers-bias-compensated",
     "skipped-compensate-no-bias",
     "params-budget",
@@ -115,6 +117,8 @@ class PruneChannelsOptions:
         protect_last: keep groups consumed only by the last weighted layers.
         reconstruct: refit the consumers' weights by least squares on calibration data.
         ridge: ridge strength of the refit, relative to the mean feature energy.
+        refit_heads: where heads were removed, also refit the kept heads' value weights
+            jointly with the output projection (alternating least squares).
         calib_samples: calibration samples used at most.
         search: allocate per-group ratios by measured sensitivity curves (see ``budget``).
         budget: with ``search``, what ``ratio`` is a fraction of: params (weight
@@ -142,6 +146,7 @@ class PruneChannelsOptions:
     protect_last: bool = True
     reconstruct: bool = True
     ridge: float = dataclasses.field(default=1e-3, metadata={"range": (0.0, None, True, True)})
+    refit_heads: bool = True
     calib_samples: int = dataclasses.field(default=64, metadata={"range": (1, None, True, True)})
     search: bool = False
     budget: str = dataclasses.field(default="params", metadata={"choices": ("params", "units")})
@@ -513,14 +518,9 @@ class PruneChannelsPass(Pass):
             removed_units = np.setdiff1d(np.arange(group.num_units), plan.keep[group.id])
             stats["params-planned"] += int(round(unit_param_costs(group)[removed_units].sum()))
         if plan.budget:
-            decisions.append(
-                {
-                    "allocation": "params",
-                    "budget_params": plan.budget,
-                    "weight_params": total_weight_params(model),
-                    "ratio": options.ratio,
-                }
-            )
+            params = total_weight_params(model)
+            decisions.append({"allocation": "params", "budget_params": plan.budget})
+            decisions[-1].update({"weight_params": params, "ratio": options.ratio})
         for group in plan.candidates:
             keep = plan.keep[group.id]
             primary = group.primary
@@ -592,6 +592,9 @@ class PruneChannelsPass(Pass):
             refit = reconstruct_sinks(
                 context.runtime, model, teacher, sinks, dataset, ridge=options.ridge
             )
+            if options.refit_heads:
+                blocks, ridge = find_attention_blocks(sinks), options.ridge
+                refit |= refit_heads(context.runtime, model, teacher, blocks, dataset, ridge=ridge)
             for key, value in refit.items():
                 stats[key] = stats.get(key, 0) + value
         return PassResult(stats, decisions)
