@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 _HEAD_PERM = (0, 2, 1, 3)
 _MAX_ROWS = 16384  # token rows per block: enough for the value features, bounded in memory
 _SWEEPS = 4  # output step + one pass over the heads, repeated
+_MIN_GAIN = 0.01  # written only when the block's squared error drops by this fraction
+_FLOAT_NOISE = 1e-10  # squared error / target energy under which there is nothing to refit
 
 
 @dataclasses.dataclass(eq=False)
@@ -245,7 +247,11 @@ def _refit_block(
     dataset: Dataset,
     ridge: float,
 ) -> bool:
-    """Refit one block in place; False (and nothing changed) when it does not gain."""
+    """Refit one block in place; False (and nothing changed) when it gains under 1%.
+
+    A block already matching the original to float precision is not refit either: the
+    fit would only chase rounding.
+    """
     wv = const_array(block.value.inputs[1])
     wo = const_array(block.sink.node.inputs[1])
     if wv is None or wo is None or wv.shape[1] != wo.shape[0]:
@@ -272,7 +278,8 @@ def _refit_block(
     before = _error(rows, v0, wo.astype(np.float64), bo0)
     v, wo_new, bo = _solve(rows, [x.copy() for x in v0], wo.astype(np.float64), bo0, ridge)
     after = _error(rows, v, wo_new, bo)
-    if not after < before:
+    energy = float(np.square(rows.target - rows.target.mean(axis=0)).sum())
+    if before <= _FLOAT_NOISE * energy or not after < (1 - _MIN_GAIN) * before:
         return False
     joined = np.concatenate(v, axis=1)
     dtype = wv.dtype
@@ -311,7 +318,7 @@ def refit_heads(
     """Refit each block's kept value weights with its output projection, in graph order.
 
     Each block's inputs come from the pruned model with every earlier block already
-    refit; a block whose least-squares error does not drop is left as it was.
+    refit; a block whose least-squares error drops by less than 1% is left as it was.
 
     Returns:
         Statistics: ``attention-blocks-refit`` and ``skipped-refit-heads-no-gain``.
