@@ -14,8 +14,11 @@ pads), one sample per repeat, picked at evenly spaced length quantiles: a padded
 sentence spends most of its time on padding, in attention work that FFN pruning does
 not touch.
 
+`--zoo-calib N` gives the zoo bert-encoder N generated calibration samples instead of 64
+(the real models' calibration files are fixed).
+
 Usage: python bench/prune_transformer_windowed.py [--models bert-encoder,minilm-l3-paraphrase]
-    [--pipeline TEXT] [--name NAME] [--repeats N] [--lengths padded|own]
+    [--pipeline TEXT] [--name NAME] [--repeats N] [--lengths padded|own] [--zoo-calib N]
 Writes bench/results/NAME.{json,md} (default prune_transformer_windowed).
 """
 
@@ -37,6 +40,7 @@ import prune_transformer as pt  # noqa: E402
 from benchutil import commit_id  # noqa: E402
 from target_cpu import time_against_input  # noqa: E402
 
+from models import calib, zoo  # noqa: E402
 from nnopt_graph import optimize  # noqa: E402
 
 PIPELINE = "prune-channels{ratio=0.25 search=true protect-last=false}"
@@ -86,6 +90,7 @@ def main() -> None:
     parser.add_argument("--pipeline", default=PIPELINE)
     parser.add_argument("--name", default="prune_transformer_windowed", help="results file name")
     parser.add_argument("--lengths", choices=("padded", "own"), default="padded")
+    parser.add_argument("--zoo-calib", type=int, default=64, help="zoo calibration samples")
     args = parser.parse_args()
     commit = commit_id()
     rows = []
@@ -93,14 +98,20 @@ def main() -> None:
         tmp = Path(tmp_name)
         for name in args.models.split(","):
             base, cal, held, feed = pt.baseline(name, tmp)
+            if name in zoo.ZOO and args.zoo_calib != 64:
+                cal = calib.write_calib_npz(name, tmp / "zoo_calib.npz", args.zoo_calib, seed=0)
             out = tmp / f"{name}.pruned.onnx"
-            optimize(str(base), out, args.pipeline, calib=str(cal), guard=GUARD, check=False)
+            result = optimize(
+                str(base), out, args.pipeline, calib=str(cal), guard=GUARD, check=False
+            )
+            action = result.records[-1].to_json().get("guard_action") if result.records else None
             encoder = name in pt.ENCODERS
             weights = pt._weights(out, encoder) / pt._weights(base, encoder)
             feeds = timed_feeds(held, base, feed, args.lengths, args.repeats)
             for repeat, timed_feed in enumerate(feeds):
                 timed = time_against_input(base, out, timed_feed)
                 row = {"model": name, "repeat": repeat, "weights": round(weights, 4), **timed}
+                row["guard_action"] = action
                 row["tokens"] = _tokens(timed_feed)
                 row["commit"] = commit
                 rows.append(row)
@@ -113,6 +124,7 @@ def main() -> None:
                 "pipeline": args.pipeline,
                 "guard": GUARD,
                 "lengths": args.lengths,
+                "zoo_calib": args.zoo_calib,
                 "rows": rows,
             },
             indent=2,
@@ -128,16 +140,18 @@ def main() -> None:
         "window time its fastest run there); min / median / max of per-window B/A and the "
         "median's 95% CI. Weights: weight params after / before (MatMul/Gemm on encoders, "
         "also Conv on CNNs). Tokens: the timed feed's sequence length (--lengths "
-        f"{args.lengths}; 0 where the model has no attention mask).",
+        f"{args.lengths}; 0 where the model has no attention mask). Zoo calibration: "
+        f"{args.zoo_calib} generated samples. Guard: what the guard did.",
         "",
-        "| model | repeat | tokens | weights | B/A min / median / max | median 95% CI | "
-        "A'/A median | windows | A ms | load |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | repeat | tokens | guard | weights | B/A min / median / max | "
+        "median 95% CI | A'/A median | windows | A ms | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lt = r["latency"]
         lines.append(
-            f"| {r['model']} | {r['repeat']} | {r['tokens']} | {r['weights']:.3f} | "
+            f"| {r['model']} | {r['repeat']} | {r['tokens']} | {r['guard_action']} | "
+            f"{r['weights']:.3f} | "
             f"{lt['min']:.2f} / "
             f"**{lt['median']:.3f}** / {lt['max']:.2f} | [{lt['ci95_low']:.3f}, "
             f"{lt['ci95_high']:.3f}] | {r['a_vs_a']['median']:.3f} | {r['windows']} | "
