@@ -2,13 +2,15 @@
 
 prune_zoo_frontier.py measures each allocation's fidelity on 16 held-out samples, where
 two of them clear 0.95 by 0.0003. Here each allocation at the weight budget is pruned
-with 64 and with 256 calibration samples and measured on 64 held-out samples (another
-seed), with the guard's verdict under `cosine>=0.95`: does any allocation that removes
-attention heads (the ones fast enough for latency <= 0.85) hold 0.95 on the worst
-sample when more inputs are looked at? Rows that hold it are timed against the unpruned
-model twice (bench/target_cpu.time_against_input, as prune_zoo_frontier.py times).
+with 64 calibration samples (the pass's defaults), and with 256 used whole, without and
+with `refit-heads` (the kept heads' value weights refit jointly with the output
+projection), and measured on 64 held-out samples (another seed), with the guard's
+verdict under `cosine>=0.95`: does any allocation that removes attention heads (the
+ones fast enough for latency <= 0.85) hold 0.95 on the worst sample when more inputs
+are looked at? Rows that hold it are timed against the unpruned model twice
+(bench/target_cpu.time_against_input, as prune_zoo_frontier.py times).
 
-The second table asks why not: for each head of each layer, how much of the attention
+The second table asks how much a refit can recover: for each head of each layer, how much of the attention
 block's output is left unexplained on the held-out tokens when that head is removed and
 the output is refit by least squares (ridge 1e-3 of the mean eigenvalue) from
 - the kept heads' contexts, what prune-channels' refit has (3 x 16 features + bias);
@@ -46,7 +48,14 @@ from nnopt_graph.core.io import load  # noqa: E402
 from nnopt_graph.runtime.data import input_specs, load_dataset  # noqa: E402
 
 HELD_SAMPLES = 64
-CALIB_SIZES = (64, 256)
+# (calibration samples, options added to every candidate, label): the pass's defaults
+# (it uses 64 samples at most), then 256 samples used whole without and with the joint
+# value/output refit of the kept heads (refit-heads, on by default).
+CONFIGS = (
+    (64, "", "64"),
+    (256, " calib-samples=256 refit-heads=false", "256, refit-heads=false"),
+    (256, " calib-samples=256", "256"),
+)
 HEADS, HEAD_DIM, LAYERS = 4, 16, 2
 
 
@@ -67,19 +76,21 @@ def _widths(path: Path) -> str:
 
 
 def allocation_rows(base: Path, held: Path, feed: dict, tmp: Path, commit: str) -> list[dict]:
-    """Every candidate at the weight budget, per calibration size."""
+    """Every candidate at the weight budget, per configuration."""
     rows = []
-    for size in CALIB_SIZES:
+    for size, extra, label in CONFIGS:
         cal = calib.write_calib_npz("bert-encoder", tmp / f"cal{size}.npz", samples=size, seed=0)
-        for label, pipeline in CANDIDATES.items():
-            if label.startswith("below the budget"):
+        for name, pipeline in CANDIDATES.items():
+            if name.startswith("below the budget"):
                 continue
+            pipeline = pipeline[:-1] + extra + "}"
             out = tmp / "candidate.onnx"
             optimize(str(base), out, pipeline, calib=str(cal), guard="cosine>=-1", check=False)
             fid = compare_models(base, out, load_dataset(held, input_specs(load(base))))
             row = {
-                "candidate": label,
-                "calib_samples": size,
+                "candidate": name,
+                "config": label,
+                "pipeline": pipeline,
                 "weights": round(pt._weights(out, True) / pt._weights(base, True), 4),
                 "cos_min": round(fid.metric("cosine"), 4),
                 "cos_p10": round(fid.metric("cosine", "p10"), 4),
@@ -198,8 +209,10 @@ def main() -> None:
         "(bench/prune_zoo_heldout.py)",
         "",
         f"Commit {commit}; x86_64, 2 cores; onnxruntime CPU EP. Each allocation of "
-        "prune_zoo_frontier.py at the weight budget, pruned once without a guard with 64 or "
-        "256 calibration samples (seed 0), measured on 64 held-out samples (seed 10000): "
+        "prune_zoo_frontier.py at the weight budget, pruned once without a guard; "
+        "calibration: 64 samples (seed 0) with the pass's defaults, or 256 used whole "
+        "(`calib-samples=256`) without and with `refit-heads`; measured on 64 held-out "
+        "samples (seed 10000): "
         "worst and 10th-percentile per-sample cosine over all outputs. Guard: the verdict of "
         f"the same pipeline under `{GUARD}` on its own held-out calibration slice. Heads + "
         "neurons: what each layer keeps (of 4 + 256). Latency: rows at cosine >= 0.95 only, "
@@ -212,7 +225,7 @@ def main() -> None:
     for r in rows:
         latency = " / ".join(f"{x:.3f}" for x in r.get("latency", [])) or "-"
         lines.append(
-            f"| {r['candidate']} | {r['calib_samples']} | {r['heads_neurons']} | "
+            f"| {r['candidate']} | {r['config']} | {r['heads_neurons']} | "
             f"{r['weights']:.3f} | {r['cos_min']:.4f} / {r['cos_p10']:.4f} | "
             f"{r['guard_action']} | {latency} |"
         )

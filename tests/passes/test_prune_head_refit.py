@@ -233,9 +233,52 @@ def test_the_alternating_solve_never_raises_the_error():
     heads, d_in, d_head, d_out, rows = 3, 6, 2, 4, 300
     features = [rng.standard_normal((rows, d_in)) for _ in range(heads)]
     target = rng.standard_normal((rows, d_out))
-    block_rows = head_refit._Rows(features, target)
+    block_rows = head_refit._Rows(features, target, np.arange(rows) % 10)
     v = [rng.standard_normal((d_in, d_head)) for _ in range(heads)]
     wo, bo = rng.standard_normal((heads * d_head, d_out)), np.zeros(d_out)
     start = head_refit._error(block_rows, v, wo, bo)
     v2, wo2, bo2 = head_refit._solve(block_rows, [x.copy() for x in v], wo.copy(), bo, 1e-3)
     assert head_refit._error(block_rows, v2, wo2, bo2) < 0.9 * start
+
+
+def _value_problem(seed: int, at_truth: bool):
+    """A 2-head block's rows: target = the block with true weights + noise.
+
+    Started away from the true weights, a refit recovers them on every batch; started at
+    them, all it can fit is its own rows' noise.
+    """
+    rng = np.random.default_rng(seed)
+    heads, d_in, d_head, d_out, rows = 2, 8, 2, 4, 400
+    features = [rng.standard_normal((rows, d_in)) for _ in range(heads)]
+    v_true = [rng.standard_normal((d_in, d_head)) for _ in range(heads)]
+    wo_true = rng.standard_normal((heads * d_head, d_out))
+    parts = [
+        f @ v @ wo_true[h * d_head : (h + 1) * d_head]
+        for h, (f, v) in enumerate(zip(features, v_true, strict=True))
+    ]
+    target = sum(parts) + rng.standard_normal((rows, d_out))
+    block_rows = head_refit._Rows(features, target, np.arange(rows) // 20)
+    if at_truth:
+        return block_rows, [v.copy() for v in v_true], wo_true.copy(), np.zeros(d_out)
+    v0 = [rng.standard_normal((d_in, d_head)) for _ in range(heads)]
+    return block_rows, v0, rng.standard_normal((heads * d_head, d_out)), np.zeros(d_out)
+
+
+def test_a_refit_that_carries_over_to_held_back_batches_validates():
+    block_rows, v0, wo, bo = _value_problem(2, at_truth=False)
+    assert head_refit._validates(block_rows, v0, wo, bo, 1e-3)
+
+
+def test_a_refit_that_only_fits_noise_does_not_validate():
+    """At the true weights the fit lowers its own rows' error, not the held-back ones'."""
+    block_rows, v0, wo, bo = _value_problem(3, at_truth=True)
+    fit = block_rows.subset(block_rows.batch % 5 != 4)
+    v, wo2, bo2 = head_refit._solve(fit, [x.copy() for x in v0], wo.copy(), bo, 1e-3)
+    assert head_refit._error(fit, v, wo2, bo2) < head_refit._error(fit, v0, wo, bo)
+    assert not head_refit._validates(block_rows, v0, wo, bo, 1e-3)
+
+
+def test_a_single_calibration_batch_is_never_refit():
+    block_rows, v0, wo, bo = _value_problem(2, at_truth=False)
+    one_batch = head_refit._Rows(block_rows.features, block_rows.target, np.zeros(400, int))
+    assert not head_refit._validates(one_batch, v0, wo, bo, 1e-3)

@@ -8,7 +8,9 @@ model's output, lets the kept heads carry part of what the removed ones did (on 
 zoo bert with one head of four removed per layer, the worst held-out cosine goes from
 0.9506 to 0.9576). Each value step solves one head exactly through the eigenvectors of
 its two Gram factors (a Kronecker system), so blocks as wide as 12 heads of 384 stay
-cheap.
+cheap. The refit is written only when a fit on 4 of every 5 calibration batches also
+lowers the error on the fifth: on MiniLM's padded sentences it did not, and the
+sentence embedding would have dropped from 0.965 to 0.877.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ _MAX_ROWS = 16384  # token rows per block: enough for the value features, bounde
 _SWEEPS = 4  # output step + one pass over the heads, repeated
 _MIN_GAIN = 0.01  # written only when the block's squared error drops by this fraction
 _FLOAT_NOISE = 1e-10  # squared error / target energy under which there is nothing to refit
+_VALIDATE_EVERY = 5  # every 5th calibration batch checks a fit made on the others
 
 
 @dataclasses.dataclass(eq=False)
@@ -125,6 +128,11 @@ class _Rows:
 
     features: list[np.ndarray]  # per head: rows x (in + bias column)
     target: np.ndarray  # rows x out
+    batch: np.ndarray  # the calibration batch of each row
+
+    def subset(self, mask: np.ndarray) -> _Rows:
+        """The rows where ``mask`` is true."""
+        return _Rows([f[mask] for f in self.features], self.target[mask], self.batch[mask])
 
 
 def _collect(
@@ -142,6 +150,7 @@ def _collect(
     names = [x_name, block.probs.name or ""]
     features: list[list[np.ndarray]] = []
     targets: list[np.ndarray] = []
+    batches: list[np.ndarray] = []
     rows = 0
     with (
         runtime.tapped(model, names) as student,
@@ -165,12 +174,14 @@ def _collect(
             for h, part in enumerate(heads):
                 features[h].append(part.reshape(-1, part.shape[-1]))
             targets.append(y.reshape(-1, y.shape[-1]))
+            batches.append(np.full(len(targets[-1]), len(batches)))
             rows += targets[-1].shape[0]
     if not features:
         return None
     return _Rows(
         [np.concatenate(f).astype(np.float64) for f in features],
         np.concatenate(targets).astype(np.float64),
+        np.concatenate(batches),
     )
 
 
@@ -239,6 +250,23 @@ def _solve(
     return v, wo, bo
 
 
+def _validates(
+    rows: _Rows, v0: list[np.ndarray], wo: np.ndarray, bo: np.ndarray | None, ridge: float
+) -> bool:
+    """Whether a fit on 4 of every 5 batches also cuts the error on the fifth by 1%.
+
+    More value weights can fit the calibration tokens without carrying over to others
+    (on MiniLM's padded sentences it did): a block is refit only if unseen calibration
+    batches agree. Too few batches to hold one out: no refit.
+    """
+    check = rows.batch % _VALIDATE_EVERY == _VALIDATE_EVERY - 1
+    if not check.any() or check.all():
+        return False
+    fit, held = rows.subset(~check), rows.subset(check)
+    v, wo_fit, bo_fit = _solve(fit, [x.copy() for x in v0], wo.copy(), bo, ridge)
+    return _error(held, v, wo_fit, bo_fit) < (1 - _MIN_GAIN) * _error(held, v0, wo, bo)
+
+
 def _refit_block(
     runtime: RuntimeServices,
     model: ir.Model,
@@ -275,6 +303,8 @@ def _refit_block(
     full = wv if bv is None else np.concatenate([wv, bv[None]], 0)
     v0 = [full[:, h * d : (h + 1) * d].astype(np.float64) for h in range(heads)]
     bo0 = out_bias[2].reshape(-1).astype(np.float64) if out_bias is not None else None
+    if not _validates(rows, v0, wo.astype(np.float64), bo0, ridge):
+        return False
     before = _error(rows, v0, wo.astype(np.float64), bo0)
     v, wo_new, bo = _solve(rows, [x.copy() for x in v0], wo.astype(np.float64), bo0, ridge)
     after = _error(rows, v, wo_new, bo)
