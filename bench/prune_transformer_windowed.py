@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import prune_transformer as pt  # noqa: E402
 from benchutil import commit_id  # noqa: E402
+from slice_hidden import _per_output  # noqa: E402
 from target_cpu import time_against_input  # noqa: E402
 
 from models import calib, zoo  # noqa: E402
@@ -105,6 +106,8 @@ def main() -> None:
                 str(base), out, args.pipeline, calib=str(cal), guard=GUARD, check=False
             )
             action = result.records[-1].to_json().get("guard_action") if result.records else None
+            a, b = pt._session(base), pt._session(out)
+            worst = _per_output(a, b, pt._feeds(held, a))
             encoder = name in pt.ENCODERS
             weights = pt._weights(out, encoder) / pt._weights(base, encoder)
             feeds = timed_feeds(held, base, feed, args.lengths, args.repeats)
@@ -112,6 +115,7 @@ def main() -> None:
                 timed = time_against_input(base, out, timed_feed)
                 row = {"model": name, "repeat": repeat, "weights": round(weights, 4), **timed}
                 row["guard_action"] = action
+                row["worst_cosine"] = worst
                 row["tokens"] = _tokens(timed_feed)
                 row["commit"] = commit
                 rows.append(row)
@@ -141,17 +145,20 @@ def main() -> None:
         "median's 95% CI. Weights: weight params after / before (MatMul/Gemm on encoders, "
         "also Conv on CNNs). Tokens: the timed feed's sequence length (--lengths "
         f"{args.lengths}; 0 where the model has no attention mask). Zoo calibration: "
-        f"{args.zoo_calib} generated samples. Guard: what the guard did.",
+        f"{args.zoo_calib} generated samples. Guard: what the guard did. Worst cosine: each "
+        "float output's worst held-out sample.",
         "",
-        "| model | repeat | tokens | guard | weights | B/A min / median / max | "
+        "| model | repeat | tokens | guard | weights | worst cosine | B/A min / median / max | "
         "median 95% CI | A'/A median | windows | A ms | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lt = r["latency"]
         lines.append(
             f"| {r['model']} | {r['repeat']} | {r['tokens']} | {r['guard_action']} | "
             f"{r['weights']:.3f} | "
+            + ", ".join(f"{k}: {v:.4f}" for k, v in r["worst_cosine"].items())
+            + " | "
             f"{lt['min']:.2f} / "
             f"**{lt['median']:.3f}** / {lt['max']:.2f} | [{lt['ci95_low']:.3f}, "
             f"{lt['ci95_high']:.3f}] | {r['a_vs_a']['median']:.3f} | {r['windows']} | "
