@@ -83,7 +83,25 @@ CANDIDATES = {
 GUARD = "cosine>=0.95"
 
 
-def _guard_action(base: Path, cal: Path, pipeline: str, tmp: Path) -> str:
+def prune_and_measure(base: Path, cal: Path, held: Path, pipeline: str, out: Path) -> tuple:
+    """Prune once without a guard (the exact allocation) and compare on held-out data.
+
+    Returns the row's common fields (pipeline, weights, worst cosine, samples) and the
+    comparison itself.
+    """
+    optimize(str(base), out, pipeline, calib=str(cal), guard="cosine>=-1", check=False)
+    fid = compare_models(base, out, load_dataset(held, input_specs(load(base))))
+    row = {
+        "pipeline": pipeline,
+        "weights": round(pt._weights(out, True) / pt._weights(base, True), 4),
+        "cos_min": round(fid.metric("cosine"), 4),
+        "samples": fid.samples,
+    }
+    return row, fid
+
+
+def guard_action(base: Path, cal: Path, pipeline: str, tmp: Path) -> str:
+    """What the guard does with ``pipeline`` (its verdict on its own calibration slice)."""
     result = optimize(
         str(base), tmp / "guarded.onnx", pipeline, calib=str(cal), guard=GUARD, check=False
     )
@@ -103,16 +121,12 @@ def main() -> None:
         base, cal, held, feed = pt.baseline("bert-encoder", tmp)
         for index, (label, pipeline) in enumerate(CANDIDATES.items()):
             out = tmp / f"candidate{index}.onnx"
-            optimize(str(base), out, pipeline, calib=str(cal), guard="cosine>=-1", check=False)
-            fid = compare_models(base, out, load_dataset(held, input_specs(load(base))))
+            measured, fid = prune_and_measure(base, cal, held, pipeline, out)
             row = {
                 "candidate": label,
-                "pipeline": pipeline,
-                "weights": round(pt._weights(out, True) / pt._weights(base, True), 4),
-                "cos_min": round(fid.metric("cosine"), 4),
+                **measured,
                 "cos_median": round(fid.metric("cosine", "median"), 4),
-                "samples": fid.samples,
-                "guard_action": _guard_action(base, cal, pipeline, tmp),
+                "guard_action": guard_action(base, cal, pipeline, tmp),
                 "timings": [time_against_input(base, out, feed) for _ in range(args.repeats)],
                 "commit": commit,
             }

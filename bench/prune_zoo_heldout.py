@@ -38,14 +38,10 @@ sys.path.insert(0, str(ROOT))
 
 import prune_transformer as pt  # noqa: E402
 from benchutil import commit_id  # noqa: E402
-from prune_zoo_frontier import CANDIDATES, GUARD  # noqa: E402
+from prune_zoo_frontier import CANDIDATES, GUARD, guard_action, prune_and_measure  # noqa: E402
 from target_cpu import time_against_input  # noqa: E402
 
 from models import calib  # noqa: E402
-from nnopt_graph import optimize  # noqa: E402
-from nnopt_graph.check.compare import compare_models  # noqa: E402
-from nnopt_graph.core.io import load  # noqa: E402
-from nnopt_graph.runtime.data import input_specs, load_dataset  # noqa: E402
 
 HELD_SAMPLES = 64
 # (calibration samples, options added to every candidate, label): the pass's defaults
@@ -57,11 +53,6 @@ CONFIGS = (
     (256, " calib-samples=256", "256"),
 )
 HEADS, HEAD_DIM, LAYERS = 4, 16, 2
-
-
-def _guard_action(base: Path, cal: Path, pipeline: str, out: Path) -> str:
-    result = optimize(str(base), out, pipeline, calib=str(cal), guard=GUARD, check=False)
-    return str(result.records[-1].to_json().get("guard_action"))
 
 
 def _widths(path: Path) -> str:
@@ -85,18 +76,14 @@ def allocation_rows(base: Path, held: Path, feed: dict, tmp: Path, commit: str) 
                 continue
             pipeline = pipeline[:-1] + extra + "}"
             out = tmp / "candidate.onnx"
-            optimize(str(base), out, pipeline, calib=str(cal), guard="cosine>=-1", check=False)
-            fid = compare_models(base, out, load_dataset(held, input_specs(load(base))))
+            measured, fid = prune_and_measure(base, cal, held, pipeline, out)
             row = {
                 "candidate": name,
                 "config": label,
-                "pipeline": pipeline,
-                "weights": round(pt._weights(out, True) / pt._weights(base, True), 4),
-                "cos_min": round(fid.metric("cosine"), 4),
+                **measured,
                 "cos_p10": round(fid.metric("cosine", "p10"), 4),
-                "samples": fid.samples,
                 "heads_neurons": _widths(out),
-                "guard_action": _guard_action(base, cal, pipeline, tmp / "guarded.onnx"),
+                "guard_action": guard_action(base, cal, pipeline, tmp),
                 "commit": commit,
             }
             if row["cos_min"] >= 0.95:
