@@ -5,12 +5,12 @@ emit. Their value projections can do more: each kept head h mixes the tokens by 
 attention A_h, and the block's output is sum_h (A_h X Wv_h) Wo_h. Refitting the kept
 heads' Wv_h together with Wo, by alternating least squares against the original
 model's output, lets the kept heads carry part of what the removed ones did (on the
-zoo bert with one head of four removed per layer, the worst held-out cosine goes from
-0.9506 to 0.9576). Each value step solves one head exactly through the eigenvectors of
-its two Gram factors (a Kronecker system), so blocks as wide as 12 heads of 384 stay
-cheap. The refit is written only when a fit on 4 of every 5 calibration batches also
-lowers the error on the fifth: on MiniLM's padded sentences it did not, and the
-sentence embedding would have dropped from 0.965 to 0.877.
+zoo bert with one head of four removed per layer and 256 calibration samples, the worst
+of 64 held-out samples goes from 0.9507 to 0.9581). Each value step solves one head
+exactly through the eigenvectors of its two Gram factors (a Kronecker system), so
+blocks as wide as 12 heads of 384 stay cheap. The refit is written only when a fit on
+4 of every 5 calibration batches also lowers the error on the fifth: on MiniLM's padded
+sentences it did not, and the sentence embedding would have dropped from 0.965 to 0.877.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def _ridge(gram: np.ndarray, ridge: float) -> float:
 def _output_step(
     contexts: np.ndarray, target: np.ndarray, wo: np.ndarray, bo: np.ndarray | None, ridge: float
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Output weights (and bias delta) by ridge least squares toward the current ones."""
+    """Output weights (and bias) by ridge least squares toward the current ones."""
     feats = contexts if bo is None else np.concatenate([contexts, np.ones((len(contexts), 1))], 1)
     current = wo if bo is None else np.concatenate([wo, bo[None]], 0)
     gram = feats.T @ feats
