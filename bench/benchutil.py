@@ -1,9 +1,11 @@
-"""What every bench script records beside its figures: the commit they were measured at."""
+"""What every bench script records beside its figures, and where it writes them."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -13,3 +15,10 @@ def commit_id() -> str:
     return subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
     ).stdout.strip()
+
+
+def write_results(name: str, payload: dict[str, Any], lines: list[str]) -> None:
+    """bench/results/NAME.json (the payload, indented) and NAME.md (the table's lines)."""
+    results = ROOT / "bench" / "results"
+    (results / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (results / f"{name}.md").write_text("\n".join(lines) + "\n")

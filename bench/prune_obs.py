@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import prune_transformer as pt  # noqa: E402
-from benchutil import commit_id  # noqa: E402
+from benchutil import commit_id, write_results  # noqa: E402
 from slice_hidden import _per_output  # noqa: E402
 from target_cpu import time_against_input  # noqa: E402
 
@@ -88,10 +88,6 @@ def main() -> None:
 
 
 def _write(commit: str, rows: list[dict], repeats: int) -> None:
-    res = ROOT / "bench/results"
-    (res / "prune_obs.json").write_text(
-        json.dumps({"commit": commit, "guard": GUARD, "rows": rows}, indent=2) + "\n"
-    )
     lines = [
         "# Unit importance for encoder pruning (bench/prune_obs.py)",
         "",
@@ -116,7 +112,7 @@ def _write(commit: str, rows: list[dict], repeats: int) -> None:
             f"| {r['weights']:.3f} | {cos} | {r['seconds']} | {lat} | {band} |"
         )
     lines += ["", "Pipelines: " + "; ".join(f"{k}: `{v}`" for k, v in ALLOCATIONS.items())]
-    (res / "prune_obs.md").write_text("\n".join(lines) + "\n")
+    write_results("prune_obs", {"commit": commit, "guard": GUARD, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import prune_transformer as pt  # noqa: E402
-from benchutil import commit_id  # noqa: E402
+from benchutil import commit_id, write_results  # noqa: E402
 from slice_hidden import _per_output  # noqa: E402
 from target_cpu import time_against_input  # noqa: E402
 
@@ -120,21 +120,14 @@ def main() -> None:
                 row["commit"] = commit
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    res = ROOT / "bench/results"
-    (res / f"{args.name}.json").write_text(
-        json.dumps(
-            {
-                "commit": commit,
-                "pipeline": args.pipeline,
-                "guard": GUARD,
-                "lengths": args.lengths,
-                "zoo_calib": args.zoo_calib,
-                "rows": rows,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    payload = {
+        "commit": commit,
+        "pipeline": args.pipeline,
+        "guard": GUARD,
+        "lengths": args.lengths,
+        "zoo_calib": args.zoo_calib,
+        "rows": rows,
+    }
     lines = [
         "# Pruned encoders, windowed latency (bench/prune_transformer_windowed.py)",
         "",
@@ -164,7 +157,7 @@ def main() -> None:
             f"{lt['ci95_high']:.3f}] | {r['a_vs_a']['median']:.3f} | {r['windows']} | "
             f"{r['p50_ms_in']:.3f} | {r['load_1min'][0]} → {r['load_1min'][1]} |"
         )
-    (res / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    write_results(args.name, payload, lines)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import prune_transformer as pt  # noqa: E402
-from benchutil import commit_id  # noqa: E402
+from benchutil import commit_id, write_results  # noqa: E402
 from target_cpu import time_against_input  # noqa: E402
 
 from nnopt_graph import optimize  # noqa: E402
@@ -132,10 +132,6 @@ def main() -> None:
             }
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "timings"}), flush=True)
-    res = ROOT / "bench/results"
-    (res / "prune_zoo_frontier.json").write_text(
-        json.dumps({"commit": commit, "guard": GUARD, "rows": rows}, indent=2) + "\n"
-    )
     lines = [
         "# Zoo bert-encoder: fidelity against latency per allocation (bench/prune_zoo_frontier.py)",
         "",
@@ -160,7 +156,7 @@ def main() -> None:
         )
     lines += ["", "Pipelines:", ""]
     lines += [f"- {r['candidate']}: `{r['pipeline']}`" for r in rows]
-    (res / "prune_zoo_frontier.md").write_text("\n".join(lines) + "\n")
+    write_results("prune_zoo_frontier", {"commit": commit, "guard": GUARD, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

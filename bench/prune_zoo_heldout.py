@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import prune_transformer as pt  # noqa: E402
-from benchutil import commit_id  # noqa: E402
+from benchutil import commit_id, write_results  # noqa: E402
 from prune_zoo_frontier import CANDIDATES, GUARD, guard_action, prune_and_measure  # noqa: E402
 from target_cpu import time_against_input  # noqa: E402
 
@@ -186,11 +186,6 @@ def main() -> None:
         )
         rows = allocation_rows(base, held, feed, tmp, commit)
         heads = head_rows(base, tmp / "cal256.npz", held)
-    res = ROOT / "bench/results"
-    (res / "prune_zoo_heldout.json").write_text(
-        json.dumps({"commit": commit, "guard": GUARD, "rows": rows, "heads": heads}, indent=2)
-        + "\n"
-    )
     lines = [
         "# Zoo bert-encoder at 0.75 of its weights, on 64 held-out samples "
         "(bench/prune_zoo_heldout.py)",
@@ -230,7 +225,9 @@ def main() -> None:
         lines.append(
             f"| {h['layer']} | {h['head']} | {h['contexts']:.3f} | {h['weighted_inputs']:.3f} |"
         )
-    (res / "prune_zoo_heldout.md").write_text("\n".join(lines) + "\n")
+    write_results(
+        "prune_zoo_heldout", {"commit": commit, "guard": GUARD, "rows": rows, "heads": heads}, lines
+    )
 
 
 if __name__ == "__main__":

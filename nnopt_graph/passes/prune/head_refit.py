@@ -217,12 +217,17 @@ def _value_step(
     return ua @ (rhs / (np.outer(ea, eb) + mu)) @ ub.T
 
 
-def _error(rows: _Rows, v: list[np.ndarray], wo: np.ndarray, bo: np.ndarray | None) -> float:
+def _head_outputs(rows: _Rows, v: list[np.ndarray], wo: np.ndarray) -> list[np.ndarray]:
+    """Each kept head's share of the block output: F_h V_h Wo_h."""
     d = v[0].shape[1]
-    out = sum(
+    return [
         f @ vh @ wo[h * d : (h + 1) * d]
         for h, (f, vh) in enumerate(zip(rows.features, v, strict=True))
-    )
+    ]
+
+
+def _error(rows: _Rows, v: list[np.ndarray], wo: np.ndarray, bo: np.ndarray | None) -> float:
+    out = sum(_head_outputs(rows, v, wo))
     if bo is not None:
         out = out + bo
     return float(np.square(out - rows.target).sum())
@@ -236,10 +241,7 @@ def _solve(
     for _ in range(_SWEEPS):
         contexts = np.concatenate([f @ vh for f, vh in zip(rows.features, v, strict=True)], 1)
         wo, bo = _output_step(contexts, rows.target, wo, bo, ridge)
-        outputs = [
-            f @ vh @ wo[h * d : (h + 1) * d]
-            for h, (f, vh) in enumerate(zip(rows.features, v, strict=True))
-        ]
+        outputs = _head_outputs(rows, v, wo)
         total = sum(outputs) + (bo if bo is not None else 0.0)
         for h, f in enumerate(rows.features):
             residual = rows.target - (total - outputs[h])
