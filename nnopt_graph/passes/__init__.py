@@ -11,6 +11,7 @@ MODULES = (
     "nnopt_graph.passes.cleanup.zero_structure",
     "nnopt_graph.passes.cleanup.affine",
     "nnopt_graph.passes.cleanup.activations",
+    "nnopt_graph.passes.cleanup.parallel_matmuls",
     "nnopt_graph.passes.prune.channels",
     "nnopt_graph.passes.prune.slice_hidden",
     "nnopt_graph.passes.quantize.dynamic",

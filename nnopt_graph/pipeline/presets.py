@@ -19,13 +19,14 @@ DEFAULT_PIPELINE = (
 
 # What target-cpu runs between the lossless default and static int8 (see below); the cpu
 # search space puts it before each of its int8 choices.
-CPU_BEFORE_INT8 = "fold-conv-affine,fuse-hardswish,quantize-dynamic-int8"
+CPU_BEFORE_INT8 = "merge-parallel-matmuls,fold-conv-affine,fuse-hardswish,quantize-dynamic-int8"
 
 PRESETS: dict[str, str] = {
     "default": DEFAULT_PIPELINE,
     # --target cpu / tensorrt alone: lossless cleanup, then int8 for that target (the pass
-    # reads the target from the job, so one preset text serves both). On CPU, constant
-    # per-channel Mul/Add after a Conv first fold into it, and hard-swish spelled out in
+    # reads the target from the job, so one preset text serves both). On CPU, MatMuls
+    # reading one input (an attention's Q/K/V) first merge into one (lossless), constant
+    # per-channel Mul/Add after a Conv fold into it, and hard-swish spelled out in
     # four ops becomes HardSigmoid + Mul (rapidocr-cls: 0.67 of its latency, rapidocr-det
     # 0.77, in float; rounding-level changes, guarded). Then dynamic
     # int8 takes the MatMuls and LSTMs where its cost model says it pays (a

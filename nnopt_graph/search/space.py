@@ -164,8 +164,8 @@ def default_space(target: str) -> SearchSpace:
 
     Prune ratio 0 to 0.5 in steps of 0.1 and 2:4 off/on (both ordered by lossiness);
     cpu and tensorrt choose no int8, int8 with the pass's defaults, per-tensor weights or
-    entropy calibration (on cpu each after fold-conv-affine, fuse-hardswish and
-    quantize-dynamic-int8, as in its preset);
+    entropy calibration (on cpu each after merge-parallel-matmuls, fold-conv-affine,
+    fuse-hardswish and quantize-dynamic-int8, as in its preset);
     cuda chooses among none, fp16, int4 and fp16+int4 (its preset).
     The target preset and the lossless default are the presets.
 
@@ -175,9 +175,9 @@ def default_space(target: str) -> SearchSpace:
     prune = ("prune", tuple(_prune_choice(r) for r in PRUNE_RATIOS))
     sparse = ("sparsify", ("", "sparsify{pattern=2:4}"))
     if target in ("cpu", "tensorrt"):
-        # On CPU, as in the target-cpu preset: Conv affine folds, hard-swish as
-        # HardSigmoid + Mul, dynamic int8 (MatMul, LSTM) where its cost model says it
-        # pays, then each static int8 variant on what it left in float.
+        # On CPU, as in the target-cpu preset: parallel MatMuls merged, Conv affine
+        # folds, hard-swish as HardSigmoid + Mul, dynamic int8 (MatMul, LSTM) where its
+        # cost model says it pays, then each static int8 variant on what it left in float.
         head = f"{CPU_BEFORE_INT8}," if target == "cpu" else ""
         choices = tuple(f"{head}{c}" for c in INT8_CHOICES)
         quant: tuple[str, tuple[str, ...]] = ("quantize", ("", *choices))

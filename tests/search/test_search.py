@@ -17,6 +17,11 @@ from nnopt_graph.search.space import default_space, load_space
 from tests.search.digits import CALIB, HELDOUT, MODEL, ROOT
 
 GUARD = "cosine.min>=0.99"
+# The target-cpu preset, spelled out: the search must enqueue exactly this text.
+CPU_PRESET = (
+    "default,merge-parallel-matmuls,fold-conv-affine,fuse-hardswish,quantize-dynamic-int8,"
+    "quantize-int8"
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,14 +63,14 @@ def test_outdir_holds_front_and_best(searched: Path) -> None:
         assert text == entry["pipeline"]
     # The warm start: the cpu preset and the lossless default are the first candidates.
     assert [c["pipeline"] for c in front["candidates"][:2]] == [
-        "default,fold-conv-affine,fuse-hardswish,quantize-dynamic-int8,quantize-int8",
+        CPU_PRESET,
         "default",
     ]
     # best = the fastest of the confirmation run, which re-timed the preset with the front.
     conf = front["confirmation"]
     feasible = {c["pipeline"] for c in front["candidates"] if c["guard_passed"]}
     timed = [e["pipeline"] for e in conf["entries"]]
-    preset = "default,fold-conv-affine,fuse-hardswish,quantize-dynamic-int8,quantize-int8"
+    preset = CPU_PRESET
     assert preset in timed or preset not in feasible
     assert set(timed) <= feasible
     # The reference scores as the faster of its two sessions (the A-vs-A copy), the others
@@ -296,16 +301,12 @@ def test_default_space_cpu_contains_preset_and_all_combinations() -> None:
     space = load_space(None, "cpu")
     texts = [space.pipeline(c) for c in space.candidates()]
     assert space.size == 6 * 2 * 4 == len(set(texts))
-    assert "default,fold-conv-affine,fuse-hardswish,quantize-dynamic-int8,quantize-int8" in texts
+    assert CPU_PRESET in texts
     # The cpu preset expands to the same passes as the candidate it is enqueued as.
     from nnopt_graph.pipeline.grammar import Pipeline
 
-    assert str(Pipeline.parse(PRESETS["target-cpu"])) == str(
-        Pipeline.parse(
-            "default,fold-conv-affine,fuse-hardswish,quantize-dynamic-int8,quantize-int8"
-        )
-    )
-    int8 = "fold-conv-affine,fuse-hardswish,quantize-dynamic-int8,quantize-int8"
+    assert str(Pipeline.parse(PRESETS["target-cpu"])) == str(Pipeline.parse(CPU_PRESET))
+    int8 = CPU_PRESET.removeprefix("default,")
     assert f"default,prune-channels{{ratio=0.4}},sparsify{{pattern=2:4}},{int8}" in texts
     assert f"default,prune-channels{{ratio=0.5}},{int8}{{per-channel=false}}" in texts
     assert f"default,{int8}{{calibrator=entropy}}" in texts

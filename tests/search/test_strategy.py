@@ -67,7 +67,7 @@ def test_neighbours_step_one_stage_at_a_time() -> None:
 def test_default_warm_start_is_presets_corner_middle_then_the_corner_variants() -> None:
     space = default_space("cpu")
     texts = [space.pipeline(c) for c in warm_start(space)]
-    dyn = "fold-conv-affine,fuse-hardswish,quantize-dynamic-int8,"
+    dyn = "merge-parallel-matmuls,fold-conv-affine,fuse-hardswish,quantize-dynamic-int8,"
     corner = "default,prune-channels{ratio=0.5},sparsify{pattern=2:4}"
     assert texts == [
         f"default,{dyn}quantize-int8",
