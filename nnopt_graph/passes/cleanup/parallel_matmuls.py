@@ -5,16 +5,19 @@ Add pairs on one hidden state. ONNX Runtime's CPU EP runs each as its own small 
 its own Add; one MatMul over the concatenated weights, one Add over the concatenated
 biases and a Split compute the same numbers in three kernels instead of six. Each output
 element is the same dot product as before, and ONNX Runtime's CPU GEMM reduces it in the
-same order, so the outputs are bit-identical in the tests. Interleaved side runs: the
-zoo bert-encoder 0.963-0.980 of its latency; minilm 0.93-0.96 at its sentences' own
-lengths (31-55 tokens), 0.986 padded to 128; and in front of --target cpu's dynamic
-int8, which then quantizes the shared input once instead of three times, minilm's
-output takes 0.575 of the input's time against 0.632 without it (36 tokens).
+same order, so the outputs are bit-identical (bench/results/parallel_matmuls.md). In
+float, merged against unmerged in one interleaved run: minilm 0.950 of its latency on a
+35-token sentence, 0.985-0.990 at 70 tokens, 0.988-0.993 padded to 128; the zoo
+bert-encoder 0.988-0.990. In front of --target cpu's dynamic int8, which then quantizes
+the shared input once instead of three times and takes every projection: minilm
+0.895-0.909 at 35 tokens, 0.959-0.963 at 128; the zoo bert 0.950-0.970.
 
 ONNX Runtime fuses the separate projections of an attention itself on CUDA (its
 Attention fusion looks for them apart), so the pass stands in the target-cpu preset,
-not in the default one. ONNX Runtime has no such merge on CPU, nor does onnxscript's
-rewriter, hence this pass.
+not in the default one. ONNX Runtime's CPU optimizer has no such merge, and
+onnxoptimizer's experimental ``fuse_qkv`` only takes an input read by exactly three
+MatMuls without biases, which a BERT layer's hidden state (also read by the residual
+Add) never is: hence this pass.
 """
 
 from __future__ import annotations
