@@ -32,14 +32,13 @@ sys.path.insert(0, str(ROOT))
 import prune_transformer as pt  # noqa: E402
 from benchutil import commit_id, write_results  # noqa: E402
 from prune_transformer_windowed import timed_feeds  # noqa: E402
-from target_cpu import _median_ci  # noqa: E402
+from target_cpu import _median_ci, windowed_latency  # noqa: E402
 
 from nnopt_graph import optimize  # noqa: E402
 from nnopt_graph.check.compare import compare_models  # noqa: E402
 from nnopt_graph.core.io import load  # noqa: E402
 from nnopt_graph.pipeline.presets import CPU_BEFORE_INT8  # noqa: E402
 from nnopt_graph.runtime.data import input_specs, load_dataset  # noqa: E402
-from nnopt_graph.runtime.quant_bench import compare_latency  # noqa: E402
 
 MERGE = "merge-parallel-matmuls"
 WITHOUT = CPU_BEFORE_INT8.replace(f"{MERGE},", "")
@@ -74,16 +73,7 @@ def _rows(name: str, tmp: Path, repeats: int, commit: str) -> list[dict[str, Any
         )
         for timed in feeds:
             for repeat in range(repeats):
-                lat = compare_latency(
-                    [base, *paths],
-                    timed,
-                    runs=30,
-                    warmup=5,
-                    threads=2,
-                    min_seconds=4.0,
-                    max_runs=400,
-                    window_seconds=0.05,
-                )
+                lat = windowed_latency([base, *paths], timed)
                 ratios = [t1 / t0 for t0, t1 in zip(lat.times[1], lat.times[2], strict=True)]
                 rows.append(
                     {

@@ -73,15 +73,14 @@ def _median_ci(times: list[float], base: list[float]) -> dict[str, float]:
     return {"ci95_low": ratios[lo], "ci95_high": ratios[hi]}
 
 
-def time_against_input(src: Path, out: Path, feed: Any) -> dict[str, Any]:
-    """Input A, the input again A' (noise band) and ``out`` B in one windowed run.
+def windowed_latency(paths: list[Path], feed: Any) -> Any:
+    """The models of ``paths`` in one windowed interleaved run: the protocol of every row.
 
-    Ratios to A (min/median/max and the median's 95% CI), windows, runs per window, the
-    1-minute load average before and after, and B's file size relative to A's.
+    Windows of about 50 ms of the first model, rotating order, 2 threads, spinning off,
+    >= 30 windows and about 4 s of the first model.
     """
-    load_before = os.getloadavg()[0]
-    lat = compare_latency(
-        [src, src, out],
+    return compare_latency(
+        paths,
         feed,
         runs=30,
         warmup=5,
@@ -90,6 +89,16 @@ def time_against_input(src: Path, out: Path, feed: Any) -> dict[str, Any]:
         max_runs=400,
         window_seconds=0.05,
     )
+
+
+def time_against_input(src: Path, out: Path, feed: Any) -> dict[str, Any]:
+    """Input A, the input again A' (noise band) and ``out`` B in one windowed run.
+
+    Ratios to A (min/median/max and the median's 95% CI), windows, runs per window, the
+    1-minute load average before and after, and B's file size relative to A's.
+    """
+    load_before = os.getloadavg()[0]
+    lat = windowed_latency([src, src, out], feed)
     return {
         "latency": {**lat.ratio[2], **_median_ci(lat.times[2], lat.times[0])},
         "a_vs_a": {**lat.ratio[1], **_median_ci(lat.times[1], lat.times[0])},
