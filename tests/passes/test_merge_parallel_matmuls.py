@@ -257,3 +257,27 @@ def test_opset_before_11_is_left_alone():
     model, result = run_pass(proto, "merge-parallel-matmuls")
     assert result.stats["skipped-opset-before-11"] == 1
     assert not result.modified and op_types(model) == op_types(proto)
+
+
+def test_target_cpu_on_the_zoo_bert_merges_before_dynamic_int8(tmp_path):
+    from models import calib, zoo
+    from nnopt_graph import optimize
+
+    src = tmp_path / "bert.onnx"
+    onnx.save(zoo.ZOO["bert-encoder"](), src)
+    data = calib.write_calib_npz("bert-encoder", tmp_path / "calib.npz", samples=24)
+    result = optimize(str(src), tmp_path / "out.onnx", target="cpu", calib=str(data))
+    outcomes = {r.name: r.outcome for r in result.records}
+    assert outcomes["merge-parallel-matmuls"] == "changed"
+    assert outcomes["quantize-dynamic-int8"] == "applied"
+    out = onnx.load(tmp_path / "out.onnx")
+    # One Split per layer feeds the three projections; the merged projection is int8.
+    splits = [n for n in out.graph.node if n.op_type == "Split"]
+    assert len(splits) == 2
+    producers = {o: n for n in out.graph.node for o in n.output}
+    for split in splits:
+        chain, value = [], split.input[0]
+        while value in producers and len(chain) < 6:  # back through the rescale and bias
+            chain.append(producers[value].op_type)
+            value = next((i for i in producers[value].input if i in producers), "")
+        assert "MatMulInteger" in chain and "MatMul" not in chain, chain
