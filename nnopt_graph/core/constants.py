@@ -12,18 +12,25 @@ from __future__ import annotations
 
 __all__ = [
     "ONNX_DOMAINS",
+    "add_initializer",
     "const_array",
     "const_shape",
     "constant_bool",
     "constant_node_tensor",
     "constant_of_node",
     "constant_tensor",
+    "drop_if_unused",
     "is_constant",
     "set_constant",
 ]
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import onnx_ir as ir
+
+if TYPE_CHECKING:
+    from nnopt_graph.core.names import NameScope
 
 # The ONNX domain, spelled both ways.
 ONNX_DOMAINS = ("", "ai.onnx")
@@ -105,3 +112,32 @@ def set_constant(value: ir.Value, array: np.ndarray) -> ir.TensorProtocol:
         value.const_value = tensor
     value.shape = ir.Shape(array.shape)
     return tensor
+
+
+def add_initializer(graph: ir.Graph, names: NameScope, base: str, array: np.ndarray) -> ir.Value:
+    """Register ``array`` as a new initializer named after ``base``."""
+    name = names(base)
+    array = np.asarray(array)
+    tensor = ir.tensor(array, name=name)
+    value = ir.Value(
+        name=name, type=ir.TensorType(tensor.dtype), shape=ir.Shape(array.shape), const_value=tensor
+    )
+    graph.register_initializer(value)
+    return value
+
+
+def drop_if_unused(graph: ir.Graph, value: ir.Value | None) -> int:
+    """Remove an unused initializer, or an unused Constant node; the bytes freed."""
+    if value is None or value.uses() or value.is_graph_output():
+        return 0
+    name = value.name or ""
+    if value.is_initializer() and name in graph.initializers and not value.is_graph_input():
+        size = value.const_value.nbytes if value.const_value is not None else 0
+        graph.initializers.pop(name)
+        return size
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant" and producer.graph is graph:
+        array = const_array(value)
+        graph.remove(producer, safe=True)
+        return 0 if array is None else int(array.nbytes)
+    return 0

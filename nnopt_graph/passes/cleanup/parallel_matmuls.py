@@ -25,14 +25,13 @@ from __future__ import annotations
 __all__ = ["MergeParallelMatMulsPass"]
 
 import dataclasses
-from collections.abc import Iterable
 
 import numpy as np
 import onnx_ir as ir
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS, opset_version
 from nnopt_graph.core.annotations import annotations_not_added
-from nnopt_graph.core.constants import const_array
+from nnopt_graph.core.constants import add_initializer, const_array, drop_if_unused
 from nnopt_graph.core.names import NameScope
 from nnopt_graph.pipeline.base import Pass, PassContext, PassResult, register_pass
 
@@ -112,24 +111,6 @@ def _groups(graph: ir.Graph) -> list[list[_Member]]:
     return [group for group in groups.values() if len(group) > 1]
 
 
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, const_value=ir.tensor(array))
-    value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
-    value.shape = ir.Shape(array.shape)
-    graph.register_initializer(value)
-    return value
-
-
-def _drop_initializers(values: Iterable[ir.Value | None]) -> None:
-    """Remove the old weights and biases, which nothing reads any more."""
-    for old in values:
-        owner = old.graph if old is not None else None
-        if old is None or owner is None or not old.is_initializer() or old.uses():
-            continue
-        if old.name and not old.is_graph_output():
-            owner.initializers.pop(old.name, None)
-
-
 def _merge(graph: ir.Graph, group: list[_Member], names: NameScope, opset: int) -> None:
     """Replace the group by MatMul(x, [W1 W2 ...]) (+ Add) and a Split on the last axis."""
     first = group[0].matmul
@@ -140,7 +121,7 @@ def _merge(graph: ir.Graph, group: list[_Member], names: NameScope, opset: int) 
     widths = np.array([m.weight.shape[1] for m in group], np.int64)
     matmul = ir.node(
         "MatMul",
-        [x, _initializer(graph, names(f"{base}/merged_weight"), weight)],
+        [x, add_initializer(graph, names, f"{base}/merged_weight", weight)],
         name=names(f"{base}/merged_matmul"),
     )
     nodes = [matmul]
@@ -150,14 +131,14 @@ def _merge(graph: ir.Graph, group: list[_Member], names: NameScope, opset: int) 
         bias = np.concatenate([m.bias for m in group if m.bias is not None], axis=-1)
         add = ir.node(
             "Add",
-            [wide, _initializer(graph, names(f"{base}/merged_bias"), bias)],
+            [wide, add_initializer(graph, names, f"{base}/merged_bias", bias)],
             name=names(f"{base}/merged_add"),
         )
         nodes.append(add)
         wide = add.outputs[0]
         wide.name = names(f"{base}/merged_add_out")
     if opset >= _SIZES_INPUT_OPSET:
-        inputs = [wide, _initializer(graph, names(f"{base}/merged_split"), widths)]
+        inputs = [wide, add_initializer(graph, names, f"{base}/merged_split", widths)]
         attributes: dict[str, int | list[int]] = {"axis": -1}
     else:
         inputs, attributes = [wide], {"axis": -1, "split": [int(w) for w in widths]}
@@ -181,7 +162,9 @@ def _merge(graph: ir.Graph, group: list[_Member], names: NameScope, opset: int) 
         if member.add is not None:
             stale.extend(member.add.inputs)
     graph.remove([n for m in group for n in (m.add, m.matmul) if n is not None], safe=True)
-    _drop_initializers(stale)
+    for value in stale:  # the old weights and biases, which nothing reads any more
+        if value is not None and value.graph is not None:
+            drop_if_unused(value.graph, value)
 
 
 @register_pass

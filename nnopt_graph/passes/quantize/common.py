@@ -22,14 +22,12 @@ import logging
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
 from nnopt_graph.analysis.walk import STANDARD_DOMAINS, all_graphs
-from nnopt_graph.core.constants import const_array
-from nnopt_graph.core.names import NameScope
+from nnopt_graph.core.constants import add_initializer, drop_if_unused
 from nnopt_graph.pipeline.base import Pass, PassContext
 from nnopt_graph.runtime.data import Dataset, input_specs, random_dataset, resolve_shapes
 
@@ -39,35 +37,6 @@ logger = logging.getLogger(__name__)
 def name_of(item: ir.Value | ir.Node | None) -> str:
     """The name of a value or node ("" when it has none: graphs name all they hold)."""
     return (item.name if item is not None else None) or ""
-
-
-def add_initializer(graph: ir.Graph, names: NameScope, base: str, array: np.ndarray) -> ir.Value:
-    """Register ``array`` as a new initializer named after ``base``."""
-    name = names(base)
-    array = np.asarray(array)
-    tensor = ir.tensor(array, name=name)
-    value = ir.Value(
-        name=name, type=ir.TensorType(tensor.dtype), shape=ir.Shape(array.shape), const_value=tensor
-    )
-    graph.register_initializer(value)
-    return value
-
-
-def drop_if_unused(graph: ir.Graph, value: ir.Value | None) -> int:
-    """Remove an unused initializer, or an unused Constant node; the bytes freed."""
-    if value is None or value.uses() or value.is_graph_output():
-        return 0
-    name = name_of(value)
-    if value.is_initializer() and name in graph.initializers and not value.is_graph_input():
-        size = value.const_value.nbytes if value.const_value is not None else 0
-        graph.initializers.pop(name)
-        return size
-    producer = value.producer()
-    if producer is not None and producer.op_type == "Constant" and producer.graph is graph:
-        array = const_array(value)
-        graph.remove(producer, safe=True)
-        return 0 if array is None else int(array.nbytes)
-    return 0
 
 
 def split_names(text: str) -> list[str]:
