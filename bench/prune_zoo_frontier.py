@@ -105,8 +105,8 @@ def guard_action(base: Path, cal: Path, pipeline: str, tmp: Path) -> str:
     result = optimize(
         str(base), tmp / "guarded.onnx", pipeline, calib=str(cal), guard=GUARD, check=False
     )
-    record = result.records[-1].to_json() if result.records else {}
-    return str(record.get("guard_action"))
+    records = [r.to_json() for r in result.records if r.name == "prune-channels"]
+    return str(records[0].get("guard_action")) if records else "None"
 
 
 def main() -> None:

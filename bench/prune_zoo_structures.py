@@ -8,7 +8,9 @@ samples used whole, refit-heads on), its fidelity measured on 64 held-out sample
 its latency against the unpruned model timed in PROCESSES fresh processes, one
 structure after another in each round so that load drift spreads over all of them.
 Each process runs bench/target_cpu.py's windowed comparison (input A, A again, pruned B;
-2 threads, spinning off) and reports the median of per-window B/A.
+2 threads, spinning off) and reports the median of per-window B/A. The #13 row's pruned
+model also runs once more rewritten by merge-parallel-matmuls (lossless, verified): what
+a CPU pipeline `prune-channels{...},merge-parallel-matmuls` gives.
 
 Usage: python bench/prune_zoo_structures.py [--processes N]
 Writes bench/results/prune_zoo_structures.{json,md}.
@@ -34,15 +36,18 @@ from prune_zoo_frontier import guard_action, prune_and_measure  # noqa: E402
 from prune_zoo_heldout import HELD_SAMPLES, _widths  # noqa: E402
 
 from models import calib  # noqa: E402
+from nnopt_graph.job import optimize  # noqa: E402
 
 _COMMON = "max-layer-ratio=1 protect-first=false protect-last=false importance=obs"
 _CALIB = 256
+_ROW13 = "search, budget=units (the #13 row)"
+# The #13 row's pruned model rewritten by a lossless pass (verified bit-identical), timed
+# beside it: what `prune-channels{...},merge-parallel-matmuls` gives on CPU.
+_MERGE = "merge-parallel-matmuls"
 # label -> prune-channels options (all at 256 calibration samples, refit-heads on).
 STRUCTURES = {
     "FFN only: 96 neurons per layer": 'group-ratios="*.attn.*=0,*.ffn.*=0.375"',
-    "search, budget=units (the #13 row)": (
-        "ratio=0.25 search=true budget=units protect-last=false importance=obs"
-    ),
+    _ROW13: "ratio=0.25 search=true budget=units protect-last=false importance=obs",
     "1 head + 64 neurons per layer": 'group-ratios="*.attn.*=0.25,*.ffn.*=0.25"',
     "2 heads in layer 1; 96 + 32 neurons": (
         'group-ratios="*layer.0.attn*=0,*layer.1.attn*=0.5,*layer.0.ffn*=0.375,*layer.1.ffn*=0.125"'
@@ -113,6 +118,18 @@ def main() -> None:
             )
             outs.append(out)
             print(json.dumps(rows[-1]), flush=True)
+            if label == _ROW13:
+                merged = tmp / "structure_merged.onnx"
+                optimize(str(out), merged, _MERGE, check=True)
+                rows.append(
+                    {
+                        **rows[-1],
+                        "structure": f"the #13 row, then {_MERGE} (lossless)",
+                        "pipeline": f"{rows[-1]['pipeline']},{_MERGE}",
+                        "latency": [],
+                    }
+                )
+                outs.append(merged)
         for _ in range(args.processes):
             for row, out in zip(rows, outs, strict=True):
                 row["latency"].append(round(_time_in_child(base, out, timing_held), 4))
