@@ -105,7 +105,9 @@ def main() -> None:
             result = optimize(
                 str(base), out, args.pipeline, calib=str(cal), guard=GUARD, check=False
             )
-            action = result.records[-1].to_json().get("guard_action") if result.records else None
+            # The guard's verdict on the lossy pass (lossless passes after it have none).
+            actions = [r.guard_action for r in result.records if r.guard_action]
+            action = actions[-1] if actions else None
             a, b = pt._session(base), pt._session(out)
             worst = _per_output(a, b, pt._feeds(held, a))
             encoder = name in pt.ENCODERS
