@@ -281,3 +281,33 @@ def test_target_cpu_on_the_zoo_bert_merges_before_dynamic_int8(tmp_path):
             chain.append(producers[value].op_type)
             value = next((i for i in producers[value].input if i in producers), "")
         assert "MatMulInteger" in chain and "MatMul" not in chain, chain
+
+
+def test_a_head_pruned_zoo_bert_merges_and_keeps_its_outputs_exactly(tmp_path):
+    """After prune-channels removes a head per layer (Q/K/V 48 wide), the merge
+    still takes every layer's three projections, and the pruned outputs are unchanged."""
+    from models import calib, zoo
+    from nnopt_graph import optimize
+
+    src = tmp_path / "bert.onnx"
+    onnx.save(zoo.ZOO["bert-encoder"](), src)
+    data = calib.write_calib_npz("bert-encoder", tmp_path / "calib.npz", samples=64)
+    prune = (
+        'prune-channels{group-ratios="*.attn.*=0.25,*.ffn.*=0.25" max-layer-ratio=1 '
+        "protect-first=false protect-last=false importance=obs}"
+    )
+    pruned, merged = tmp_path / "pruned.onnx", tmp_path / "merged.onnx"
+    optimize(str(src), pruned, prune, calib=str(data), guard="cosine>=-1", check=False)
+    result = optimize(str(pruned), merged, "merge-parallel-matmuls")
+    assert result.records[0].stats["groups-merged"] == 2
+    assert result.records[0].stats["matmuls-merged"] == 6
+    inits = {t.name: list(t.dims) for t in onnx.load(pruned).graph.initializer}
+    assert inits["encoder.layer.0.attn.query.weight"] == [64, 48]  # a head is gone
+    splits = [n for n in onnx.load(merged).graph.node if n.op_type == "Split"]
+    assert len(splits) == 2
+    samples = np.load(data)
+    before, after = onnx.load(pruned), onnx.load(merged)
+    for k in range(3):
+        feed = {name: samples[name][k] for name in samples.files}
+        for a, b in zip(ort_outputs(before, feed), ort_outputs(after, feed), strict=True):
+            np.testing.assert_array_equal(a, b)
