@@ -22,3 +22,12 @@ def write_results(name: str, payload: dict[str, Any], lines: list[str]) -> None:
     results = ROOT / "bench" / "results"
     (results / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (results / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+def guard_verdict(result: Any) -> str | None:
+    """What the guard did with a run's lossy pass: the last pass record that has a verdict.
+
+    Lossless passes after it (a cleanup, merge-parallel-matmuls) have none.
+    """
+    actions = [r.guard_action for r in result.records if r.guard_action]
+    return actions[-1] if actions else None

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import prune_transformer as pt  # noqa: E402
-from benchutil import commit_id, write_results  # noqa: E402
+from benchutil import commit_id, guard_verdict, write_results  # noqa: E402
 from slice_hidden import _per_output  # noqa: E402
 from target_cpu import time_against_input  # noqa: E402
 
@@ -105,9 +105,7 @@ def main() -> None:
             result = optimize(
                 str(base), out, args.pipeline, calib=str(cal), guard=GUARD, check=False
             )
-            # The guard's verdict on the lossy pass (lossless passes after it have none).
-            actions = [r.guard_action for r in result.records if r.guard_action]
-            action = actions[-1] if actions else None
+            action = guard_verdict(result)
             a, b = pt._session(base), pt._session(out)
             worst = _per_output(a, b, pt._feeds(held, a))
             encoder = name in pt.ENCODERS

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import prune_transformer as pt  # noqa: E402
-from benchutil import commit_id, write_results  # noqa: E402
+from benchutil import commit_id, guard_verdict, write_results  # noqa: E402
 from target_cpu import time_against_input  # noqa: E402
 
 from nnopt_graph import optimize  # noqa: E402
@@ -90,6 +90,11 @@ def prune_and_measure(base: Path, cal: Path, held: Path, pipeline: str, out: Pat
     comparison itself.
     """
     optimize(str(base), out, pipeline, calib=str(cal), guard="cosine>=-1", check=False)
+    return measure(base, held, pipeline, out)
+
+
+def measure(base: Path, held: Path, pipeline: str, out: Path) -> tuple:
+    """``prune_and_measure``'s row and comparison for a model ``out`` already written."""
     fid = compare_models(base, out, load_dataset(held, input_specs(load(base))))
     row = {
         "pipeline": pipeline,
@@ -105,8 +110,7 @@ def guard_action(base: Path, cal: Path, pipeline: str, tmp: Path) -> str:
     result = optimize(
         str(base), tmp / "guarded.onnx", pipeline, calib=str(cal), guard=GUARD, check=False
     )
-    records = [r.to_json() for r in result.records if r.name == "prune-channels"]
-    return str(records[0].get("guard_action")) if records else "None"
+    return str(guard_verdict(result))
 
 
 def main() -> None:

@@ -9,8 +9,9 @@ its latency against the unpruned model timed in PROCESSES fresh processes, one
 structure after another in each round so that load drift spreads over all of them.
 Each process runs bench/target_cpu.py's windowed comparison (input A, A again, pruned B;
 2 threads, spinning off) and reports the median of per-window B/A. The #13 row's pruned
-model also runs once more rewritten by merge-parallel-matmuls (lossless, verified): what
-a CPU pipeline `prune-channels{...},merge-parallel-matmuls` gives.
+model also runs once more rewritten by merge-parallel-matmuls (lossless; the strict check
+on, its fidelity measured again and its largest difference from the pruned model's
+outputs recorded): what a CPU pipeline `prune-channels{...},merge-parallel-matmuls` gives.
 
 Usage: python bench/prune_zoo_structures.py [--processes N]
 Writes bench/results/prune_zoo_structures.{json,md}.
@@ -32,11 +33,14 @@ sys.path.insert(0, str(ROOT))
 
 import prune_transformer as pt  # noqa: E402
 from benchutil import commit_id, write_results  # noqa: E402
-from prune_zoo_frontier import guard_action, prune_and_measure  # noqa: E402
+from prune_zoo_frontier import guard_action, measure, prune_and_measure  # noqa: E402
 from prune_zoo_heldout import HELD_SAMPLES, _widths  # noqa: E402
 
 from models import calib  # noqa: E402
+from nnopt_graph.check.compare import compare_models  # noqa: E402
+from nnopt_graph.core.io import load  # noqa: E402
 from nnopt_graph.job import optimize  # noqa: E402
+from nnopt_graph.runtime.data import input_specs, load_dataset  # noqa: E402
 
 _COMMON = "max-layer-ratio=1 protect-first=false protect-last=false importance=obs"
 _CALIB = 256
@@ -78,11 +82,27 @@ def _time_in_child(base: Path, out: Path, held: Path) -> float:
 def _child(base: Path, out: Path, held: Path) -> None:
     from target_cpu import time_against_input
 
-    from nnopt_graph.core.io import load
-    from nnopt_graph.runtime.data import input_specs, load_dataset
-
     feed = next(load_dataset(held, input_specs(load(base))).batches(1))
     print(json.dumps(time_against_input(base, out, feed)["latency"]))
+
+
+def _merged_row(pruned_row: dict, base: Path, pruned: Path, held: Path, out: Path) -> dict:
+    """The pruned model rewritten by the merge (the strict check on), measured again.
+
+    ``max_abs_vs_pruned``: the largest difference from the pruned model's outputs over the
+    held-out samples (0 when the merge is bit-identical there).
+    """
+    optimize(str(pruned), out, _MERGE, check=True)
+    pipeline = f"{pruned_row['pipeline']},{_MERGE}"
+    measured, _ = measure(base, held, pipeline, out)
+    against_pruned = compare_models(pruned, out, load_dataset(held, input_specs(load(pruned))))
+    return {
+        **pruned_row,
+        **measured,
+        "structure": f"the #13 row, then {_MERGE} (lossless)",
+        "max_abs_vs_pruned": against_pruned.metric("max_abs"),
+        "latency": [],
+    }
 
 
 def main() -> None:
@@ -119,17 +139,9 @@ def main() -> None:
             outs.append(out)
             print(json.dumps(rows[-1]), flush=True)
             if label == _ROW13:
-                merged = tmp / "structure_merged.onnx"
-                optimize(str(out), merged, _MERGE, check=True)
-                rows.append(
-                    {
-                        **rows[-1],
-                        "structure": f"the #13 row, then {_MERGE} (lossless)",
-                        "pipeline": f"{rows[-1]['pipeline']},{_MERGE}",
-                        "latency": [],
-                    }
-                )
-                outs.append(merged)
+                rows.append(_merged_row(rows[-1], base, out, held, tmp / "merged.onnx"))
+                outs.append(tmp / "merged.onnx")
+                print(json.dumps(rows[-1]), flush=True)
         for _ in range(args.processes):
             for row, out in zip(rows, outs, strict=True):
                 row["latency"].append(round(_time_in_child(base, out, timing_held), 4))
@@ -159,6 +171,14 @@ def main() -> None:
             f"{r['cos_min']:.4f} | {r['guard_action']} | **{statistics.median(lat):.3f}** | "
             f"{min(lat):.3f} / {max(lat):.3f} |"
         )
+    for r in rows:
+        if "max_abs_vs_pruned" in r:
+            lines += [
+                "",
+                f"{r['structure']}, against the pruned model it was made from: largest "
+                f"output difference {r['max_abs_vs_pruned']:.3g} over the {r['samples']} "
+                "held-out samples.",
+            ]
     write_results("prune_zoo_structures", {"commit": commit, "rows": rows}, lines)
 
 
